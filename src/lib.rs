@@ -1,0 +1,32 @@
+//! tenant_backfill: infer each row's tenant from related tables, back it up, audit it,
+//! prove it, undo it, and keep it fixed. See README.md and API.md for the SQL interface.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod catalog;
+mod config;
+mod engine;
+mod error;
+mod reports;
+mod sql;
+mod types;
+
+// The configuration tables and hand-written helpers come first: every function reads them.
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

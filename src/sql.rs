@@ -1,0 +1,117 @@
+//! The small core under every capability: the only code that turns identifiers into
+//! SQL text (always through pgrx's quoting helpers) and the only code that runs SQL
+//! (always with values as SPI arguments, never spliced into the text).
+
+use crate::error::Result;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiHeapTupleData;
+
+/// A quoted identifier: `company_id`, `"CompanyId"`, `"Tenant Id"`.
+pub fn ident(name: &str) -> String {
+    pgrx::spi::quote_identifier(name)
+}
+
+/// A quoted schema-qualified name: `public.customers`, `"Sales Ops"."client; DROP TABLE x--"`.
+pub fn qualified(schema: &str, name: &str) -> String {
+    pgrx::spi::quote_qualified_identifier(schema, name)
+}
+
+/// A value passed to a statement as an SPI argument.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Text(Option<String>),
+    Int4(Option<i32>),
+    Int8(Option<i64>),
+    Oid(pg_sys::Oid),
+}
+
+impl Value {
+    pub fn text(value: impl Into<String>) -> Value {
+        Value::Text(Some(value.into()))
+    }
+
+    fn to_datum(&self) -> DatumWithOid<'static> {
+        match self {
+            Value::Text(v) => v.clone().into(),
+            Value::Int4(v) => (*v).into(),
+            Value::Int8(v) => (*v).into(),
+            Value::Oid(v) => (*v).into(),
+        }
+    }
+}
+
+/// SQL text with its arguments, built up piece by piece: `param` adds a value and
+/// returns its placeholder, so a builder never has to count `$n` by hand.
+#[derive(Clone, Debug, Default)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<Value>,
+}
+
+impl Statement {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a value and returns its placeholder (`$3`), typed by the caller's cast.
+    pub fn param(&mut self, value: Value) -> String {
+        self.params.push(value);
+        format!("${}", self.params.len())
+    }
+
+}
+
+fn datums(params: &[Value]) -> Vec<DatumWithOid<'static>> {
+    params.iter().map(Value::to_datum).collect()
+}
+
+/// Runs a read-only query and decodes every row with `decode`.
+pub fn select_rows<T>(
+    sql: &str,
+    params: &[Value],
+    mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
+) -> Result<Vec<T>> {
+    let args = datums(params);
+    Spi::connect(|client| {
+        let table = client.select(sql, None, &args)?;
+        let mut out = Vec::with_capacity(table.len());
+        for row in table {
+            out.push(decode(&row)?);
+        }
+        Ok(out)
+    })
+}
+
+/// Runs a query that returns one value (or none).
+pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Result<Option<T>> {
+    let args = datums(params);
+    Spi::connect(|client| {
+        let table = client.select(sql, Some(1), &args)?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        Ok(table.first().get_one::<T>()?)
+    })
+}
+
+/// Runs a statement that writes; returns the number of rows it processed.
+pub fn execute(sql: &str, params: &[Value]) -> Result<u64> {
+    let args = datums(params);
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, None, &args)?;
+        Ok(table.len() as u64)
+    })
+}
+
+/// Reads column `ordinal` (1-based) of a row, as `T`.
+pub fn get<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData, ordinal: usize) -> Result<Option<T>> {
+    Ok(row.get::<T>(ordinal)?)
+}
+
+/// Reads a column that the query guarantees is NOT NULL.
+pub fn get_required<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData, ordinal: usize) -> Result<T> {
+    row.get::<T>(ordinal)?.ok_or_else(|| {
+        crate::error::BackfillError::Internal(format!("column {ordinal} of an internal query was NULL"))
+    })
+}
