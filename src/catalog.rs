@@ -76,6 +76,8 @@ pub struct Target {
     pub rel: Relation,
     pub key: Column,
     pub tenant: Column,
+    /// Read by `soft_delete_orphans` (the write path).
+    #[allow(dead_code)]
     pub soft_delete_column: String,
 }
 

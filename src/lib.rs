@@ -17,7 +17,6 @@ mod types;
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
 mod tests;
 
 /// Required by `cargo pgrx test`.

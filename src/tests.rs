@@ -1,1 +1,582 @@
+//! `#[pg_test]` units: each runs in a transaction that is rolled back, against the
+//! same fixtures the pg_regress suite and the demo load (tests/fixtures/).
 
+
+use pgrx::prelude::*;
+
+// `cargo pgrx test` calls each test as tests.<name>(), so they live in schema `tests`.
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    const CUSTOMERS: &str = include_str!("../tests/fixtures/customers.sql");
+    const SHIFT_TYPES: &str = include_str!("../tests/fixtures/shift_types.sql");
+    const SALES_OPS: &str = include_str!("../tests/fixtures/sales_ops.sql");
+
+    /// The customers job of the runbook, configured as a DBA would.
+    const CUSTOMERS_JOB: &str = "
+        SELECT tenant_backfill.define('customers', 'company_id');
+        SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id');
+        SELECT tenant_backfill.add_source('customers', 'phone_numbers', 'customer_id');
+        SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', rule => 'majority');
+        SELECT tenant_backfill.set_override('customers', '27', '3', 'confirmed by support');
+    ";
+
+    const SHIFT_TYPES_JOB: &str = r#"
+        SELECT tenant_backfill.define('"ShiftTypes"', 'CompanyId');
+        SELECT tenant_backfill.add_source('"ShiftTypes"', '"ShiftInstances"', 'ShiftTypeId', rule => 'majority');
+        SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'Key', 'Value', 'ShiftTypeCompanyOverride:');
+    "#;
+
+    fn run(sql: &str) {
+        Spi::run(sql).expect("SQL failed");
+    }
+
+    fn load(fixtures: &[&str]) {
+        run("CREATE FUNCTION pg_temp.error_of(statement text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN
+                 EXECUTE statement;
+                 RETURN 'no error';
+             EXCEPTION WHEN others THEN
+                 RETURN SQLSTATE || ': ' || SQLERRM;
+             END $$");
+        for fixture in fixtures {
+            run(fixture);
+        }
+    }
+
+    /// "SQLSTATE: message" of the error a statement raises (or "no error").
+    fn error_of(statement: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT pg_temp.error_of($1)", &[statement.into()])
+            .expect("error_of failed")
+            .expect("error_of returned NULL")
+    }
+
+    fn text(query: &str) -> Option<String> {
+        Spi::get_one::<String>(query).expect("query failed")
+    }
+
+    fn count(query: &str) -> i64 {
+        Spi::get_one::<i64>(query).expect("query failed").expect("count was NULL")
+    }
+
+    /// Rows of a query as text columns joined by '|', in the query's order.
+    fn rows(query: &str) -> Vec<String> {
+        Spi::connect(|client| {
+            let table = client.select(query, None, &[]).expect("query failed");
+            let mut out = Vec::new();
+            for row in table {
+                let n = row.columns();
+                let cols: Vec<String> = (1..=n)
+                    .map(|i| row.get::<String>(i).expect("cast every column to text").unwrap_or_default())
+                    .collect();
+                out.push(cols.join("|"));
+            }
+            out
+        })
+    }
+
+    // ---------------------------------------------------------------- define
+
+    #[pg_test]
+    fn define_defaults_key_to_primary_key_and_soft_delete_to_deleted_at() {
+        load(&[CUSTOMERS]);
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        assert_eq!(
+            rows("SELECT target::text, tenant_column::text, key_column::text, soft_delete_column::text FROM tenant_backfill.targets"),
+            vec!["customers|company_id|id|deleted_at"]
+        );
+    }
+
+    #[pg_test]
+    fn define_again_updates_instead_of_duplicating() {
+        load(&[CUSTOMERS]);
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        run("SELECT tenant_backfill.define('customers', 'company_id', 'id', 'updated_at')");
+        assert_eq!(
+            rows("SELECT target::text, soft_delete_column::text FROM tenant_backfill.targets"),
+            vec!["customers|updated_at"]
+        );
+    }
+
+    #[pg_test]
+    fn define_rejects_bad_input_with_its_sqlstate() {
+        load(&[CUSTOMERS]);
+        run("CREATE TABLE no_pk (id int, company_id int);
+             CREATE TABLE two_col_pk (a int, b int, company_id int, PRIMARY KEY (a, b));
+             CREATE VIEW customers_view AS SELECT * FROM customers;");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('nope', 'company_id')"),
+            "42P01: relation \"nope\" does not exist"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('customers', 'Company_Id')"),
+            "42703: column \"Company_Id\" of customers does not exist"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('customers', 'company_id', 'nope')"),
+            "42703: column \"nope\" of customers does not exist"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('no_pk', 'company_id')"),
+            "22023: no_pk has no primary key"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('two_col_pk', 'company_id')"),
+            "22023: two_col_pk has a primary key of 2 columns"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('customers', 'company_id', 'email')"),
+            "22023: key column email of customers is not a usable key"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('customers', 'id')"),
+            "22023: the tenant column id of customers is also its key"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('customers_view', 'company_id')"),
+            "42809: customers_view is not a table"
+        );
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.targets"), 0);
+    }
+
+    #[pg_test]
+    fn define_accepts_a_unique_not_null_key_column() {
+        load(&[CUSTOMERS]);
+        run("CREATE TABLE accounts (id int PRIMARY KEY, code text NOT NULL UNIQUE, tenant int)");
+        run("SELECT tenant_backfill.define('accounts', 'tenant', 'code')");
+        assert_eq!(text("SELECT key_column::text FROM tenant_backfill.targets"), Some("code".into()));
+    }
+
+    // ---------------------------------------------------------------- add_source
+
+    #[pg_test]
+    fn add_source_defaults_tenant_column_phase_and_rule() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        assert_eq!(
+            rows("SELECT source::text, via::text, tenant_column::text, phase::text, rule FROM tenant_backfill.sources ORDER BY phase"),
+            vec![
+                "appointments|customer_id|company_id|1|unanimous",
+                "phone_numbers|customer_id|company_id|2|unanimous",
+                "calls|customer_id|company_id|3|majority",
+            ]
+        );
+    }
+
+    #[pg_test]
+    fn add_source_again_updates_and_keeps_its_phase() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id', rule => 'majority')");
+        assert_eq!(
+            rows("SELECT source::text, phase::text, rule FROM tenant_backfill.sources ORDER BY phase"),
+            vec!["appointments|1|majority", "phone_numbers|2|unanimous", "calls|3|majority"]
+        );
+        run("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', phase => 7)");
+        assert_eq!(count("SELECT phase::bigint FROM tenant_backfill.sources WHERE source = 'calls'::regclass"), 7);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.sources"), 3);
+    }
+
+    #[pg_test]
+    fn add_source_rejects_bad_input_with_its_sqlstate() {
+        load(&[CUSTOMERS]);
+        run("CREATE TABLE notes (customer_ref text, company_id int, shape point)");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id')"),
+            "42704: customers is not a tenant_backfill target"
+        );
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        run("SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id')");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'nope', 'customer_id')"),
+            "42P01: relation \"nope\" does not exist"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer')"),
+            "42703: column \"customer\" of calls does not exist"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'notes', 'customer_ref')"),
+            "42804: column customer_ref of notes is text and cannot be compared with key id of customers (integer)"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', 'called_at')"),
+            "42804: tenant column called_at of calls is timestamp with time zone and cannot be cast to integer (company_id of customers)"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', rule => 'mostly')"),
+            "22023: unknown rule \"mostly\""
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', phase => 1)"),
+            "22023: phase 1 of customers is already appointments.customer_id"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', phase => 0)"),
+            "22023: phase 0 is not a positive number"
+        );
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.sources"), 1);
+    }
+
+    #[pg_test]
+    fn add_source_accepts_comparable_and_castable_types() {
+        load(&[CUSTOMERS]);
+        // bigint via against an int key, text tenant cast to the int tenant.
+        run("CREATE TABLE invoices (customer_id bigint, company_id text)");
+        run("INSERT INTO invoices VALUES (30, '2'), (30, '2')");
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        run("SELECT tenant_backfill.add_source('customers', 'invoices', 'customer_id')");
+        assert_eq!(
+            rows("SELECT row_key, proposed_tenant, action, evidence::text FROM tenant_backfill.plan('customers') WHERE row_key = '30'"),
+            vec![r#"30|2|fill|{"invoices": {"2": 2}}"#]
+        );
+    }
+
+    #[pg_test]
+    fn a_role_without_select_on_a_source_gets_42501_naming_it() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("CREATE ROLE tb_auditor;
+             GRANT USAGE ON SCHEMA tenant_backfill TO tb_auditor;
+             GRANT SELECT ON ALL TABLES IN SCHEMA tenant_backfill TO tb_auditor;
+             GRANT SELECT ON customers, appointments, calls TO tb_auditor;
+             SET LOCAL ROLE tb_auditor;");
+        assert_eq!(
+            error_of("SELECT * FROM tenant_backfill.plan('customers')"),
+            "42501: permission denied: role tb_auditor cannot SELECT column customer_id of phone_numbers"
+        );
+        assert_eq!(
+            error_of("SELECT * FROM tenant_backfill.preflight('customers')"),
+            "42501: permission denied: role tb_auditor cannot SELECT column customer_id of phone_numbers"
+        );
+        run("RESET ROLE; GRANT SELECT (customer_id, company_id) ON phone_numbers TO tb_auditor; SET LOCAL ROLE tb_auditor;");
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.plan('customers')"), 31);
+        // review_queue shows whole rows, so it wants SELECT on the whole target.
+        run("RESET ROLE; REVOKE SELECT ON customers FROM tb_auditor; GRANT SELECT (id, company_id) ON customers TO tb_auditor; SET LOCAL ROLE tb_auditor;");
+        assert_eq!(
+            error_of("SELECT * FROM tenant_backfill.review_queue('customers')"),
+            "42501: permission denied: role tb_auditor cannot SELECT customers"
+        );
+    }
+
+    // ---------------------------------------------------------------- overrides
+
+    #[pg_test]
+    fn set_override_stores_canonical_keys_and_null_removes_it() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("SELECT tenant_backfill.set_override('customers', '0030', ' 2', 'phone call with owner')");
+        assert_eq!(
+            rows("SELECT row_key, tenant, note FROM tenant_backfill.overrides ORDER BY row_key"),
+            vec!["27|3|confirmed by support", "30|2|phone call with owner"]
+        );
+        assert_eq!(text("SELECT tenant_backfill.override_for('customers', '30')"), Some("2".into()));
+        run("SELECT tenant_backfill.set_override('customers', '30', NULL)");
+        assert_eq!(text("SELECT tenant_backfill.override_for('customers', '30')"), None);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.overrides"), 1);
+    }
+
+    #[pg_test]
+    fn set_override_rejects_bad_input_with_its_sqlstate() {
+        load(&[CUSTOMERS, SALES_OPS]);
+        run(CUSTOMERS_JOB);
+        run(r#"SELECT tenant_backfill.define('"Sales Ops"."client; DROP TABLE x--"', 'Tenant Id')"#);
+        assert_eq!(
+            error_of("SELECT tenant_backfill.set_override('customers', 'abc', '1')"),
+            "22P02: invalid value \"abc\" for column customers.id of type integer"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.set_override('customers', '30', 'Acme')"),
+            "22P02: invalid value \"Acme\" for column customers.company_id of type integer"
+        );
+        assert_eq!(
+            error_of(r#"SELECT tenant_backfill.set_override('"Sales Ops"."client; DROP TABLE x--"', 'not-a-uuid', '1')"#),
+            r#"22P02: invalid value "not-a-uuid" for column "Sales Ops"."client; DROP TABLE x--"."Account Id" of type uuid"#
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.set_override('customers', '999', '1')"),
+            "22023: customers has no row with id = 999"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.set_override('customers', NULL, '1')"),
+            "22023: row_key is NULL"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.set_override('companies', '1', '1')"),
+            "42704: companies is not a tenant_backfill target"
+        );
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.overrides"), 1);
+    }
+
+    #[pg_test]
+    fn override_tables_are_read_live_after_the_overrides_table() {
+        load(&[SHIFT_TYPES]);
+        run(SHIFT_TYPES_JOB);
+        assert_eq!(text(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', '5')"#), Some("3".into()));
+        assert_eq!(text(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', '6')"#), None);
+        // Live: a new config row counts at once.
+        run(r#"INSERT INTO "Configs" ("Key", "Value") VALUES ('ShiftTypeCompanyOverride:6', '2')"#);
+        assert_eq!(text(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', '6')"#), Some("2".into()));
+        // The extension's own overrides table wins over a config table.
+        run(r#"SELECT tenant_backfill.set_override('"ShiftTypes"', '5', '1')"#);
+        assert_eq!(text(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', '5')"#), Some("1".into()));
+        // Adding the same config table again updates it instead of adding a second copy.
+        run(r#"SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'Key', 'Value', 'ShiftTypeCompanyOverride:')"#);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.override_tables"), 1);
+    }
+
+    #[pg_test]
+    fn add_override_table_and_override_for_reject_bad_input() {
+        load(&[SHIFT_TYPES]);
+        run(SHIFT_TYPES_JOB);
+        assert_eq!(
+            error_of(r#"SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'key', 'Value')"#),
+            "42703: column \"key\" of \"Configs\" does not exist"
+        );
+        run(r#"ALTER TABLE "Configs" ADD COLUMN "Shape" point"#);
+        assert_eq!(
+            error_of(r#"SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'Key', 'Shape')"#),
+            "42804: column Shape of \"Configs\" is point and cannot be cast to integer (CompanyId of \"ShiftTypes\")"
+        );
+        assert_eq!(
+            error_of(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', 'five')"#),
+            "22P02: invalid value \"five\" for column \"ShiftTypes\".\"Id\" of type integer"
+        );
+        assert_eq!(
+            error_of(r#"SELECT tenant_backfill.override_for('"Companies"', '1')"#),
+            "42704: \"Companies\" is not a tenant_backfill target"
+        );
+    }
+
+    // ---------------------------------------------------------------- discover
+
+    #[pg_test]
+    fn discover_lists_foreign_keys_from_tables_with_the_tenant_column() {
+        load(&[CUSTOMERS]);
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        // A foreign key from a table without company_id is no candidate.
+        run("CREATE TABLE reviews (id int PRIMARY KEY, customer_id int REFERENCES customers)");
+        assert_eq!(
+            rows("SELECT source::text, via::text, tenant_column::text, has_index::text FROM tenant_backfill.discover('customers')"),
+            vec![
+                "appointments|customer_id|company_id|true",
+                "calls|customer_id|company_id|true",
+                "phone_numbers|customer_id|company_id|false",
+            ]
+        );
+    }
+
+    // ---------------------------------------------------------------- the decision engine
+
+    #[pg_test]
+    fn plan_follows_the_cascade_for_every_bucket() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        assert_eq!(
+            rows("SELECT action, count(*)::text FROM tenant_backfill.plan('customers') GROUP BY action ORDER BY action"),
+            vec!["conflict|4", "fill|23", "orphan|2", "unresolved|2"]
+        );
+        assert_eq!(
+            rows("SELECT row_key, coalesce(proposed_tenant, '-'), action, coalesce(phase::text, '-'), coalesce(source, '-'), coalesce(rule, '-'), evidence::text
+                    FROM tenant_backfill.plan('customers') WHERE row_key IN ('1', '16', '19', '24', '26', '27', '28', '30')"),
+            vec![
+                r#"1|2|fill|1|appointments|unanimous|{"appointments": {"2": 2}}"#,
+                r#"16|-|conflict|1|appointments|unanimous|{"appointments": {"1": 1, "2": 1}, "phone_numbers": {"1": 1}}"#,
+                r#"19|2|fill|2|phone_numbers|unanimous|{"phone_numbers": {"2": 1}}"#,
+                r#"24|-|conflict|2|phone_numbers|unanimous|{"phone_numbers": {"1": 1, "3": 1}}"#,
+                r#"26|2|fill|3|calls|majority|{"calls": {"2": 1, "3": 1}}"#,
+                r#"27|3|fill|0|overrides|override|{"appointments": {"1": 1, "2": 1}}"#,
+                "28|-|unresolved|-|-|-|{}",
+                "30|-|orphan|-|-|-|{}",
+            ]
+        );
+    }
+
+    #[pg_test]
+    fn plan_is_in_key_order_and_never_lists_rows_that_have_a_tenant() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        let keys: Vec<String> = rows("SELECT row_key FROM tenant_backfill.plan('customers')");
+        let expected: Vec<String> = (1..=31).map(|i| i.to_string()).collect();
+        assert_eq!(keys, expected);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.plan('customers') WHERE current_tenant IS NOT NULL"), 0);
+    }
+
+    #[pg_test]
+    fn preflight_counts_every_bucket() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        assert_eq!(
+            rows("SELECT check_name, rows::text, coalesce(detail, '') FROM tenant_backfill.preflight('customers')"),
+            vec![
+                "total_rows|60|customers",
+                "null_tenant|31|company_id IS NULL",
+                "by_override|1|overrides: 1",
+                "by_phase_1|15|appointments (unanimous)",
+                "by_phase_2|5|phone_numbers (unanimous)",
+                "by_phase_3|2|calls (majority)",
+                "conflicts|4|appointments: 3, phone_numbers: 1",
+                "orphans|2|no related rows in any source",
+                "unresolved|2|related rows exist but none carries a tenant",
+                "source_null_tenant|4|appointments: 2, phone_numbers: 1, calls: 1",
+                "missing_index|1|phone_numbers.customer_id",
+            ]
+        );
+    }
+
+    #[pg_test]
+    fn conflicts_and_review_queue_list_what_is_left_for_a_human() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        assert_eq!(
+            rows("SELECT row_key FROM tenant_backfill.conflicts('customers')"),
+            vec!["16", "17", "18", "24"]
+        );
+        assert_eq!(
+            rows("SELECT row_key, reason, row_data->>'email', coalesce(tenant, '') FROM tenant_backfill.review_queue('customers')"),
+            vec![
+                "16|conflict|customer16@example.com|",
+                "17|conflict|customer17@example.com|",
+                "18|conflict|customer18@example.com|",
+                "24|conflict|customer24@example.com|",
+                "28|unresolved|customer28@example.com|",
+                "29|unresolved|customer29@example.com|",
+                "30|orphan|customer30@example.com|",
+                "31|orphan|customer31@example.com|",
+            ]
+        );
+    }
+
+    #[pg_test]
+    fn a_majority_tie_goes_to_the_lowest_tenant_in_the_tenants_own_order() {
+        load(&[CUSTOMERS]);
+        // 9 and 10: as text '10' < '9', as integers 9 < 10.
+        run("INSERT INTO companies VALUES (9, 'Nine'), (10, 'Ten');
+             INSERT INTO calls (customer_id, company_id) VALUES (31, 10), (31, 9);");
+        run(CUSTOMERS_JOB);
+        assert_eq!(
+            rows("SELECT proposed_tenant, action FROM tenant_backfill.plan('customers') WHERE row_key = '31'"),
+            vec!["9|fill"]
+        );
+    }
+
+    #[pg_test]
+    fn reassign_corrects_contradicted_tenants_with_overrides_first() {
+        load(&[SHIFT_TYPES]);
+        run(SHIFT_TYPES_JOB);
+        assert_eq!(
+            rows(r#"SELECT row_key, current_tenant, proposed_tenant, action, phase::text, source, rule FROM tenant_backfill.plan('"ShiftTypes"', 'reassign')"#),
+            vec![
+                "2|1|2|reassign|1|ShiftInstances|majority",
+                "3|1|3|reassign|1|ShiftInstances|majority",
+                "4|1|2|reassign|1|ShiftInstances|majority",
+                "5|1|3|reassign|0|Configs|override",
+                "8|1|2|reassign|0|Configs|override",
+            ]
+        );
+        // In fill mode nothing is NULL, so nothing is planned.
+        assert_eq!(count(r#"SELECT count(*) FROM tenant_backfill.plan('"ShiftTypes"')"#), 0);
+        assert_eq!(
+            rows(r#"SELECT check_name, rows::text FROM tenant_backfill.preflight('"ShiftTypes"', 'reassign') WHERE check_name IN ('by_override', 'by_phase_1', 'mismatched')"#),
+            vec!["by_override|2", "by_phase_1|3", "mismatched|5"]
+        );
+    }
+
+    #[pg_test]
+    fn reassign_flags_a_non_null_row_whose_unanimous_evidence_disagrees() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        // Customer 40 (company 2) has an appointment of company 2 and one of company 3.
+        run("INSERT INTO appointments (customer_id, company_id) VALUES (40, 3)");
+        assert_eq!(
+            rows("SELECT row_key, current_tenant, action FROM tenant_backfill.plan('customers', 'reassign') WHERE current_tenant IS NOT NULL"),
+            vec!["40|2|conflict"]
+        );
+    }
+
+    #[pg_test]
+    fn an_unknown_mode_is_22023() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        assert_eq!(
+            error_of("SELECT * FROM tenant_backfill.plan('customers', 'repair')"),
+            "22023: unknown mode \"repair\""
+        );
+        assert_eq!(
+            error_of("SELECT * FROM tenant_backfill.preflight('customers', NULL)"),
+            "22023: unknown mode \"NULL\""
+        );
+    }
+
+    #[pg_test]
+    fn a_target_without_sources_plans_overrides_and_orphans() {
+        load(&[CUSTOMERS]);
+        run("SELECT tenant_backfill.define('customers', 'company_id');
+             SELECT tenant_backfill.set_override('customers', '5', '1');");
+        assert_eq!(
+            rows("SELECT action, count(*)::text FROM tenant_backfill.plan('customers') GROUP BY action ORDER BY action"),
+            vec!["fill|1", "orphan|30"]
+        );
+    }
+
+    #[pg_test]
+    fn quoted_names_uuid_keys_and_bigint_tenants_work() {
+        load(&[SALES_OPS]);
+        run(r#"SELECT tenant_backfill.define('"Sales Ops"."client; DROP TABLE x--"', 'Tenant Id');
+               SELECT tenant_backfill.add_source('"Sales Ops"."client; DROP TABLE x--"', '"Sales Ops"."Deal Log"', 'Account Ref');"#);
+        assert_eq!(
+            rows(r#"SELECT row_key, coalesce(proposed_tenant, '-'), action FROM tenant_backfill.plan('"Sales Ops"."client; DROP TABLE x--"')"#),
+            vec![
+                "00000000-0000-4000-8000-000000000001|7000000001|fill",
+                "00000000-0000-4000-8000-000000000002|7000000002|fill",
+                "00000000-0000-4000-8000-000000000003|9000000000000000003|fill",
+                "00000000-0000-4000-8000-000000000004|7000000002|fill",
+                "00000000-0000-4000-8000-000000000005|-|conflict",
+                "00000000-0000-4000-8000-000000000006|-|orphan",
+            ]
+        );
+        // The tables are all still there.
+        assert_eq!(count(r#"SELECT count(*) FROM "Sales Ops"."client; DROP TABLE x--""#), 7);
+    }
+
+    /// Keys and actions of one batch of the decision query, run directly.
+    fn batch(after: Option<&str>, up_to: Option<&str>, limit: Option<i64>) -> Vec<String> {
+        use crate::engine::{decision_query, Mode, Scope};
+        let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'customers'::regclass::oid").unwrap().unwrap();
+        let job = crate::catalog::job(oid).unwrap();
+        let scope = Scope::Batch { after: after.map(Into::into), up_to: up_to.map(Into::into), limit };
+        let st = decision_query(&job, Mode::Fill, &scope);
+        crate::sql::select_rows(
+            &format!("WITH d AS ({}) SELECT d.key::text, d.action FROM d ORDER BY d.key", st.sql),
+            &st.params,
+            |row| Ok(format!("{}:{}", crate::sql::get_required::<String>(row, 1)?, crate::sql::get_required::<String>(row, 2)?)),
+        )
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn the_engine_decides_one_batch_of_keys_by_keyset() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        // The key is compared as an integer, not as text (where "10" < "9").
+        assert_eq!(batch(Some("9"), None, Some(3)), vec!["10:fill", "11:fill", "12:fill"]);
+        assert_eq!(
+            batch(Some("23"), Some("28"), None),
+            vec!["24:conflict", "25:fill", "26:fill", "27:fill", "28:unresolved"]
+        );
+        // Fill mode skips rows that have a tenant: the batch after 30 holds only 31.
+        assert_eq!(batch(Some("30"), None, Some(5)), vec!["31:orphan"]);
+        assert_eq!(batch(Some("31"), None, Some(5)), Vec::<String>::new());
+    }
+
+    #[pg_test]
+    fn configuration_survives_pg_dump() {
+        // pg_extension_config_dump registers each configuration table for pg_dump.
+        assert_eq!(
+            rows("SELECT c.relname::text FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
+                   WHERE e.extname = 'tenant_backfill' ORDER BY 1"),
+            vec!["override_tables", "overrides", "sources", "targets"]
+        );
+    }
+}
