@@ -114,3 +114,11 @@ cluster_stop() {
     local v=$1 dir=$2
     sudo -u postgres "$(bindir_for "$v")/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
 }
+
+# A scratch directory that user postgres can enter.
+scratch_dir() {
+    local dir
+    dir=$(mktemp -d "/tmp/tenant_backfill_$1.XXXXXX")
+    chmod 755 "$dir"
+    echo "$dir"
+}
