@@ -122,3 +122,34 @@ scratch_dir() {
     chmod 755 "$dir"
     echo "$dir"
 }
+
+# run_regress VERSION [TEST...]: the pg_regress suite (all of tests/pg_regress/sql by
+# default) against the installed extension, on a throwaway cluster. The inputs are
+# copied to a scratch directory so user postgres can read them wherever the checkout
+# lives. Results land in tests/pg_regress/results and regression.diffs.
+run_regress() {
+    local v=$1 dir port regress status=0 tests
+    shift
+    tests=${*:-$(cd "$REPO_ROOT/tests/pg_regress/sql" && ls -- *.sql | sed 's/\.sql$//' | sort)}
+    dir=$(scratch_dir regress)
+    port=$((55000 + v))
+    cp -r "$REPO_ROOT/tests/pg_regress" "$REPO_ROOT/tests/fixtures" "$dir/"
+    rm -rf "$dir/pg_regress/results" "$dir/pg_regress/regression."*
+    mkdir -p "$dir/out"
+    chown -R postgres:postgres "$dir/pg_regress" "$dir/fixtures" "$dir/out"
+    cluster_start "$v" "$dir/cluster" "$port"
+    regress="$("$(pg_config_for "$v")" --pkglibdir)/pgxs/src/test/regress/pg_regress"
+    # shellcheck disable=SC2086
+    sudo -u postgres "$regress" --host="$dir/cluster" --port="$port" --user=postgres \
+        --inputdir="$dir/pg_regress" --outputdir="$dir/out" \
+        --bindir="$(bindir_for "$v")" --dbname=tenant_backfill_regress $tests || status=$?
+    cluster_stop "$v" "$dir/cluster"
+    rm -rf "$REPO_ROOT/tests/pg_regress/results" "$REPO_ROOT/tests/pg_regress/regression.diffs"
+    mkdir -p "$REPO_ROOT/tests/pg_regress/results"
+    cp "$dir"/out/results/*.out "$REPO_ROOT/tests/pg_regress/results/" 2>/dev/null || true
+    if [ -f "$dir/out/regression.diffs" ]; then
+        cp "$dir/out/regression.diffs" "$REPO_ROOT/tests/pg_regress/regression.diffs"
+    fi
+    rm -rf "$dir"
+    return $status
+}
