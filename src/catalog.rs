@@ -76,8 +76,6 @@ pub struct Target {
     pub rel: Relation,
     pub key: Column,
     pub tenant: Column,
-    /// Read by `soft_delete_orphans` (the write path).
-    #[allow(dead_code)]
     pub soft_delete_column: String,
 }
 
@@ -264,16 +262,25 @@ pub fn castable(from: pg_sys::Oid, to: pg_sys::Oid) -> Result<bool> {
 /// Checks that the caller may SELECT these columns: a clear 42501 naming the table
 /// before any query fails half way.
 pub fn require_select(rel: &Relation, columns: &[&Column]) -> Result<()> {
+    require_column_privilege(rel, columns, "SELECT")
+}
+
+/// Checks that the caller may UPDATE the column a run writes.
+pub fn require_update(rel: &Relation, column: &Column) -> Result<()> {
+    require_column_privilege(rel, &[column], "UPDATE")
+}
+
+fn require_column_privilege(rel: &Relation, columns: &[&Column], privilege: &str) -> Result<()> {
     for col in columns {
         let allowed = sql::select_value::<bool>(
-            "SELECT pg_catalog.has_column_privilege($1, $2::pg_catalog.int2, 'SELECT')",
-            &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into()))],
+            "SELECT pg_catalog.has_column_privilege($1, $2::pg_catalog.int2, $3)",
+            &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into())), Value::text(privilege)],
         )?
         .unwrap_or(false);
         if !allowed {
             return Err(BackfillError::NotAllowed(
-                format!("role {} cannot SELECT column {} of {}", current_role()?, col.name, rel.display),
-                format!("GRANT SELECT ON {} TO the role that runs tenant_backfill.", rel.display),
+                format!("role {} cannot {privilege} column {} of {}", current_role()?, col.name, rel.display),
+                format!("GRANT {privilege} ON {} TO the role that runs tenant_backfill.", rel.display),
             ));
         }
     }

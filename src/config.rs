@@ -60,6 +60,25 @@ fn define_target(
     Ok(())
 }
 
+/// Removes a target's configuration (its sources, overrides and override tables with
+/// it). Its runs, backups and audit log stay: they are history.
+#[pg_extern]
+fn undefine(target: RegClass) {
+    undefine_target(target).or_raise()
+}
+
+fn undefine_target(target: RegClass) -> Result<()> {
+    let removed = sql::execute(
+        "DELETE FROM tenant_backfill.targets WHERE target = $1::pg_catalog.oid::pg_catalog.regclass",
+        &[Value::Oid(target.0)],
+    )?;
+    if removed == 0 {
+        let rel = catalog::relation(target.0)?;
+        return Err(BackfillError::NotDefined(rel.display));
+    }
+    Ok(())
+}
+
 /// Adds (or updates) a related table whose `via` column points at the target's key.
 #[pg_extern]
 fn add_source(

@@ -50,9 +50,8 @@ impl Mode {
 pub enum Scope {
     /// The whole table.
     All,
-    /// Keyset pagination (the batches of the write path; tested directly until it lands): keys after `after` (exclusive) up to `up_to` (inclusive),
+    /// Keyset pagination (the batches of the write path): keys after `after` (exclusive) up to `up_to` (inclusive),
     /// at most `limit` rows, in key order. Keys are text, cast to the key's type.
-    #[allow(dead_code)]
     Batch { after: Option<String>, up_to: Option<String>, limit: Option<i64> },
 }
 
@@ -239,6 +238,11 @@ pub fn override_query(job: &Job, key_text: &str) -> Statement {
         tenant_type = job.target.tenant.type_sql,
     );
     st
+}
+
+/// The keys (as text) that an override decides, as a subquery: `SELECT key_text FROM (...)`.
+pub fn overridden_keys(job: &Job, st: &mut Statement) -> String {
+    format!("SELECT u.key_text FROM ({}) u", override_union(job, st))
 }
 
 /// The quoted key column, for consumers that join the decision back to the target.

@@ -21,6 +21,10 @@ pub enum BackfillError {
     #[error("column \"{column}\" of {table} does not exist")]
     UnknownColumn { table: String, column: String },
 
+    /// 42703: soft_delete_orphans on a target without its soft-delete column.
+    #[error("{table} has no soft-delete column \"{column}\"")]
+    NoSoftDeleteColumn { table: String, column: String },
+
     /// 42804
     #[error("{0}")]
     TypeMismatch(String, String),
@@ -41,6 +45,14 @@ pub enum BackfillError {
     #[error("{0} is not a tenant_backfill target")]
     NotDefined(String),
 
+    /// 42704: a run id that does not exist.
+    #[error("run {0} does not exist")]
+    UnknownRun(i64),
+
+    /// 55P03: another run holds the target, or locks could not be had in time.
+    #[error("{0}")]
+    Busy(String, String),
+
     /// XX000: SPI failed in a way Postgres itself did not report.
     #[error("internal error: {0}")]
     Internal(String),
@@ -58,12 +70,16 @@ impl BackfillError {
         match self {
             BackfillError::UnknownTable(_) => ERRCODE_UNDEFINED_TABLE,
             BackfillError::NotATable { .. } => ERRCODE_WRONG_OBJECT_TYPE,
-            BackfillError::UnknownColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            BackfillError::UnknownColumn { .. } | BackfillError::NoSoftDeleteColumn { .. } => {
+                ERRCODE_UNDEFINED_COLUMN
+            }
             BackfillError::TypeMismatch(..) => ERRCODE_DATATYPE_MISMATCH,
             BackfillError::NotAllowed(..) => ERRCODE_INSUFFICIENT_PRIVILEGE,
             BackfillError::InvalidValue { .. } => ERRCODE_INVALID_TEXT_REPRESENTATION,
             BackfillError::BadArgument(..) => ERRCODE_INVALID_PARAMETER_VALUE,
             BackfillError::NotDefined(_) => ERRCODE_UNDEFINED_OBJECT,
+            BackfillError::UnknownRun(_) => ERRCODE_UNDEFINED_OBJECT,
+            BackfillError::Busy(..) => ERRCODE_LOCK_NOT_AVAILABLE,
             BackfillError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -80,9 +96,14 @@ impl BackfillError {
             BackfillError::UnknownColumn { .. } => {
                 Some("Column names are matched exactly as written, case included, without quotes.".into())
             }
+            BackfillError::NoSoftDeleteColumn { .. } => Some(
+                "Name the column that marks a row deleted: define(target, tenant_column, soft_delete_column => ...).".into(),
+            ),
             BackfillError::TypeMismatch(_, todo)
             | BackfillError::NotAllowed(_, todo)
-            | BackfillError::BadArgument(_, todo) => Some(todo.clone()),
+            | BackfillError::BadArgument(_, todo)
+            | BackfillError::Busy(_, todo) => Some(todo.clone()),
+            BackfillError::UnknownRun(_) => Some("SELECT * FROM tenant_backfill.runs lists the runs.".into()),
             BackfillError::InvalidValue { .. } => {
                 Some("Keys and tenants cross the API as text and must cast to the column's type.".into())
             }

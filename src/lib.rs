@@ -10,11 +10,17 @@ mod config;
 mod engine;
 mod error;
 mod reports;
+mod runner;
 mod sql;
 mod types;
+mod verify;
+mod writer;
 
 // The configuration tables and hand-written helpers come first: every function reads them.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/write_path.sql", name = "write_path", requires = ["schema"]);
+// The procedure calls the Rust functions by name, so it comes last.
+extension_sql_file!("../sql/procedures.sql", name = "procedures", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

@@ -66,15 +66,20 @@ fn datums(params: &[Value]) -> Vec<DatumWithOid<'static>> {
     params.iter().map(Value::to_datum).collect()
 }
 
-/// Runs a read-only query and decodes every row with `decode`.
+/// Runs a statement and decodes every row it returns with `decode`.
+///
+/// Every statement runs as a "mutable" SPI call, reads included: a read-only SPI call
+/// would keep the function's first snapshot and miss what an earlier statement of the
+/// same call wrote (a run's row, a batch's counts), and could not run the write path's
+/// data-modifying CTEs at all.
 pub fn select_rows<T>(
     sql: &str,
     params: &[Value],
     mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
 ) -> Result<Vec<T>> {
     let args = datums(params);
-    Spi::connect(|client| {
-        let table = client.select(sql, None, &args)?;
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, None, &args)?;
         let mut out = Vec::with_capacity(table.len());
         for row in table {
             out.push(decode(&row)?);
@@ -83,11 +88,11 @@ pub fn select_rows<T>(
     })
 }
 
-/// Runs a query that returns one value (or none).
+/// Runs a statement that returns one value (or none).
 pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Result<Option<T>> {
     let args = datums(params);
-    Spi::connect(|client| {
-        let table = client.select(sql, Some(1), &args)?;
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, None, &args)?;
         if table.is_empty() {
             return Ok(None);
         }

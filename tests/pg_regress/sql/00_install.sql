@@ -1,5 +1,5 @@
 -- Installing the extension creates its schema, its configuration tables and the
--- functions of API.md sections 1 and 2, with exactly these signatures.
+-- functions and the run procedure of API.md, with exactly these signatures.
 CREATE EXTENSION tenant_backfill;
 SELECT p.oid::regprocedure AS function, pg_get_function_result(p.oid) AS returns
   FROM pg_proc p

@@ -1,0 +1,68 @@
+-- The production path. pgrx cannot COMMIT from Rust, so this thin procedure loops over
+-- _run_batch (exactly one batch per call) and commits after each. Errors are caught
+-- only to record them durably (status failed, advisory lock released) and re-raised.
+CREATE PROCEDURE @extschema@.run(
+    target pg_catalog.regclass,
+    batch_size pg_catalog.int4 DEFAULT 1000,
+    pause_ms pg_catalog.int4 DEFAULT 0,
+    mode pg_catalog.text DEFAULT 'fill',
+    dry_run pg_catalog.bool DEFAULT false,
+    lock_timeout_ms pg_catalog.int4 DEFAULT 1000)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    this_run pg_catalog.int8;
+    finished pg_catalog.bool := false;
+    lock_failures pg_catalog.int4 := 0;
+    sleep_seconds pg_catalog.float8 := 0;
+    err_state pg_catalog.text;
+    err_message pg_catalog.text;
+    err_detail pg_catalog.text;
+BEGIN
+    this_run := @extschema@._run_begin(target, batch_size, pause_ms, mode, dry_run, lock_timeout_ms);
+    COMMIT;
+    WHILE NOT finished LOOP
+        err_state := NULL;
+        -- The pause sits inside the block too, so a cancel or statement_timeout that
+        -- lands while sleeping is recorded like one that lands in a batch.
+        BEGIN
+            IF sleep_seconds > 0 THEN
+                PERFORM pg_catalog.pg_sleep(sleep_seconds);
+            END IF;
+            finished := @extschema@._run_batch(this_run);
+        EXCEPTION WHEN query_canceled OR others THEN
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE,
+                                    err_message = MESSAGE_TEXT,
+                                    err_detail = PG_EXCEPTION_DETAIL;
+        END;
+        IF err_state = '55P03' AND lock_failures < 5 THEN
+            -- The batch could not get its locks in time: back off and try it again.
+            lock_failures := lock_failures + 1;
+            RAISE NOTICE 'tenant_backfill: run % could not lock its batch (try %/5), retrying', this_run, lock_failures;
+            COMMIT;
+            sleep_seconds := LEAST(0.05 * (2 ^ lock_failures), 2.0);
+            CONTINUE;
+        ELSIF err_state IS NOT NULL THEN
+            PERFORM @extschema@._run_end(this_run, err_state, err_message);
+            COMMIT;
+            IF err_state = '55P03' THEN
+                err_message := pg_catalog.format(
+                    'run %s of %s stopped: a batch could not get its locks within %s ms, 6 times',
+                    this_run, target, lock_timeout_ms);
+                err_detail := 'Its status is failed. CALL run again with the same mode to resume where it stopped.';
+            END IF;
+            IF err_detail IS NULL OR err_detail = '' THEN
+                RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail;
+        END IF;
+        lock_failures := 0;
+        sleep_seconds := pause_ms / 1000.0;
+        COMMIT;
+    END LOOP;
+    PERFORM @extschema@._run_end(this_run, NULL, NULL);
+    COMMIT;
+END
+$$;
+COMMENT ON PROCEDURE @extschema@.run(pg_catalog.regclass, pg_catalog.int4, pg_catalog.int4, pg_catalog.text, pg_catalog.bool, pg_catalog.int4) IS
+    'Backfill a target in committed batches: resumable, one run per target at a time, NOTICE progress per batch.';

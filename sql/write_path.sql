@@ -1,0 +1,99 @@
+-- What every change leaves behind: the runs, a backup of each row's prior value, and
+-- the audit log. All are registered with pg_extension_config_dump so pg_dump keeps them.
+
+CREATE TABLE @extschema@.runs (
+    run_id           bigserial PRIMARY KEY,
+    target           pg_catalog.regclass NOT NULL,
+    -- run (CALL run), run_now, apply_decisions, soft_delete_orphans or rollback
+    kind             pg_catalog.text NOT NULL,
+    mode             pg_catalog.text,
+    dry_run          pg_catalog.bool NOT NULL DEFAULT false,
+    -- planned (a dry run: nothing written), running, done, failed, rolled_back
+    status           pg_catalog.text NOT NULL
+                     CHECK (status IN ('planned', 'running', 'done', 'failed', 'rolled_back')),
+    parameters       pg_catalog.jsonb NOT NULL DEFAULT '{}',
+    rows_at_start    pg_catalog.int8,
+    rows_total       pg_catalog.int8 NOT NULL DEFAULT 0,
+    rows_done        pg_catalog.int8 NOT NULL DEFAULT 0,
+    rows_changed     pg_catalog.int8 NOT NULL DEFAULT 0,
+    by_phase         pg_catalog.jsonb NOT NULL DEFAULT '{}',
+    left_for_review  pg_catalog.int8 NOT NULL DEFAULT 0,
+    rows_skipped     pg_catalog.int8 NOT NULL DEFAULT 0,
+    batches          pg_catalog.int4 NOT NULL DEFAULT 0,
+    pass             pg_catalog.int4 NOT NULL DEFAULT 1,
+    longest_batch_ms pg_catalog.float8,
+    -- keyset cursor: the last key done, and the highest key when the run started
+    last_key         pg_catalog.text,
+    upper_key        pg_catalog.text,
+    started_at       pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    updated_at       pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    finished_at      pg_catalog.timestamptz,
+    started_by       pg_catalog.name NOT NULL DEFAULT CURRENT_USER,
+    error            pg_catalog.text,
+    rolled_back_by   pg_catalog.int8
+);
+CREATE INDEX runs_target_idx ON @extschema@.runs (target, run_id);
+COMMENT ON TABLE @extschema@.runs IS
+    'Every run, run_now, apply_decisions, soft_delete_orphans and rollback, with its counts and status.';
+
+-- The prior value of every row a run changed, written in the same statement as the
+-- change: enough to restore it exactly (rollback).
+CREATE TABLE @extschema@.backup (
+    run_id      pg_catalog.int8 NOT NULL,
+    target      pg_catalog.regclass NOT NULL,
+    row_key     pg_catalog.text NOT NULL,
+    column_name pg_catalog.name NOT NULL,
+    old_value   pg_catalog.text,
+    new_value   pg_catalog.text,
+    PRIMARY KEY (run_id, column_name, row_key)
+);
+COMMENT ON TABLE @extschema@.backup IS
+    'Each changed row''s value before the run that changed it (the runbook''s customers_company_id_backup).';
+
+CREATE TABLE @extschema@.audit_log (
+    audit_id    bigserial PRIMARY KEY,
+    run_id      pg_catalog.int8 NOT NULL,
+    target      pg_catalog.regclass NOT NULL,
+    row_key     pg_catalog.text NOT NULL,
+    column_name pg_catalog.name NOT NULL,
+    old_value   pg_catalog.text,
+    new_value   pg_catalog.text,
+    -- a phase number, override, manual, orphan or rollback
+    phase       pg_catalog.text,
+    source      pg_catalog.text,
+    rule        pg_catalog.text,
+    evidence    pg_catalog.jsonb,
+    changed_at  pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    changed_by  pg_catalog.name NOT NULL DEFAULT CURRENT_USER
+);
+CREATE INDEX audit_log_run_id_idx ON @extschema@.audit_log (run_id);
+COMMENT ON TABLE @extschema@.audit_log IS
+    'One row per changed value: who, when, from what to what, and on which evidence.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.runs', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.runs_run_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.backup', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log_audit_id_seq', '');
+
+CREATE VIEW @extschema@.progress AS
+SELECT r.run_id,
+       r.target,
+       r.kind,
+       r.status,
+       r.rows_done,
+       r.rows_total,
+       CASE WHEN s.seconds > 0 THEN pg_catalog.round((r.rows_done / s.seconds)::pg_catalog.numeric, 1) END
+           AS rows_per_second,
+       CASE WHEN r.status = 'running' AND r.rows_done > 0 AND s.seconds > 0
+            THEN pg_catalog.make_interval(secs => GREATEST(r.rows_total - r.rows_done, 0) * s.seconds / r.rows_done)
+       END AS eta,
+       r.rows_changed,
+       r.left_for_review,
+       r.pass,
+       r.started_at,
+       r.updated_at
+  FROM @extschema@.runs r,
+       LATERAL (SELECT pg_catalog.date_part('epoch', r.updated_at - r.started_at) AS seconds) s;
+COMMENT ON VIEW @extschema@.progress IS
+    'Rows done and total, rows per second and time left for each run.';

@@ -1,0 +1,79 @@
+-- CALL run on tens of thousands of rows: small batches equal run_now on a copy; a run
+-- cancelled mid-way resumes to the same state; a second session's writes are never lost.
+CREATE EXTENSION IF NOT EXISTS dblink;
+-- Errors re-raised by the run procedure carry its line numbers as CONTEXT; not here.
+\set SHOW_CONTEXT never
+CREATE SCHEMA big;
+SET search_path = big, public;
+CREATE TABLE accounts (id bigint PRIMARY KEY, tenant_id int, deleted_at timestamptz);
+CREATE TABLE events (id bigserial PRIMARY KEY, account_id bigint NOT NULL, tenant_id int);
+CREATE INDEX ON events (account_id);
+-- 30000 accounts, two thirds without a tenant; three events each, over 50 tenants.
+-- Every 97th account has events of two tenants (a conflict); every 101st has none.
+INSERT INTO accounts SELECT i, CASE WHEN i % 3 = 0 THEN i % 50 + 1 END FROM generate_series(1, 30000) i;
+INSERT INTO events (account_id, tenant_id)
+SELECT i, CASE WHEN i % 97 = 0 AND n = 3 THEN (i + 1) % 50 + 1 ELSE i % 50 + 1 END
+  FROM generate_series(1, 30000) i, generate_series(1, 3) n WHERE i % 101 <> 0;
+CREATE TABLE accounts_copy AS SELECT * FROM accounts;
+ALTER TABLE accounts_copy ADD PRIMARY KEY (id);
+SELECT tenant_backfill.define('accounts', 'tenant_id');
+SELECT tenant_backfill.add_source('accounts', 'events', 'account_id');
+SELECT tenant_backfill.define('accounts_copy', 'tenant_id');
+SELECT tenant_backfill.add_source('accounts_copy', 'events', 'account_id');
+SET client_min_messages = warning;
+SELECT * FROM tenant_backfill.preflight('accounts');
+-- Cancel a run mid-way (statement_timeout) ...
+SET statement_timeout = '1s';
+CALL tenant_backfill.run('accounts', batch_size => 200, pause_ms => 50);
+RESET statement_timeout;
+-- (Status failed with the error, or running if the cancel landed between two batches;
+-- either way the run is unfinished and resumable.)
+SELECT status <> 'done' AS interrupted, rows_changed > 0 AS some_done, rows_changed < 19598 AS not_all_done
+  FROM tenant_backfill.runs WHERE target = 'accounts'::regclass;
+-- ... and call it again: the same run resumes where it stopped.
+CALL tenant_backfill.run('accounts', batch_size => 500);
+SELECT count(*) AS runs, min(status) AS status, sum(rows_changed) AS changed, sum(left_for_review) AS review
+  FROM tenant_backfill.runs WHERE target = 'accounts'::regclass;
+-- The same job in one transaction on the copy.
+SELECT rows_changed, by_phase, left_for_review FROM tenant_backfill.run_now('accounts_copy');
+-- Both reach the same state, row for row.
+SELECT count(*) AS differences FROM (
+    (SELECT id, tenant_id FROM accounts EXCEPT SELECT id, tenant_id FROM accounts_copy)
+    UNION ALL
+    (SELECT id, tenant_id FROM accounts_copy EXCEPT SELECT id, tenant_id FROM accounts)) d;
+SELECT count(*) FILTER (WHERE tenant_id IS NULL) AS left_null FROM accounts;
+SELECT * FROM tenant_backfill.validate('accounts');
+-- A second session writes tenants while a run goes on. It sets account 1's tenant and
+-- commits; it sets account 2's tenant and keeps its transaction (and the row lock) open.
+UPDATE accounts SET tenant_id = NULL WHERE id IN (1, 2, 4, 5);
+SELECT dblink_connect('app', pg_catalog.format('host=%s port=%s dbname=%s user=postgres',
+       current_setting('unix_socket_directories'), current_setting('port'), current_database()));
+SELECT dblink_exec('app', 'UPDATE big.accounts SET tenant_id = 49 WHERE id = 1');
+SELECT dblink_exec('app', 'BEGIN');
+SELECT dblink_exec('app', 'UPDATE big.accounts SET tenant_id = 48 WHERE id = 2');
+-- The run skips the locked row, tries it again in later passes, and leaves it.
+CALL tenant_backfill.run('accounts', batch_size => 1000);
+SELECT rows_changed, pass FROM tenant_backfill.runs WHERE target = 'accounts'::regclass ORDER BY run_id DESC LIMIT 1;
+SELECT dblink_exec('app', 'COMMIT');
+-- Nothing of the application's work was lost.
+SELECT id, tenant_id FROM accounts WHERE id IN (1, 2, 4, 5) ORDER BY id;
+-- One run per target: while another session holds the target's run lock, CALL run refuses.
+SELECT * FROM dblink('app', 'SELECT pg_advisory_lock(1952804450, ''big.accounts''::regclass::oid::int4)::text') AS t(locked text);
+\set VERBOSITY terse
+CALL tenant_backfill.run('accounts');
+SELECT * FROM tenant_backfill.run_now('accounts');
+\set VERBOSITY default
+SELECT * FROM dblink('app', 'SELECT pg_advisory_unlock_all()::text') AS t(unlocked text);
+-- A batch that cannot get its locks is retried with backoff, then the run stops as
+-- failed; once the lock is gone the same run resumes and finishes.
+UPDATE accounts SET tenant_id = NULL WHERE id IN (7, 8);
+SELECT dblink_exec('app', 'BEGIN');
+SELECT dblink_exec('app', 'LOCK TABLE big.accounts IN SHARE MODE');
+CALL tenant_backfill.run('accounts', lock_timeout_ms => 20);
+SELECT status, error FROM tenant_backfill.runs WHERE target = 'accounts'::regclass ORDER BY run_id DESC LIMIT 1;
+SELECT dblink_exec('app', 'ROLLBACK');
+CALL tenant_backfill.run('accounts', lock_timeout_ms => 20);
+SELECT status, rows_changed, error FROM tenant_backfill.runs WHERE target = 'accounts'::regclass ORDER BY run_id DESC LIMIT 1;
+SELECT id, tenant_id FROM accounts WHERE id IN (7, 8) ORDER BY id;
+SELECT dblink_disconnect('app');
+RESET client_min_messages;
