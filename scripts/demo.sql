@@ -31,3 +31,28 @@ COPY (SELECT row_key, reason, evidence, row_data->>'name' AS name, tenant
 
 -- Nothing has been written yet.
 SELECT count(*) AS customers_still_null FROM customers WHERE company_id IS NULL;
+
+-- 3. Run it: committed batches of 10 rows, a NOTICE per batch, safe on a live system.
+CALL tenant_backfill.run('customers', batch_size => 10);
+SELECT run_id, status, rows_done, rows_total, rows_changed, left_for_review FROM tenant_backfill.progress;
+SELECT run_id, row_key, old_value, new_value, phase, source, rule, evidence
+  FROM tenant_backfill.audit_log ORDER BY audit_id LIMIT 5;
+
+-- 4. Prove it. The rows still NULL are the ones waiting for a human.
+SELECT * FROM tenant_backfill.validate('customers');
+
+-- 5. Support decides two of the conflicts (in real life: \copy review.csv out and back in).
+CREATE TABLE review AS SELECT * FROM tenant_backfill.review_queue('customers');
+UPDATE review SET tenant = '1' WHERE row_key = '16';
+UPDATE review SET tenant = '2' WHERE row_key = '17';
+SELECT tenant_backfill.apply_decisions('customers', 'review');
+
+-- 6. Orphans (no related rows anywhere) are soft-deleted, audited and reversible.
+SELECT tenant_backfill.soft_delete_orphans('customers');
+SELECT * FROM tenant_backfill.validate('customers');
+
+-- 7. Undo the main run: every row it changed goes back, from its backup.
+SELECT * FROM tenant_backfill.rollback(1);
+-- (16 and 17 keep the tenants support gave them: that was run 2, not run 1.)
+SELECT count(*) AS customers_null_again FROM customers WHERE company_id IS NULL;
+SELECT run_id, kind, status, rows_changed, by_phase FROM tenant_backfill.runs ORDER BY run_id;
