@@ -66,3 +66,66 @@ END
 $$;
 COMMENT ON PROCEDURE @extschema@.run(pg_catalog.regclass, pg_catalog.int4, pg_catalog.int4, pg_catalog.text, pg_catalog.bool, pg_catalog.int4) IS
     'Backfill a target in committed batches: resumable, one run per target at a time, NOTICE progress per batch.';
+
+-- NOT NULL without a long lock. Each step is its own transaction under a short
+-- lock_timeout, retried with backoff; it never cancels or kills other sessions. On any
+-- failure the check constraint it added is dropped again, so nothing is left behind.
+CREATE PROCEDURE @extschema@.finalize(
+    target pg_catalog.regclass,
+    lock_timeout_ms pg_catalog.int4 DEFAULT 1000)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    step pg_catalog.int4 := 1;
+    lock_failures pg_catalog.int4 := 0;
+    sleep_seconds pg_catalog.float8 := 0;
+    err_state pg_catalog.text;
+    err_message pg_catalog.text;
+    err_detail pg_catalog.text;
+BEGIN
+    IF @extschema@._finalize_check(target) = 'already' THEN
+        RETURN;
+    END IF;
+    COMMIT;
+    WHILE step <= 3 LOOP
+        err_state := NULL;
+        BEGIN
+            IF sleep_seconds > 0 THEN
+                PERFORM pg_catalog.pg_sleep(sleep_seconds);
+            END IF;
+            PERFORM @extschema@._finalize_step(target, step, lock_timeout_ms);
+        EXCEPTION WHEN query_canceled OR others THEN
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE,
+                                    err_message = MESSAGE_TEXT,
+                                    err_detail = PG_EXCEPTION_DETAIL;
+        END;
+        IF err_state = '55P03' AND lock_failures < 5 THEN
+            lock_failures := lock_failures + 1;
+            RAISE NOTICE 'tenant_backfill: finalize step % of % could not get its lock (try %/5), retrying',
+                step, target, lock_failures;
+            COMMIT;
+            sleep_seconds := LEAST(0.05 * (2 ^ lock_failures), 2.0);
+            CONTINUE;
+        ELSIF err_state IS NOT NULL THEN
+            PERFORM @extschema@._finalize_abort(target);
+            COMMIT;
+            IF err_state = '55P03' THEN
+                err_message := pg_catalog.format(
+                    'finalize of %s stopped: step %s could not get its lock within %s ms, 6 times; no constraint was left behind',
+                    target, step, lock_timeout_ms);
+                err_detail := 'Other sessions held locks on the table. CALL finalize again when it is quieter.';
+            END IF;
+            IF err_detail IS NULL OR err_detail = '' THEN
+                RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail;
+        END IF;
+        lock_failures := 0;
+        sleep_seconds := 0;
+        step := step + 1;
+        COMMIT;
+    END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE @extschema@.finalize(pg_catalog.regclass, pg_catalog.int4) IS
+    'Make the tenant column NOT NULL without a long lock: CHECK NOT VALID, VALIDATE, SET NOT NULL, drop the CHECK.';

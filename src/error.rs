@@ -21,6 +21,10 @@ pub enum BackfillError {
     #[error("column \"{column}\" of {table} does not exist")]
     UnknownColumn { table: String, column: String },
 
+    /// 23502: the guard rejected a row without a tenant.
+    #[error("{message}")]
+    NullTenant { message: String, detail: String },
+
     /// 42703: soft_delete_orphans on a target without its soft-delete column.
     #[error("{table} has no soft-delete column \"{column}\"")]
     NoSoftDeleteColumn { table: String, column: String },
@@ -74,6 +78,7 @@ impl BackfillError {
                 ERRCODE_UNDEFINED_COLUMN
             }
             BackfillError::TypeMismatch(..) => ERRCODE_DATATYPE_MISMATCH,
+            BackfillError::NullTenant { .. } => ERRCODE_NOT_NULL_VIOLATION,
             BackfillError::NotAllowed(..) => ERRCODE_INSUFFICIENT_PRIVILEGE,
             BackfillError::InvalidValue { .. } => ERRCODE_INVALID_TEXT_REPRESENTATION,
             BackfillError::BadArgument(..) => ERRCODE_INVALID_PARAMETER_VALUE,
@@ -99,6 +104,7 @@ impl BackfillError {
             BackfillError::NoSoftDeleteColumn { .. } => Some(
                 "Name the column that marks a row deleted: define(target, tenant_column, soft_delete_column => ...).".into(),
             ),
+            BackfillError::NullTenant { detail, .. } => Some(detail.clone()),
             BackfillError::TypeMismatch(_, todo)
             | BackfillError::NotAllowed(_, todo)
             | BackfillError::BadArgument(_, todo)

@@ -5,10 +5,19 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+/// Settings always; shared memory and the violations writer when preloaded.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    rejections::init();
+}
+
 mod catalog;
 mod config;
 mod engine;
 mod error;
+mod finalize;
+mod guard;
+mod rejections;
 mod reports;
 mod runner;
 mod sql;
@@ -19,6 +28,7 @@ mod writer;
 // The configuration tables and hand-written helpers come first: every function reads them.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/write_path.sql", name = "write_path", requires = ["schema"]);
+extension_sql_file!("../sql/guard.sql", name = "guard_tables", requires = ["write_path"]);
 // The procedure calls the Rust functions by name, so it comes last.
 extension_sql_file!("../sql/procedures.sql", name = "procedures", finalize);
 
@@ -32,6 +42,8 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        // Preloaded, so the guard's rejections go through shared memory and the
+        // background worker into violations of the test database.
+        vec!["shared_preload_libraries = 'tenant_backfill'", "tenant_backfill.database = 'pgrx_tests'"]
     }
 }

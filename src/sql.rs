@@ -24,6 +24,8 @@ pub enum Value {
     Int4(Option<i32>),
     Int8(Option<i64>),
     Oid(pg_sys::Oid),
+    /// A Datum of the given type, e.g. a row as a composite (the quarantine).
+    Raw(pg_sys::Datum, pg_sys::Oid),
 }
 
 impl Value {
@@ -37,6 +39,8 @@ impl Value {
             Value::Int4(v) => (*v).into(),
             Value::Int8(v) => (*v).into(),
             Value::Oid(v) => (*v).into(),
+            // SAFETY: the caller built the Datum as a value of that type.
+            Value::Raw(datum, oid) => unsafe { DatumWithOid::new(*datum, *oid) },
         }
     }
 }

@@ -183,6 +183,13 @@ fn no_null_tenant(target: &Target) -> Result<Check> {
 /// source. Rows an override decides are excepted (a human said so), and majority
 /// sources are not checked: they may disagree by design.
 fn sources_agree(job: &Job) -> Result<Check> {
+    let (total, detail) = disagreements(job)?;
+    Ok(check("sources_agree", Some(total == 0), 0, total, detail))
+}
+
+/// Related rows (of unanimous sources) whose tenant differs from their target row's,
+/// but for rows an override decides: the count and a detail per source.
+pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
     let t = &job.target;
     let mut total = 0;
     let mut detail = Vec::new();
@@ -226,7 +233,7 @@ fn sources_agree(job: &Job) -> Result<Check> {
             ));
         }
     }
-    Ok(check("sources_agree", Some(total == 0), 0, total, (!detail.is_empty()).then(|| detail.join("; "))))
+    Ok((total, (!detail.is_empty()).then(|| detail.join("; "))))
 }
 
 /// One audit (or backup) row per row the run changed.

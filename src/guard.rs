@@ -1,0 +1,525 @@
+//! Keep it fixed (API.md section 5): the guard trigger that stops new NULL tenants, and
+//! what it leaves behind (`violations`, `quarantine`).
+//!
+//! The trigger is BEFORE INSERT OR UPDATE OF the tenant column, FOR EACH ROW. Its
+//! arguments are (mode, tenant column, key column, parent column or ''). The hot path
+//! reads one attribute and tests it for NULL; everything else happens only on a violation.
+
+use crate::catalog::{self, Target};
+use crate::error::{BackfillError, OrRaise};
+use crate::rejections;
+use crate::sql::{self, get_required, qualified, Value};
+use crate::types::{RegClass, SqlName};
+use pgrx::prelude::*;
+use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::{AllocatedByPostgres, PgTupleDesc};
+
+// Not named `Result`: #[pg_trigger]'s expansion needs std's two-parameter Result.
+type GuardResult<T> = crate::error::Result<T>;
+use std::ffi::CStr;
+
+const TRIGGER_NAME: &str = "tenant_backfill_guard";
+
+/// The guard's modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GuardMode {
+    Reject,
+    Quarantine,
+    Assign,
+    Log,
+}
+
+impl GuardMode {
+    fn parse(text: Option<&str>) -> GuardResult<GuardMode> {
+        match text {
+            Some("reject") => Ok(GuardMode::Reject),
+            Some("quarantine") => Ok(GuardMode::Quarantine),
+            Some("assign") => Ok(GuardMode::Assign),
+            Some("log") => Ok(GuardMode::Log),
+            other => Err(BackfillError::BadArgument(
+                format!("unknown guard mode \"{}\"", other.unwrap_or("NULL")),
+                "mode is 'reject', 'quarantine', 'assign' or 'log'.".into(),
+            )),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            GuardMode::Reject => "reject",
+            GuardMode::Quarantine => "quarantine",
+            GuardMode::Assign => "assign",
+            GuardMode::Log => "log",
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the trigger
+
+/// The guard trigger function.
+#[pg_trigger]
+fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BackfillError> {
+    let Some(row) = trigger.new() else {
+        return Ok(None);
+    };
+    let data = trigger.trigger_data();
+    let tg = trigger.trigger();
+    if tg.tgnargs < 3 || tg.tgargs.is_null() {
+        BackfillError::BadArgument(
+            "the tenant_backfill guard trigger needs its arguments (mode, tenant column, key column)".into(),
+            "Install it with tenant_backfill.enforce(target, mode).".into(),
+        )
+        .raise();
+    }
+    // SAFETY: Postgres gives tgnargs C strings in tgargs for the firing trigger.
+    let args = unsafe { std::slice::from_raw_parts(tg.tgargs, tg.tgnargs as usize) };
+    // SAFETY: tg_relation is the open relation the trigger fires on.
+    let (relid, tupdesc) = unsafe { ((*data.tg_relation).rd_id, (*data.tg_relation).rd_att) };
+    // SAFETY: args[1] is a NUL-terminated column name; get_attnum is a syscache lookup.
+    let attnum = unsafe { pg_sys::get_attnum(relid, args[1]) };
+    if attnum == pg_sys::InvalidAttrNumber as i16 {
+        BackfillError::BadArgument(
+            format!("the guard's tenant column {} no longer exists", arg(args, 1)),
+            "Call tenant_backfill.enforce(target) again after renaming the column.".into(),
+        )
+        .raise();
+    }
+    let tuple = new_tuple(data);
+    // The hot path: one attribute, one NULL test.
+    // SAFETY: tuple belongs to the relation described by tupdesc.
+    if unsafe { !pg_sys::heap_attisnull(tuple, attnum as i32, tupdesc) } {
+        return Ok(Some(row));
+    }
+    on_null_tenant(data, args, attnum, row).or_raise_ok()
+}
+
+trait OrRaiseOk<T> {
+    fn or_raise_ok(self) -> std::result::Result<T, BackfillError>;
+}
+
+impl<T> OrRaiseOk<T> for GuardResult<T> {
+    /// Raises with our own SQLSTATE rather than pgrx's generic trigger error.
+    fn or_raise_ok(self) -> std::result::Result<T, BackfillError> {
+        Ok(self.or_raise())
+    }
+}
+
+fn arg(args: &[*mut std::ffi::c_char], i: usize) -> String {
+    match args.get(i) {
+        // SAFETY: trigger arguments are NUL-terminated strings.
+        Some(p) if !p.is_null() => unsafe { CStr::from_ptr(*p) }.to_string_lossy().into_owned(),
+        _ => String::new(),
+    }
+}
+
+fn new_tuple(data: &pg_sys::TriggerData) -> pg_sys::HeapTuple {
+    if is_update(data) {
+        data.tg_newtuple
+    } else {
+        data.tg_trigtuple
+    }
+}
+
+fn is_update(data: &pg_sys::TriggerData) -> bool {
+    (data.tg_event & pg_sys::TRIGGER_EVENT_OPMASK) == pg_sys::TRIGGER_EVENT_UPDATE
+}
+
+/// A column of the new row as text (its output function), or None when NULL.
+fn column_text(data: &pg_sys::TriggerData, name: &str) -> Option<String> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: as in `guard`.
+    unsafe {
+        let rel = data.tg_relation;
+        let attnum = pg_sys::get_attnum((*rel).rd_id, cname.as_ptr());
+        if attnum == pg_sys::InvalidAttrNumber as i16 {
+            return None;
+        }
+        let value = pg_sys::SPI_getvalue(new_tuple(data), (*rel).rd_att, attnum as i32);
+        if value.is_null() {
+            None
+        } else {
+            Some(CStr::from_ptr(value).to_string_lossy().into_owned())
+        }
+    }
+}
+
+struct Violation {
+    target: pg_sys::Oid,
+    table: String,
+    column: String,
+    key: String,
+    operation: &'static str,
+    role: String,
+    application: String,
+}
+
+fn describe(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char]) -> GuardResult<Violation> {
+    // SAFETY: tg_relation is valid while the trigger fires.
+    let target = unsafe { (*data.tg_relation).rd_id };
+    let rel = catalog::relation(target)?;
+    let application = sql::select_value::<String>("SELECT pg_catalog.current_setting('application_name')", &[])?;
+    Ok(Violation {
+        target,
+        table: rel.sql_name(),
+        column: arg(args, 1),
+        key: column_text(data, &arg(args, 2)).unwrap_or_else(|| "NULL".into()),
+        operation: if is_update(data) { "UPDATE" } else { "INSERT" },
+        role: sql::select_value::<String>("SELECT CURRENT_USER::text", &[])?.unwrap_or_default(),
+        application: application.unwrap_or_default(),
+    })
+}
+
+/// The cold path: the new row has no tenant.
+fn on_null_tenant<'a>(
+    data: &'a pg_sys::TriggerData,
+    args: &[*mut std::ffi::c_char],
+    attnum: i16,
+    row: PgHeapTuple<'a, AllocatedByPostgres>,
+) -> GuardResult<Option<PgHeapTuple<'a, AllocatedByPostgres>>> {
+    let mode = GuardMode::parse(Some(arg(args, 0).as_str()))?;
+    let v = describe(data, args)?;
+    match mode {
+        GuardMode::Reject => Err(reject(&v)),
+        GuardMode::Log => {
+            insert_violation(&v, mode, "logged")?;
+            Ok(Some(row))
+        }
+        GuardMode::Quarantine => {
+            quarantine(data, &v)?;
+            insert_violation(&v, mode, "quarantined")?;
+            // A BEFORE trigger that returns no row skips the write: the row waits in
+            // quarantine instead of entering the table.
+            Ok(None)
+        }
+        GuardMode::Assign => match assigned_tenant(data, args)? {
+            Some(tenant) => {
+                let tuple = with_tenant(data, attnum, &tenant)?;
+                insert_violation(&v, mode, "assigned")?;
+                // SAFETY: the tuple was built from the relation's own descriptor.
+                let tupdesc = unsafe { PgTupleDesc::from_pg_unchecked((*data.tg_relation).rd_att) };
+                Ok(Some(unsafe { PgHeapTuple::from_heap_tuple(tupdesc, tuple) }))
+            }
+            None => Err(reject(&v)),
+        },
+    }
+}
+
+/// The rejection error, like Postgres' own NOT NULL message, recorded durably first.
+fn reject(v: &Violation) -> BackfillError {
+    rejections::record(v.target, &v.table, &v.column, &v.key, v.operation, &v.role, &v.application);
+    BackfillError::NullTenant {
+        message: format!(
+            "null value in column \"{}\" of relation {} violates the tenant_backfill guard",
+            v.column, v.table
+        ),
+        detail: format!("Failing row has key {}.", v.key),
+    }
+}
+
+fn insert_violation(v: &Violation, mode: GuardMode, action: &str) -> GuardResult<()> {
+    sql::execute(
+        "INSERT INTO tenant_backfill.violations (target, row_key, column_name, role, application_name, mode, action, operation) \
+         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, $6, $7, $8)",
+        &[
+            Value::Oid(v.target),
+            Value::text(v.key.clone()),
+            Value::text(v.column.clone()),
+            Value::text(v.role.clone()),
+            Value::text(v.application.clone()),
+            Value::text(mode.as_str()),
+            Value::text(action),
+            Value::text(v.operation),
+        ],
+    )?;
+    Ok(())
+}
+
+fn quarantine(data: &pg_sys::TriggerData, v: &Violation) -> GuardResult<()> {
+    // SAFETY: the new tuple and its descriptor; the copy is a composite Datum of the
+    // table's row type.
+    let (datum, row_type) = unsafe {
+        let rel = data.tg_relation;
+        let datum = pg_sys::heap_copy_tuple_as_datum(new_tuple(data), (*rel).rd_att);
+        (datum, (*(*rel).rd_rel).reltype)
+    };
+    sql::execute(
+        "INSERT INTO tenant_backfill.quarantine (target, operation, row_key, row_data, role, application_name) \
+         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, pg_catalog.to_jsonb($4), $5::text::pg_catalog.name, $6)",
+        &[
+            Value::Oid(v.target),
+            Value::text(v.operation),
+            Value::text(v.key.clone()),
+            Value::Raw(datum, row_type),
+            Value::text(v.role.clone()),
+            Value::text(v.application.clone()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The tenant `assign` gives a row: its parent's (through the foreign key column named
+/// when the guard was installed), else the session's `tenant_backfill.tenant`.
+fn assigned_tenant(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char]) -> GuardResult<Option<String>> {
+    let parent_column = arg(args, 3);
+    if !parent_column.is_empty() {
+        if let Some(parent_key) = column_text(data, &parent_column) {
+            // SAFETY: tg_relation is valid while the trigger fires.
+            let relid = unsafe { (*data.tg_relation).rd_id };
+            let rel = catalog::relation(relid)?;
+            let fk = parent_of(&rel, &parent_column, &arg(args, 1))?;
+            let lookup = format!(
+                "SELECT p.{tenant}::text FROM {parent} p WHERE p.{key} = $1::text::{key_type}",
+                tenant = sql::ident(&fk.parent_tenant),
+                parent = fk.parent_table,
+                key = sql::ident(&fk.parent_key),
+                key_type = fk.parent_key_type,
+            );
+            if let Some(tenant) = sql::select_value::<String>(&lookup, &[Value::text(parent_key)])? {
+                return Ok(Some(tenant));
+            }
+        }
+    }
+    let setting = sql::select_value::<String>(
+        "SELECT NULLIF(pg_catalog.current_setting('tenant_backfill.tenant', true), '')",
+        &[],
+    )?;
+    Ok(setting)
+}
+
+struct ParentLink {
+    parent_table: String,
+    parent_key: String,
+    parent_key_type: String,
+    parent_tenant: String,
+}
+
+/// The single-column foreign key on `column`, and the parent's tenant column: the
+/// parent's configured one if it is a target, else the same name as ours.
+fn parent_of(rel: &catalog::Relation, column: &str, tenant_column: &str) -> GuardResult<ParentLink> {
+    let rows = sql::select_rows(
+        "SELECT pn.nspname::text, pc.relname::text, pa.attname::text, tn.nspname::text, t.typname::text, \
+                COALESCE((SELECT tg.tenant_column::text FROM tenant_backfill.targets tg WHERE tg.target = pc.oid::pg_catalog.regclass), $3) \
+           FROM pg_catalog.pg_constraint con \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1] \
+           JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid \
+           JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
+           JOIN pg_catalog.pg_attribute pa ON pa.attrelid = con.confrelid AND pa.attnum = con.confkey[1] \
+           JOIN pg_catalog.pg_type t ON t.oid = pa.atttypid \
+           JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
+          WHERE con.conrelid = $1 AND con.contype = 'f' AND pg_catalog.array_length(con.conkey, 1) = 1 \
+            AND a.attname = $2::text::pg_catalog.name \
+          ORDER BY con.conname LIMIT 1",
+        &[Value::Oid(rel.oid), Value::text(column), Value::text(tenant_column)],
+        |row| {
+            Ok(ParentLink {
+                parent_table: qualified(&get_required::<String>(row, 1)?, &get_required::<String>(row, 2)?),
+                parent_key: get_required(row, 3)?,
+                parent_key_type: qualified(&get_required::<String>(row, 4)?, &get_required::<String>(row, 5)?),
+                parent_tenant: get_required(row, 6)?,
+            })
+        },
+    )?;
+    rows.into_iter().next().ok_or_else(|| {
+        BackfillError::BadArgument(
+            format!("column {column} of {} is not a single-column foreign key", rel.display),
+            "assign reads the parent's tenant through a foreign key column of the guarded table.".into(),
+        )
+    })
+}
+
+/// A copy of the new row with the tenant set (through the type's input function).
+fn with_tenant(data: &pg_sys::TriggerData, attnum: i16, tenant: &str) -> GuardResult<pg_sys::HeapTuple> {
+    let text = std::ffi::CString::new(tenant)
+        .map_err(|_| BackfillError::BadArgument("the tenant contains a NUL byte".into(), String::new()))?;
+    // SAFETY: attnum is a valid attribute of the relation; the input function of its type
+    // parses the text (raising 22P02 itself for a value that does not fit).
+    unsafe {
+        let rel = data.tg_relation;
+        let tupdesc = (*rel).rd_att;
+        let attr = (*tupdesc).attrs.as_ptr().add(attnum as usize - 1);
+        let mut input: pg_sys::Oid = pg_sys::InvalidOid;
+        let mut ioparam: pg_sys::Oid = pg_sys::InvalidOid;
+        pg_sys::getTypeInputInfo((*attr).atttypid, &mut input, &mut ioparam);
+        let value = pg_sys::OidInputFunctionCall(input, text.as_ptr() as *mut _, ioparam, (*attr).atttypmod);
+        let mut values = [value];
+        let mut nulls = [false];
+        let mut columns = [attnum as i32];
+        Ok(pg_sys::heap_modify_tuple_by_cols(
+            new_tuple(data),
+            tupdesc,
+            1,
+            columns.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        ))
+    }
+}
+
+// ------------------------------------------------------------------ enforce / unenforce
+
+/// Installs (or re-installs with another mode) the guard trigger on a target.
+#[pg_extern]
+fn enforce(target: RegClass, mode: default!(Option<String>, "'reject'"), parent_column: default!(Option<SqlName>, "NULL")) {
+    enforce_impl(target, mode.as_deref(), parent_column.as_ref()).or_raise()
+}
+
+fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&SqlName>) -> GuardResult<()> {
+    let mode = GuardMode::parse(mode)?;
+    let target = catalog::target(target.0)?;
+    catalog::require_table_privilege(&target.rel, "TRIGGER")?;
+    let parent = match parent_column {
+        Some(name) => {
+            if mode != GuardMode::Assign {
+                return Err(BackfillError::BadArgument(
+                    "parent_column only applies to mode 'assign'".into(),
+                    "Leave parent_column NULL for the other modes.".into(),
+                ));
+            }
+            let column = catalog::column(&target.rel, name.as_str())?;
+            parent_of(&target.rel, &column.name, &target.tenant.name)?;
+            column.name
+        }
+        None => String::new(),
+    };
+    let table = target.rel.sql_name();
+    let trigger = sql::ident(TRIGGER_NAME);
+    if guard_installed(&target.rel)? {
+        sql::execute(&format!("DROP TRIGGER {trigger} ON {table}"), &[])?;
+    }
+    // DDL takes no parameters: the arguments are quoted literals.
+    sql::execute(
+        &format!(
+            "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE OF {tenant} ON {table} FOR EACH ROW \
+             EXECUTE FUNCTION tenant_backfill.guard({mode}, {tenant_arg}, {key_arg}, {parent_arg})",
+            tenant = target.tenant.sql_name(),
+            mode = pgrx::spi::quote_literal(mode.as_str()),
+            tenant_arg = pgrx::spi::quote_literal(&target.tenant.name),
+            key_arg = pgrx::spi::quote_literal(&target.key.name),
+            parent_arg = pgrx::spi::quote_literal(&parent),
+        ),
+        &[],
+    )?;
+    if mode == GuardMode::Reject && !rejections::preloaded() {
+        ereport!(
+            NOTICE,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("tenant_backfill: rejected writes to {} are recorded in the server log", target.rel.display),
+            "Add tenant_backfill to shared_preload_libraries to record them in tenant_backfill.violations as well."
+        );
+    }
+    Ok(())
+}
+
+fn guard_installed(rel: &catalog::Relation) -> GuardResult<bool> {
+    Ok(sql::select_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::text::pg_catalog.name)",
+        &[Value::Oid(rel.oid), Value::text(TRIGGER_NAME)],
+    )?
+    .unwrap_or(false))
+}
+
+/// Removes the guard trigger.
+#[pg_extern]
+fn unenforce(target: RegClass) {
+    unenforce_impl(target).or_raise()
+}
+
+fn unenforce_impl(target: RegClass) -> GuardResult<()> {
+    let rel = catalog::relation(target.0)?;
+    catalog::require_table_privilege(&rel, "TRIGGER")?;
+    if !guard_installed(&rel)? {
+        return Err(BackfillError::BadArgument(
+            format!("{} has no tenant_backfill guard", rel.display),
+            "tenant_backfill.enforce(target) installs one.".into(),
+        ));
+    }
+    sql::execute(&format!("DROP TRIGGER {} ON {}", sql::ident(TRIGGER_NAME), rel.sql_name()), &[])?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------ quarantine
+
+/// Puts quarantined rows of a target that now carry a tenant back into the table (an
+/// INSERT for a quarantined insert, an UPDATE for a quarantined update), audited as a
+/// run of kind `release_quarantine`. Give the tenant in `quarantine.row_data` first, or
+/// pass `tenant` to give it to every waiting row of the target.
+#[pg_extern]
+fn release_quarantine(target: RegClass, tenant: default!(Option<String>, "NULL")) -> i64 {
+    release_impl(target, tenant.as_deref()).or_raise()
+}
+
+fn release_impl(target: RegClass, tenant: Option<&str>) -> GuardResult<i64> {
+    let target = catalog::target(target.0)?;
+    catalog::require_table_privilege(&target.rel, "INSERT")?;
+    catalog::require_update(&target.rel, &target.tenant)?;
+    if let Some(tenant) = tenant {
+        let tenant = catalog::canonical_value(tenant, &target.tenant, &target.rel)?;
+        sql::execute(
+            "UPDATE tenant_backfill.quarantine SET row_data = row_data || pg_catalog.jsonb_build_object($2::text, $3::text) \
+              WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND released_at IS NULL",
+            &[Value::Oid(target.rel.oid), Value::text(target.tenant.name.clone()), Value::text(tenant)],
+        )?;
+    }
+    let columns = writable_columns(&target)?;
+    let column_list = columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
+    // The quarantined row is kept as one composite value, `rec`, so none of the table's
+    // column names can collide with the quarantine's own.
+    let from_record = columns.iter().map(|c| format!("(q.rec).{}", sql::ident(c))).collect::<Vec<_>>().join(", ");
+    let table = target.rel.sql_name();
+    let key = target.key.sql_name();
+    let tenant_col = target.tenant.sql_name();
+    let run_id = sql::select_value::<i64>(
+        "INSERT INTO tenant_backfill.runs (target, kind, status) \
+         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, 'release_quarantine', 'running') RETURNING run_id",
+        &[Value::Oid(target.rel.oid)],
+    )?
+    .ok_or_else(|| BackfillError::Internal("INSERT INTO runs returned no run_id".into()))?;
+    // One statement: pick the releasable rows, insert or update them, mark them
+    // released, and write backup and audit rows.
+    let statement = format!(
+        "WITH q AS (SELECT x.quarantine_id, x.operation, \
+                           pg_catalog.jsonb_populate_record(NULL::{table}, x.row_data) AS rec \
+                      FROM tenant_backfill.quarantine x \
+                     WHERE x.target = $1::pg_catalog.oid::pg_catalog.regclass AND x.released_at IS NULL), \
+         ready AS (SELECT * FROM q WHERE (q.rec).{tenant_col} IS NOT NULL), \
+         ins AS (INSERT INTO {table} ({column_list}) OVERRIDING SYSTEM VALUE \
+                 SELECT {from_record} FROM ready q WHERE q.operation = 'INSERT' \
+                 RETURNING {key} AS key, {tenant_col} AS tenant), \
+         upd AS (UPDATE {table} t SET ({column_list}) = ROW({from_record}) FROM ready q \
+                  WHERE q.operation = 'UPDATE' AND t.{key} = (q.rec).{key} \
+                 RETURNING t.{key} AS key, t.{tenant_col} AS tenant), \
+         done AS (SELECT * FROM ins UNION ALL SELECT * FROM upd), \
+         mark AS (UPDATE tenant_backfill.quarantine x SET released_at = pg_catalog.clock_timestamp(), \
+                         released_by = CURRENT_USER, released_run = $2 \
+                    FROM ready q WHERE x.quarantine_id = q.quarantine_id), \
+         bak AS (INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value) \
+                 SELECT $2, $1::pg_catalog.oid::pg_catalog.regclass, d.key::text, $3::text::pg_catalog.name, NULL, d.tenant::text \
+                   FROM done d), \
+         aud AS (INSERT INTO tenant_backfill.audit_log (run_id, target, row_key, column_name, old_value, new_value, phase, source, rule) \
+                 SELECT $2, $1::pg_catalog.oid::pg_catalog.regclass, d.key::text, $3::text::pg_catalog.name, NULL, d.tenant::text, \
+                        'quarantine', 'quarantine', 'manual' FROM done d) \
+         SELECT pg_catalog.count(*) FROM done"
+    );
+    let released = sql::select_value::<i64>(
+        &statement,
+        &[Value::Oid(target.rel.oid), Value::Int8(Some(run_id)), Value::text(target.tenant.name.clone())],
+    )?
+    .unwrap_or(0);
+    sql::execute(
+        "UPDATE tenant_backfill.runs SET status = 'done', rows_changed = $2, rows_done = $2, \
+             by_phase = pg_catalog.jsonb_build_object('quarantine', $2), finished_at = pg_catalog.clock_timestamp(), \
+             updated_at = pg_catalog.clock_timestamp() WHERE run_id = $1",
+        &[Value::Int8(Some(run_id)), Value::Int8(Some(released))],
+    )?;
+    Ok(released)
+}
+
+/// The columns a row can be written with: not dropped, not generated.
+fn writable_columns(target: &Target) -> GuardResult<Vec<String>> {
+    sql::select_rows(
+        "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+          ORDER BY a.attnum",
+        &[Value::Oid(target.rel.oid)],
+        |row| get_required::<String>(row, 1),
+    )
+}
