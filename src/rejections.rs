@@ -203,17 +203,26 @@ pub extern "C-unwind" fn tenant_backfill_violations_worker(_arg: pg_sys::Datum) 
         if !installed {
             continue;
         }
+        // Copy, write, and only then remove: if writing fails (the worker exits on an
+        // error and is restarted), the rejections are still queued for the next try.
         let batch: Vec<Rejection> = {
-            let mut queue = QUEUE.exclusive();
-            let taken = queue.items[..queue.len].to_vec();
-            queue.len = 0;
-            taken
+            let queue = QUEUE.share();
+            queue.items[..queue.len].to_vec()
         };
         if batch.is_empty() {
             continue;
         }
+        let taken = batch.len();
         let (here, elsewhere): (Vec<Rejection>, Vec<Rejection>) =
             batch.into_iter().partition(|r| r.database == my_database);
+        write_violations(&here);
+        {
+            let mut queue = QUEUE.exclusive();
+            let len = queue.len;
+            queue.items.copy_within(taken..len, 0);
+            queue.len = len - taken;
+            queue.dropped += elsewhere.len() as u64;
+        }
         if !elsewhere.is_empty() {
             ereport!(
                 WARNING,
@@ -224,12 +233,19 @@ pub extern "C-unwind" fn tenant_backfill_violations_worker(_arg: pg_sys::Datum) 
                 ),
                 "Set tenant_backfill.database to the database where tenant_backfill is used."
             );
-            let mut queue = QUEUE.exclusive();
-            queue.dropped += elsewhere.len() as u64;
         }
-        write_violations(&here);
     }
 }
+
+/// One INSERT for a batch of rejections, from arrays.
+const INSERT_VIOLATIONS: &str = "INSERT INTO tenant_backfill.violations \
+         (occurred_at, target, row_key, column_name, role, application_name, mode, action, operation) \
+     SELECT pg_catalog.to_timestamp(v.at), v.target::pg_catalog.oid::pg_catalog.regclass, v.key, \
+            v.col::pg_catalog.name, v.role::pg_catalog.name, v.app, 'reject', 'rejected', v.op \
+       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.float8[]), pg_catalog.unnest($2::pg_catalog.int8[]), \
+                       pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), \
+                       pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::text[])) \
+            AS v(at, target, key, col, role, app, op)";
 
 fn write_violations(rows: &[Rejection]) {
     if rows.is_empty() {
@@ -243,34 +259,32 @@ fn write_violations(rows: &[Rejection]) {
     let application: Vec<String> = rows.iter().map(|r| r.application.as_string()).collect();
     let operation: Vec<String> =
         rows.iter().map(|r| if r.operation == b'U' { "UPDATE".to_string() } else { "INSERT".to_string() }).collect();
-    BackgroundWorker::transaction(|| {
-        let result = Spi::connect_mut(|client| {
-            client.update(
-                "INSERT INTO tenant_backfill.violations \
-                     (occurred_at, target, row_key, column_name, role, application_name, mode, action, operation) \
-                 SELECT pg_catalog.to_timestamp(v.at), v.target::pg_catalog.oid::pg_catalog.regclass, v.key, \
-                        v.col::pg_catalog.name, v.role::pg_catalog.name, v.app, 'reject', 'rejected', v.op \
-                   FROM pg_catalog.unnest($1::pg_catalog.float8[], $2::pg_catalog.int8[], $3::text[], $4::text[], \
-                                          $5::text[], $6::text[], $7::text[]) AS v(at, target, key, col, role, app, op)",
-                None,
-                &[
-                    at.clone().into(),
-                    target.clone().into(),
-                    key.clone().into(),
-                    column.clone().into(),
-                    role.clone().into(),
-                    application.clone().into(),
-                    operation.clone().into(),
-                ],
-            )
-            .map(|_| ())
-        });
-        if let Err(err) = result {
-            ereport!(
-                WARNING,
-                PgSqlErrorCode::ERRCODE_WARNING,
-                format!("tenant_backfill: could not record {} rejected writes: {err}", rows.len())
-            );
-        }
+    // A Postgres error here ends the worker; the postmaster restarts it and the
+    // rejections, still queued, are written then.
+    let result = BackgroundWorker::transaction(|| {
+        Spi::connect_mut(|client| {
+            client
+                .update(
+                    INSERT_VIOLATIONS,
+                    None,
+                    &[
+                        at.clone().into(),
+                        target.clone().into(),
+                        key.clone().into(),
+                        column.clone().into(),
+                        role.clone().into(),
+                        application.clone().into(),
+                        operation.clone().into(),
+                    ],
+                )
+                .map(|_| ())
+        })
     });
+    if let Err(err) = result {
+        ereport!(
+            WARNING,
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!("tenant_backfill: could not record {} rejected writes: {err}", rows.len())
+        );
+    }
 }
