@@ -335,11 +335,15 @@ fn with_tenant(data: &pg_sys::TriggerData, attnum: i16, tenant: &str) -> GuardRe
     unsafe {
         let rel = data.tg_relation;
         let tupdesc = (*rel).rd_att;
-        let attr = (*tupdesc).attrs.as_ptr().add(attnum as usize - 1);
+        // The catalog, not the descriptor's layout, which differs between versions.
+        let mut type_oid: pg_sys::Oid = pg_sys::InvalidOid;
+        let mut typmod: i32 = -1;
+        let mut collation: pg_sys::Oid = pg_sys::InvalidOid;
+        pg_sys::get_atttypetypmodcoll((*rel).rd_id, attnum, &mut type_oid, &mut typmod, &mut collation);
         let mut input: pg_sys::Oid = pg_sys::InvalidOid;
         let mut ioparam: pg_sys::Oid = pg_sys::InvalidOid;
-        pg_sys::getTypeInputInfo((*attr).atttypid, &mut input, &mut ioparam);
-        let value = pg_sys::OidInputFunctionCall(input, text.as_ptr() as *mut _, ioparam, (*attr).atttypmod);
+        pg_sys::getTypeInputInfo(type_oid, &mut input, &mut ioparam);
+        let value = pg_sys::OidInputFunctionCall(input, text.as_ptr() as *mut _, ioparam, typmod);
         let mut values = [value];
         let mut nulls = [false];
         let mut columns = [attnum as i32];
