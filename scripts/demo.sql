@@ -56,3 +56,16 @@ SELECT * FROM tenant_backfill.rollback(1);
 -- (16 and 17 keep the tenants support gave them: that was run 2, not run 1.)
 SELECT count(*) AS customers_null_again FROM customers WHERE company_id IS NULL;
 SELECT run_id, kind, status, rows_changed, by_phase FROM tenant_backfill.runs ORDER BY run_id;
+
+-- 8. Keep it fixed: run again, let support finish the review, then guard and finalize.
+SELECT rows_changed FROM tenant_backfill.run_now('customers');
+UPDATE review SET tenant = '1' WHERE tenant IS NULL AND reason <> 'orphan';
+SELECT tenant_backfill.apply_decisions('customers', 'review');
+DELETE FROM customers WHERE company_id IS NULL AND deleted_at IS NOT NULL;
+SELECT tenant_backfill.enforce('customers');
+\set ON_ERROR_STOP 0
+INSERT INTO customers (id, name) VALUES (100, 'a new customer without a company');
+\set ON_ERROR_STOP 1
+CALL tenant_backfill.finalize('customers');
+\d customers
+SELECT * FROM tenant_backfill.monitor('customers');
