@@ -91,12 +91,25 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope) -> Statement {
         target_table = target.rel.sql_name(),
     );
 
+    // Which keys a source's rows are read for. Over the whole table the filter names the
+    // target itself, so the planner sees its real size and hashes; a CTE's distinct count
+    // is unknown to it (it guesses 200) and would make it probe the index once per key.
+    // A batch is small and its size known: probing the index per key is right there.
+    let keys_in_scope = match scope {
+        Scope::All => format!(
+            "SELECT t.{key} FROM {target_table} t{null_filter}",
+            target_table = target.rel.sql_name(),
+            null_filter = if mode == Mode::Fill { format!(" WHERE t.{tenant} IS NULL") } else { String::new() },
+        ),
+        Scope::Batch { .. } => "SELECT sc.key FROM scope sc".to_string(),
+    };
+
     // One grouped evidence query per source, folded into one candidate row per key.
     for (i, source) in job.sources.iter().enumerate() {
         let i = i + 1;
         sql.push_str(&format!(
             ", ev_{i} AS (SELECT s.{via} AS key, s.{stenant}::{tenant_type} AS tenant, pg_catalog.count(*) AS n \
-               FROM {source_table} s WHERE s.{via} IN (SELECT sc.key FROM scope sc) GROUP BY 1, 2)\
+               FROM {source_table} s WHERE s.{via} IN ({keys_in_scope}) GROUP BY 1, 2)\
              , cand_{i} AS (SELECT e.key, pg_catalog.count(e.tenant) AS ntenants, \
                (pg_catalog.array_agg(e.tenant ORDER BY e.n DESC, e.tenant) FILTER (WHERE e.tenant IS NOT NULL))[1] AS top, \
                pg_catalog.jsonb_object_agg(e.tenant::text, e.n) FILTER (WHERE e.tenant IS NOT NULL) AS evidence, \

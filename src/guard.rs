@@ -74,8 +74,7 @@ fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTup
     let args = unsafe { std::slice::from_raw_parts(tg.tgargs, tg.tgnargs as usize) };
     // SAFETY: tg_relation is the open relation the trigger fires on.
     let (relid, tupdesc) = unsafe { ((*data.tg_relation).rd_id, (*data.tg_relation).rd_att) };
-    // SAFETY: args[1] is a NUL-terminated column name; get_attnum is a syscache lookup.
-    let attnum = unsafe { pg_sys::get_attnum(relid, args[1]) };
+    let attnum = tenant_attnum(tg.tgoid, relid, args[1]);
     if attnum == pg_sys::InvalidAttrNumber as i16 {
         BackfillError::BadArgument(
             format!("the guard's tenant column {} no longer exists", arg(args, 1)),
@@ -90,6 +89,27 @@ fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTup
         return Ok(Some(row));
     }
     on_null_tenant(data, args, attnum, row).or_raise_ok()
+}
+
+thread_local! {
+    /// The last guard trigger's (trigger OID, relation OID, tenant attribute number): a
+    /// bulk INSERT fires the same trigger for every row, and an attribute keeps its number
+    /// when renamed, so the name is looked up once per statement rather than per row.
+    static LAST_ATTNUM: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid, i16)> =
+        const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid, 0)) };
+}
+
+fn tenant_attnum(trigger: pg_sys::Oid, relid: pg_sys::Oid, column: *const std::ffi::c_char) -> i16 {
+    let (cached_trigger, cached_rel, cached_attnum) = LAST_ATTNUM.with(|c| c.get());
+    if cached_trigger == trigger && cached_rel == relid && trigger != pg_sys::InvalidOid {
+        return cached_attnum;
+    }
+    // SAFETY: column is the trigger's NUL-terminated argument; get_attnum is a syscache lookup.
+    let attnum = unsafe { pg_sys::get_attnum(relid, column) };
+    if attnum != pg_sys::InvalidAttrNumber as i16 {
+        LAST_ATTNUM.with(|c| c.set((trigger, relid, attnum)));
+    }
+    attnum
 }
 
 trait OrRaiseOk<T> {
