@@ -129,3 +129,27 @@ END
 $$;
 COMMENT ON PROCEDURE @extschema@.finalize(pg_catalog.regclass, pg_catalog.int4) IS
     'Make the tenant column NOT NULL without a long lock: CHECK NOT VALID, VALIDATE, SET NOT NULL, drop the CHECK.';
+
+-- One row per target row that needs a decision. The Rust side builds and checks the
+-- statement; PL/pgSQL's RETURN QUERY EXECUTE streams its rows straight into the result.
+CREATE FUNCTION @extschema@.plan(target pg_catalog.regclass, mode pg_catalog.text DEFAULT 'fill')
+RETURNS TABLE (
+    row_key pg_catalog.text,
+    current_tenant pg_catalog.text,
+    proposed_tenant pg_catalog.text,
+    action pg_catalog.text,
+    phase pg_catalog.int4,
+    source pg_catalog.text,
+    rule pg_catalog.text,
+    evidence pg_catalog.jsonb)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    statement record;
+BEGIN
+    SELECT * INTO statement FROM @extschema@._plan_statement(target, mode);
+    RETURN QUERY EXECUTE statement.sql USING statement.params;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.plan(pg_catalog.regclass, pg_catalog.text) IS
+    'What would happen to each row that needs a decision: fill, reassign, conflict, orphan or unresolved, with the evidence.';

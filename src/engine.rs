@@ -45,6 +45,15 @@ impl Mode {
     }
 }
 
+/// How much a decision query computes per row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Everything, evidence included (plan, the write path).
+    Full,
+    /// Actions and counts only, no evidence json (preflight).
+    Counts,
+}
+
 /// Which target rows one decision query considers.
 #[derive(Clone, Debug)]
 pub enum Scope {
@@ -56,7 +65,7 @@ pub enum Scope {
 }
 
 /// Builds the decision query for `job` over `scope`.
-pub fn decision_query(job: &Job, mode: Mode, scope: &Scope) -> Statement {
+pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> Statement {
     let mut st = Statement::new();
     let target = &job.target;
     let key = target.key.sql_name();
@@ -112,12 +121,18 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope) -> Statement {
                FROM {source_table} s WHERE s.{via} IN ({keys_in_scope}) GROUP BY 1, 2)\
              , cand_{i} AS (SELECT e.key, pg_catalog.count(e.tenant) AS ntenants, \
                (pg_catalog.array_agg(e.tenant ORDER BY e.n DESC, e.tenant) FILTER (WHERE e.tenant IS NOT NULL))[1] AS top, \
-               pg_catalog.jsonb_object_agg(e.tenant::text, e.n) FILTER (WHERE e.tenant IS NOT NULL) AS evidence, \
+               {evidence_agg} AS evidence, \
                pg_catalog.sum(e.n) FILTER (WHERE e.tenant IS NULL) AS unattributed \
                FROM ev_{i} e GROUP BY e.key)",
             via = source.via.sql_name(),
             stenant = source.tenant.sql_name(),
             source_table = source.rel.sql_name(),
+            evidence_agg = match detail {
+                Detail::Full => {
+                    "pg_catalog.jsonb_object_agg(e.tenant::text, e.n) FILTER (WHERE e.tenant IS NOT NULL)"
+                }
+                Detail::Counts => "NULL::pg_catalog.jsonb",
+            },
         ));
     }
 
@@ -168,7 +183,10 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope) -> Statement {
            {idx} AS idx{per_source}, ({has_related}) AS has_related, \
            {evidence} AS evidence, {unattributed} AS unattributed \
            FROM scope sc{joins} LEFT JOIN ov ON ov.key_text = sc.key::text)",
-        evidence = json_of(&evidence_pairs),
+        evidence = match detail {
+            Detail::Full => json_of(&evidence_pairs),
+            Detail::Counts => "NULL::pg_catalog.jsonb".to_string(),
+        },
         unattributed = json_of(&unattributed_pairs),
     ));
 

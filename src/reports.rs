@@ -1,15 +1,15 @@
 //! Look before you leap (API.md section 2): read-only reports over the decision query.
 
 use crate::catalog::{self, Job};
-use crate::engine::{self, Mode, Scope};
+use crate::engine::{self, Detail, Mode, Scope};
 use crate::error::{OrRaise, Result};
-use crate::sql::{self, get, get_required, Statement};
+use crate::sql::{self, get, get_required, Statement, Value};
 use crate::types::RegClass;
 use pgrx::prelude::*;
 
 /// The decision query over the whole table, wrapped by `outer` (which reads it as `d`).
-fn over_decisions(job: &Job, mode: Mode, outer: &str) -> Statement {
-    let mut st = engine::decision_query(job, mode, &Scope::All);
+fn over_decisions(job: &Job, mode: Mode, detail: Detail, outer: &str) -> Statement {
+    let mut st = engine::decision_query(job, mode, &Scope::All, detail);
     st.sql = format!("WITH d AS ({}) {outer}", st.sql);
     st
 }
@@ -20,50 +20,28 @@ fn load(target: RegClass) -> Result<Job> {
     Ok(job)
 }
 
-type PlanRow = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i32>,
-    Option<String>,
-    Option<String>,
-    Option<pgrx::JsonB>,
-);
-
-/// One row per target row that needs a decision, in key order.
+/// The statement behind `plan` (sql/procedures.sql), which runs it with PL/pgSQL's
+/// `RETURN QUERY EXECUTE`: the rows stream from the executor into the result without
+/// a detour through Rust values, which for a big table cost as much as the query.
 #[pg_extern]
-fn plan(
+fn _plan_statement(
     target: RegClass,
     mode: default!(Option<String>, "'fill'"),
-) -> TableIterator<
-    'static,
-    (
-        name!(row_key, Option<String>),
-        name!(current_tenant, Option<String>),
-        name!(proposed_tenant, Option<String>),
-        name!(action, Option<String>),
-        name!(phase, Option<i32>),
-        name!(source, Option<String>),
-        name!(rule, Option<String>),
-        name!(evidence, Option<pgrx::JsonB>),
-    ),
-> {
-    TableIterator::new(plan_rows(target, mode.as_deref()).or_raise())
+) -> TableIterator<'static, (name!(sql, String), name!(params, Vec<Option<String>>))> {
+    TableIterator::once(plan_statement(target, mode.as_deref()).or_raise())
 }
 
-fn plan_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<PlanRow>> {
+fn plan_statement(target: RegClass, mode: Option<&str>) -> Result<(String, Vec<Option<String>>)> {
     let mode = Mode::parse(mode)?;
     let job = load(target)?;
     let st = over_decisions(
         &job,
         mode,
+        Detail::Full,
         "SELECT d.key::text, d.current::text, d.proposed::text, d.action, d.phase, d.source, d.rule, d.evidence \
            FROM d WHERE d.action IS NOT NULL ORDER BY d.key",
     );
-    sql::select_rows(&st.sql, &st.params, |row| {
-        Ok((get(row, 1)?, get(row, 2)?, get(row, 3)?, get(row, 4)?, get(row, 5)?, get(row, 6)?, get(row, 7)?, get(row, 8)?))
-    })
+    st.with_array_argument()
 }
 
 /// The counts a DBA reads first.
@@ -93,26 +71,41 @@ fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i
     .next()
     .unwrap_or((0, 0));
 
-    // One pass over the decisions: counts per (action, phase, source), and the related
-    // rows without a tenant per source.
-    let st = over_decisions(
-        &job,
-        mode,
-        "SELECT 'action'::text, d.action, d.phase, d.source, pg_catalog.count(*)::pg_catalog.int8 \
-           FROM d WHERE d.action IS NOT NULL GROUP BY d.action, d.phase, d.source \
-         UNION ALL \
-         SELECT 'unattributed', NULL, NULL, e.key, pg_catalog.sum(e.value::pg_catalog.int8)::pg_catalog.int8 \
-           FROM d, pg_catalog.jsonb_each_text(d.unattributed) e GROUP BY e.key",
+    // One pass over the decisions, without evidence: counts per (action, phase, source)
+    // and, per source, the related rows that carry no tenant.
+    let unattributed_sums: String = job
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, _)| format!(", pg_catalog.sum((d.unattributed->>($1::text[])[{}])::pg_catalog.int8)::pg_catalog.int8", i + 1))
+        .collect();
+    // The labels go first, as one text[] argument: the decision query's own
+    // placeholders move up by one.
+    let mut st = engine::decision_query(&job, mode, &Scope::All, Detail::Counts);
+    st.sql = format!(
+        "WITH d AS ({}) SELECT d.action, d.phase, d.source, pg_catalog.count(*)::pg_catalog.int8{unattributed_sums} \
+           FROM d GROUP BY 1, 2, 3",
+        shift_placeholders(&st.sql)
     );
-    let groups = sql::select_rows(&st.sql, &st.params, |row| {
-        Ok((
-            get_required::<String>(row, 1)?,
-            get::<String>(row, 2)?,
-            get::<i32>(row, 3)?,
-            get::<String>(row, 4)?,
-            get_required::<i64>(row, 5)?,
-        ))
+    let labels: Vec<Option<String>> = job.sources.iter().map(|s| Some(s.label.clone())).collect();
+    st.params.insert(0, Value::TextArray(labels));
+    let n = job.sources.len();
+    let rows = sql::select_rows(&st.sql, &st.params, |row| {
+        let mut sums = Vec::with_capacity(n);
+        for i in 0..n {
+            sums.push(get::<i64>(row, 5 + i)?.unwrap_or(0));
+        }
+        Ok((get::<String>(row, 1)?, get::<i32>(row, 2)?, get::<String>(row, 3)?, get_required::<i64>(row, 4)?, sums))
     })?;
+    let mut groups: Vec<(String, Option<String>, Option<i32>, Option<String>, i64)> = rows
+        .iter()
+        .filter(|r| r.0.is_some())
+        .map(|r| ("action".to_string(), r.0.clone(), r.1, r.2.clone(), r.3))
+        .collect();
+    for (i, s) in job.sources.iter().enumerate() {
+        let total: i64 = rows.iter().map(|r| r.4[i]).sum();
+        groups.push(("unattributed".into(), None, None, Some(s.label.clone()), total));
+    }
     let count = |pred: &dyn Fn(&(String, Option<String>, Option<i32>, Option<String>, i64)) -> bool| -> i64 {
         groups.iter().filter(|g| pred(g)).map(|g| g.4).sum()
     };
@@ -192,6 +185,25 @@ fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i
     Ok(out)
 }
 
+/// `$n` becomes `$n+1` (for a statement that gets one more argument in front).
+fn shift_placeholders(sql_text: &str) -> String {
+    let mut out = String::with_capacity(sql_text.len() + 8);
+    let mut chars = sql_text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            let mut number = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                number.push(*d);
+                chars.next();
+            }
+            out.push_str(&format!("${}", number.parse::<usize>().unwrap_or(0) + 1));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// "name: n" for each name, summed, in first-seen order.
 fn ordered_names(items: impl Iterator<Item = (String, i64)>) -> Vec<String> {
     let mut sums: Vec<(String, i64)> = Vec::new();
@@ -224,6 +236,7 @@ fn conflict_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(Option<Str
     let st = over_decisions(
         &job,
         mode,
+        Detail::Full,
         "SELECT d.key::text, d.evidence FROM d WHERE d.action = 'conflict' ORDER BY d.key",
     );
     sql::select_rows(&st.sql, &st.params, |row| Ok((get(row, 1)?, get(row, 2)?)))
@@ -259,6 +272,7 @@ fn review_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<ReviewRow>> {
     let st = over_decisions(
         &job,
         mode,
+        Detail::Full,
         &format!(
             "SELECT d.key::text, d.action, d.evidence, pg_catalog.to_jsonb(t.*), NULL::text \
                FROM d JOIN {table} t ON t.{key} = d.key \

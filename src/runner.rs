@@ -4,7 +4,7 @@
 //! `apply_decisions` and `soft_delete_orphans` feed the same writer from other rows.
 
 use crate::catalog::{self, Column, Job, Target};
-use crate::engine::{self, Mode, Scope};
+use crate::engine::{self, Detail, Mode, Scope};
 use crate::error::{BackfillError, OrRaise, Result};
 use crate::sql::{self, get, get_required, Statement, Value};
 use crate::types::RegClass;
@@ -35,7 +35,7 @@ struct BatchResult {
 /// Builds one batch: the decision query over `scope`, the rows whose action changes
 /// them as `changes`, and the writer.
 fn batch_statement(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Statement {
-    let mut st = engine::decision_query(job, mode, scope);
+    let mut st = engine::decision_query(job, mode, scope, Detail::Full);
     let actions = match mode {
         Mode::Fill => "('fill')",
         Mode::Reassign => "('fill', 'reassign')",
@@ -735,7 +735,7 @@ fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
         catalog::require_update(&t.rel, &column)?;
     }
     let run_id = insert_run(t, "soft_delete_orphans", None, dry_run, serde_json::json!({ "column": column.name }))?;
-    let mut st = engine::decision_query(&job, Mode::Fill, &Scope::All);
+    let mut st = engine::decision_query(&job, Mode::Fill, &Scope::All, Detail::Full);
     let write = writer::write_ctes(
         &WriteSpec { target: t, column: &column, run_id, skip_locked: false, guard: true, dry_run },
         &mut st,

@@ -24,6 +24,7 @@ pub enum Value {
     Int4(Option<i32>),
     Int8(Option<i64>),
     Oid(pg_sys::Oid),
+    TextArray(Vec<Option<String>>),
     /// A Datum of the given type, e.g. a row as a composite (the quarantine).
     Raw(pg_sys::Datum, pg_sys::Oid),
 }
@@ -39,6 +40,7 @@ impl Value {
             Value::Int4(v) => (*v).into(),
             Value::Int8(v) => (*v).into(),
             Value::Oid(v) => (*v).into(),
+            Value::TextArray(v) => v.clone().into(),
             // SAFETY: the caller built the Datum as a value of that type.
             Value::Raw(datum, oid) => unsafe { DatumWithOid::new(*datum, *oid) },
         }
@@ -64,6 +66,43 @@ impl Statement {
         format!("${}", self.params.len())
     }
 
+}
+
+impl Statement {
+    /// The statement with every `$n` read from one `text[]` argument instead
+    /// (`($1::text[])[n]`), and that argument: for PL/pgSQL's `RETURN QUERY EXECUTE ...
+    /// USING`, which takes a fixed number of arguments. Every placeholder this crate
+    /// writes is followed by a cast, so the text reaches the same type.
+    pub fn with_array_argument(&self) -> Result<(String, Vec<Option<String>>)> {
+        let mut sql = String::with_capacity(self.sql.len() + 16 * self.params.len());
+        let mut chars = self.sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                let mut number = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    number.push(*d);
+                    chars.next();
+                }
+                sql.push_str(&format!("($1::text[])[{number}]"));
+            } else {
+                sql.push(c);
+            }
+        }
+        let params = self
+            .params
+            .iter()
+            .map(|v| match v {
+                Value::Text(t) => Ok(t.clone()),
+                Value::Int4(i) => Ok(i.map(|i| i.to_string())),
+                Value::Int8(i) => Ok(i.map(|i| i.to_string())),
+                Value::Oid(o) => Ok(Some(u32::from(*o).to_string())),
+                Value::Raw(..) | Value::TextArray(_) => {
+                    Err(crate::error::BackfillError::Internal("this argument cannot be passed as text".into()))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((sql, params))
+    }
 }
 
 fn datums(params: &[Value]) -> Vec<DatumWithOid<'static>> {

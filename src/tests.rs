@@ -546,7 +546,7 @@ mod tests {
         let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'customers'::regclass::oid").unwrap().unwrap();
         let job = crate::catalog::job(oid).unwrap();
         let scope = Scope::Batch { after: after.map(Into::into), up_to: up_to.map(Into::into), limit };
-        let st = decision_query(&job, Mode::Fill, &scope);
+        let st = decision_query(&job, Mode::Fill, &scope, crate::engine::Detail::Full);
         crate::sql::select_rows(
             &format!("WITH d AS ({}) SELECT d.key::text, d.action FROM d ORDER BY d.key", st.sql),
             &st.params,

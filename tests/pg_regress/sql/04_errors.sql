@@ -8,6 +8,8 @@ SET search_path = errors, public;
 \i :fixture
 \set ECHO all
 \set VERBOSITY default
+-- Errors are about their messages here, not where PL/pgSQL wrappers raised them.
+\set SHOW_CONTEXT never
 -- A table that does not exist (42P01) and one that was never defined (42704).
 SELECT tenant_backfill.define('custmers', 'company_id');
 SELECT * FROM tenant_backfill.plan('customers');
