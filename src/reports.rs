@@ -85,7 +85,7 @@ fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i
     st.sql = format!(
         "WITH d AS ({}) SELECT d.action, d.phase, d.source, pg_catalog.count(*)::pg_catalog.int8{unattributed_sums} \
            FROM d GROUP BY 1, 2, 3",
-        shift_placeholders(&st.sql)
+        sql::map_placeholders(&st.sql, |n| format!("${}", n + 1))
     );
     let labels: Vec<Option<String>> = job.sources.iter().map(|s| Some(s.label.clone())).collect();
     st.params.insert(0, Value::TextArray(labels));
@@ -183,25 +183,6 @@ fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i
         ));
     }
     Ok(out)
-}
-
-/// `$n` becomes `$n+1` (for a statement that gets one more argument in front).
-fn shift_placeholders(sql_text: &str) -> String {
-    let mut out = String::with_capacity(sql_text.len() + 8);
-    let mut chars = sql_text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
-            let mut number = String::new();
-            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                number.push(*d);
-                chars.next();
-            }
-            out.push_str(&format!("${}", number.parse::<usize>().unwrap_or(0) + 1));
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// "name: n" for each name, summed, in first-seen order.

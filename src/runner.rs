@@ -675,11 +675,17 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
                  'manual'::text AS rule, NULL::pg_catalog.jsonb AS evidence \
             FROM {table} d JOIN {target_table} t ON t.{key} = d.row_key::text::{kt_sql} \
            WHERE {decided} AND t.{tenant} IS DISTINCT FROM pg_catalog.btrim(d.tenant::text)::{tt_sql} \
-           ORDER BY t.{key}){write} \
-         SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text",
+           ORDER BY t.{key}){write}",
         tenant = target.tenant.sql_name(),
         target_table = target.rel.sql_name(),
     );
+    write_in_one_statement(st, run_id, false)
+}
+
+/// Runs a one-statement write (its `changes` CTE and the writer's CTEs already in `st`)
+/// and closes its run with the counts. Returns the rows changed.
+fn write_in_one_statement(mut st: Statement, run_id: i64, dry_run: bool) -> Result<i64> {
+    st.sql.push_str(&format!(" SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text"));
     let (changed, by_phase) = sql::select_rows(&st.sql, &st.params, |row| {
         Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?))
     })?
@@ -691,7 +697,7 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
         &BatchResult { last_key: None, scanned: changed, changed, by_phase, skipped: 0, for_review: 0 },
         0.0,
     )?;
-    finish_run(run_id, false, None)?;
+    finish_run(run_id, dry_run, None)?;
     Ok(changed)
 }
 
@@ -745,23 +751,10 @@ fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
         "WITH d AS ({decision}) \
          , changes AS (SELECT t.{key} AS key, t.{col} AS old, {deleted_value} AS new, 'orphan'::text AS phase, \
                  'soft_delete_orphans'::text AS source, 'orphan'::text AS rule, d.evidence \
-            FROM d JOIN {table} t ON t.{key} = d.key WHERE d.action = 'orphan' AND t.{col} IS NULL){write} \
-         SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text",
+            FROM d JOIN {table} t ON t.{key} = d.key WHERE d.action = 'orphan' AND t.{col} IS NULL){write}",
         decision = st.sql,
         key = t.key.sql_name(),
         table = t.rel.sql_name(),
     );
-    let (changed, by_phase) = sql::select_rows(&st.sql, &st.params, |row| {
-        Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?))
-    })?
-    .into_iter()
-    .next()
-    .unwrap_or((0, "{}".into()));
-    record_batch(
-        run_id,
-        &BatchResult { last_key: None, scanned: changed, changed, by_phase, skipped: 0, for_review: 0 },
-        0.0,
-    )?;
-    finish_run(run_id, dry_run, None)?;
-    Ok(changed)
+    write_in_one_statement(st, run_id, dry_run)
 }

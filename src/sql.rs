@@ -74,20 +74,7 @@ impl Statement {
     /// USING`, which takes a fixed number of arguments. Every placeholder this crate
     /// writes is followed by a cast, so the text reaches the same type.
     pub fn with_array_argument(&self) -> Result<(String, Vec<Option<String>>)> {
-        let mut sql = String::with_capacity(self.sql.len() + 16 * self.params.len());
-        let mut chars = self.sql.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
-                let mut number = String::new();
-                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                    number.push(*d);
-                    chars.next();
-                }
-                sql.push_str(&format!("($1::text[])[{number}]"));
-            } else {
-                sql.push(c);
-            }
-        }
+        let sql = map_placeholders(&self.sql, |n| format!("($1::text[])[{n}]"));
         let params = self
             .params
             .iter()
@@ -103,6 +90,26 @@ impl Statement {
             .collect::<Result<Vec<_>>>()?;
         Ok((sql, params))
     }
+}
+
+/// Rewrites every placeholder `$n` of generated SQL with `rewrite(n)`. Generated SQL
+/// holds no `$` but its placeholders (values never enter the text).
+pub fn map_placeholders(sql: &str, rewrite: impl Fn(usize) -> String) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            let mut number = 0usize;
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                number = number * 10 + d as usize;
+                chars.next();
+            }
+            out.push_str(&rewrite(number));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn datums(params: &[Value]) -> Vec<DatumWithOid<'static>> {
