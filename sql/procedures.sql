@@ -1,3 +1,18 @@
+-- Raises an error caught by a procedure below again, once it has been recorded and
+-- committed: the same SQLSTATE and message, and the detail when there is one.
+CREATE FUNCTION @extschema@._raise(
+    err_state pg_catalog.text, err_message pg_catalog.text, err_detail pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF err_detail IS NULL OR err_detail = '' THEN
+        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail;
+END
+$$;
+
 -- The production path. pgrx cannot COMMIT from Rust, so this thin procedure loops over
 -- _run_batch (exactly one batch per call) and commits after each. Errors are caught
 -- only to record them durably (status failed, advisory lock released) and re-raised.
@@ -51,10 +66,7 @@ BEGIN
                     this_run, target, lock_timeout_ms);
                 err_detail := 'Its status is failed. CALL run again with the same mode to resume where it stopped.';
             END IF;
-            IF err_detail IS NULL OR err_detail = '' THEN
-                RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message;
-            END IF;
-            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail;
+            PERFORM @extschema@._raise(err_state, err_message, err_detail);
         END IF;
         lock_failures := 0;
         sleep_seconds := pause_ms / 1000.0;
@@ -115,10 +127,7 @@ BEGIN
                     target, step, lock_timeout_ms);
                 err_detail := 'Other sessions held locks on the table. CALL finalize again when it is quieter.';
             END IF;
-            IF err_detail IS NULL OR err_detail = '' THEN
-                RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message;
-            END IF;
-            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail;
+            PERFORM @extschema@._raise(err_state, err_message, err_detail);
         END IF;
         lock_failures := 0;
         sleep_seconds := 0;
