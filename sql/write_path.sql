@@ -21,6 +21,7 @@ CREATE TABLE @extschema@.runs (
     rows_skipped     pg_catalog.int8 NOT NULL DEFAULT 0,
     batches          pg_catalog.int4 NOT NULL DEFAULT 0,
     pass             pg_catalog.int4 NOT NULL DEFAULT 1,
+    -- the longest time a batch held its rows locked: from its write statement to its commit
     longest_batch_ms pg_catalog.float8,
     -- keyset cursor: the last key done, and the highest key when the run started
     last_key         pg_catalog.text,

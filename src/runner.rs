@@ -8,7 +8,7 @@ use crate::engine::{self, Detail, Mode, Scope};
 use crate::error::{BackfillError, OrRaise, Result};
 use crate::sql::{self, get, get_required, Statement, Value};
 use crate::types::RegClass;
-use crate::writer::{self, WriteSpec, BY_PHASE};
+use crate::writer::{self, Changes, WriteSpec, BY_PHASE};
 use pgrx::prelude::*;
 use std::time::Instant;
 
@@ -32,43 +32,88 @@ struct BatchResult {
     for_review: i64,
 }
 
-/// Builds one batch: the decision query over `scope`, the rows whose action changes
-/// them as `changes`, and the writer.
-fn batch_statement(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Statement {
+/// A batch's decision, made by a statement that locks nothing.
+struct Decision {
+    /// The batch's highest key: where the next batch starts.
+    last_key: Option<String>,
+    scanned: i64,
+    for_review: i64,
+    changes: Changes,
+}
+
+/// Decides the rows of `scope` and collects the ones whose action changes them.
+fn decide(job: &Job, mode: Mode, scope: &Scope) -> Result<Decision> {
     let mut st = engine::decision_query(job, mode, scope, Detail::Full);
     let actions = match mode {
         Mode::Fill => "('fill')",
         Mode::Reassign => "('fill', 'reassign')",
     };
-    let write = writer::write_ctes(spec, &mut st);
+    // The decision query returns its rows in key order; the ordered subquery keeps that
+    // order in the arrays, so the write locks rows in key order.
     st.sql = format!(
         "WITH d AS MATERIALIZED ({decision}) \
-         , changes AS (SELECT d.key, d.current AS old, d.proposed AS new, \
-             CASE WHEN d.phase = 0 THEN 'override' ELSE d.phase::text END AS phase, \
-             d.source, d.rule, d.evidence FROM d WHERE d.action IN {actions}){write} \
          SELECT (SELECT d.key::text FROM d ORDER BY d.key DESC LIMIT 1), \
                 (SELECT pg_catalog.count(*) FROM d), \
-                (SELECT pg_catalog.count(*) FROM upd), \
-                {BY_PHASE}::text, \
-                (SELECT pg_catalog.count(*) FROM changes) - (SELECT pg_catalog.count(*) FROM upd), \
-                (SELECT pg_catalog.count(*) FROM d WHERE d.action IN ('conflict', 'unresolved', 'orphan'))",
+                (SELECT pg_catalog.count(*) FROM d WHERE d.action IN ('conflict', 'unresolved', 'orphan')), \
+                pg_catalog.array_agg(c.key::text), pg_catalog.array_agg(c.current::text), \
+                pg_catalog.array_agg(c.proposed::text), \
+                pg_catalog.array_agg(CASE WHEN c.phase = 0 THEN 'override' ELSE c.phase::text END), \
+                pg_catalog.array_agg(c.source), pg_catalog.array_agg(c.rule), pg_catalog.array_agg(c.evidence::text) \
+           FROM (SELECT * FROM d WHERE d.action IN {actions} ORDER BY d.key) c",
         decision = st.sql,
     );
-    st
-}
-
-fn run_batch_statement(st: &Statement) -> Result<BatchResult> {
+    let array = |row: &pgrx::spi::SpiHeapTupleData, ordinal| -> Result<Vec<Option<String>>> {
+        Ok(get::<Vec<Option<String>>>(row, ordinal)?.unwrap_or_default())
+    };
     let rows = sql::select_rows(&st.sql, &st.params, |row| {
-        Ok(BatchResult {
+        Ok(Decision {
             last_key: get(row, 1)?,
             scanned: get_required(row, 2)?,
-            changed: get_required(row, 3)?,
-            by_phase: get_required(row, 4)?,
-            skipped: get_required(row, 5)?,
-            for_review: get_required(row, 6)?,
+            for_review: get_required(row, 3)?,
+            changes: Changes {
+                key: array(row, 4)?,
+                old: array(row, 5)?,
+                new: array(row, 6)?,
+                phase: array(row, 7)?,
+                source: array(row, 8)?,
+                rule: array(row, 9)?,
+                evidence: array(row, 10)?,
+            },
         })
     })?;
-    rows.into_iter().next().ok_or_else(|| BackfillError::Internal("a batch returned no row".into()))
+    rows.into_iter().next().ok_or_else(|| BackfillError::Internal("a batch's decision returned no row".into()))
+}
+
+/// One batch: decide, then lock, update, back up and audit the rows that change, in a
+/// second statement. Returns what the batch did and how long its rows were locked (from
+/// the write statement on; the commit that follows releases them).
+fn run_batch(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Result<(BatchResult, f64)> {
+    let Decision { last_key, scanned, for_review, changes } = decide(job, mode, scope)?;
+    let to_change = changes.key.len() as i64;
+    let started = Instant::now();
+    let (changed, by_phase) = if to_change == 0 {
+        (0, "{}".to_string())
+    } else {
+        // The arrays are in key order: their ends are the batch's key range.
+        let key_range = match (changes.key.first(), changes.key.last()) {
+            (Some(Some(lowest)), Some(Some(highest))) => Some((lowest.clone(), highest.clone())),
+            _ => None,
+        };
+        let spec = WriteSpec { key_range, ..*spec };
+        let mut st = Statement::new();
+        let changes_cte = writer::changes_from_arrays(spec.target, spec.column, changes, &mut st);
+        let write = writer::write_ctes(&spec, &mut st);
+        st.sql = format!("{changes_cte}{write} SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text");
+        sql::select_rows(&st.sql, &st.params, |row| {
+            Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?))
+        })?
+        .into_iter()
+        .next()
+        .ok_or_else(|| BackfillError::Internal("a batch's write returned no row".into()))?
+    };
+    let locked_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let batch = BatchResult { last_key, scanned, changed, by_phase, skipped: to_change - changed, for_review };
+    Ok((batch, locked_ms))
 }
 
 /// Checks what a run needs: read access to everything the decision reads, and UPDATE
@@ -140,7 +185,7 @@ fn insert_run(target: &Target, kind: &str, mode: Option<Mode>, dry_run: bool, pa
 
 /// Adds a batch's counts to its run; `first_pass` counts examined rows and rows for
 /// review only once.
-fn record_batch(run_id: i64, batch: &BatchResult, elapsed_ms: f64) -> Result<()> {
+fn record_batch(run_id: i64, batch: &BatchResult, locked_ms: f64) -> Result<()> {
     sql::execute(
         "UPDATE tenant_backfill.runs r SET \
              rows_done = r.rows_done + CASE WHEN r.pass = 1 THEN $2 ELSE 0 END, \
@@ -164,7 +209,7 @@ fn record_batch(run_id: i64, batch: &BatchResult, elapsed_ms: f64) -> Result<()>
             Value::text(batch.by_phase.clone()),
             Value::Int8(Some(batch.for_review)),
             Value::Int8(Some(batch.skipped)),
-            Value::text(format!("{elapsed_ms:.3}")),
+            Value::text(format!("{locked_ms:.3}")),
             Value::Text(batch.last_key.clone()),
         ],
     )?;
@@ -409,11 +454,10 @@ fn run_one_batch(run_id: i64) -> Result<bool> {
         skip_locked: true,
         guard: true,
         dry_run: state.dry_run,
+        key_range: None,
     };
-    let started = Instant::now();
-    let batch = run_batch_statement(&batch_statement(&job, state.mode, &scope, &spec))?;
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    record_batch(run_id, &batch, elapsed_ms)?;
+    let (batch, locked_ms) = run_batch(&job, state.mode, &scope, &spec)?;
+    record_batch(run_id, &batch, locked_ms)?;
 
     if batch.scanned > 0 {
         report_progress(run_id, &job)?;
@@ -547,13 +591,13 @@ fn run_now_impl(target: RegClass, mode: Option<&str>, dry_run: bool) -> Result<(
         skip_locked: false,
         guard: true,
         dry_run,
+        key_range: None,
     };
     let mut last_key: Option<String> = None;
     while upper_key.is_some() {
         let scope = Scope::Batch { after: last_key.clone(), up_to: upper_key.clone(), limit: Some(RUN_NOW_BATCH) };
-        let started = Instant::now();
-        let batch = run_batch_statement(&batch_statement(&job, mode, &scope, &spec))?;
-        record_batch(run_id, &batch, started.elapsed().as_secs_f64() * 1000.0)?;
+        let (batch, locked_ms) = run_batch(&job, mode, &scope, &spec)?;
+        record_batch(run_id, &batch, locked_ms)?;
         if batch.scanned == 0 {
             break;
         }
@@ -666,7 +710,7 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     let mut st = Statement::new();
     let source = st.param(Value::text(rel.display.clone()));
     let write = writer::write_ctes(
-        &WriteSpec { target: &target, column: &target.tenant, run_id, skip_locked: false, guard: true, dry_run: false },
+        &WriteSpec { target: &target, column: &target.tenant, run_id, skip_locked: false, guard: true, dry_run: false, key_range: None },
         &mut st,
     );
     st.sql = format!(
@@ -743,7 +787,7 @@ fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
     let run_id = insert_run(t, "soft_delete_orphans", None, dry_run, serde_json::json!({ "column": column.name }))?;
     let mut st = engine::decision_query(&job, Mode::Fill, &Scope::All, Detail::Full);
     let write = writer::write_ctes(
-        &WriteSpec { target: t, column: &column, run_id, skip_locked: false, guard: true, dry_run },
+        &WriteSpec { target: t, column: &column, run_id, skip_locked: false, guard: true, dry_run, key_range: None },
         &mut st,
     );
     let col = column.sql_name();

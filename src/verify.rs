@@ -426,6 +426,7 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
                 skip_locked: false,
                 guard: !force,
                 dry_run: false,
+                key_range: None,
             },
             &mut st,
         );

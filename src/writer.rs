@@ -14,9 +14,46 @@
 //!
 //! After the CTEs, `upd` holds `(key, old, new, phase, source, rule, evidence)` of the
 //! rows actually changed.
+//!
+//! A batch of `run` decides first, in a statement of its own that locks nothing, and
+//! hands the rows to change to the write statement as arrays (`changes_from_arrays`):
+//! rows are then locked only while they are written, from the write statement to the
+//! batch's commit.
 
 use crate::catalog::{Column, Target};
 use crate::sql::{Statement, Value};
+
+/// The rows a decision changes, column by column, in key order, as text (every key
+/// and tenant type converts to text and back exactly; `rollback` relies on it too).
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub key: Vec<Option<String>>,
+    pub old: Vec<Option<String>>,
+    pub new: Vec<Option<String>>,
+    pub phase: Vec<Option<String>>,
+    pub source: Vec<Option<String>>,
+    pub rule: Vec<Option<String>>,
+    pub evidence: Vec<Option<String>>,
+}
+
+/// The `changes` CTE (`WITH changes AS (...)`) over `changes`, passed as seven `text[]`
+/// arguments and cast back to the key's and the written column's types. (`ROWS FROM`
+/// because only the unqualified `unnest` takes several arrays.)
+pub fn changes_from_arrays(target: &Target, column: &Column, changes: Changes, st: &mut Statement) -> String {
+    let Changes { key, old, new, phase, source, rule, evidence } = changes;
+    let [key, old, new, phase, source, rule, evidence] =
+        [key, old, new, phase, source, rule, evidence].map(|values| st.param(Value::TextArray(values)));
+    format!(
+        "WITH changes AS (SELECT c.key::{key_type} AS key, c.old::{column_type} AS old, c.new::{column_type} AS new, \
+                 c.phase, c.source, c.rule, c.evidence::pg_catalog.jsonb AS evidence \
+            FROM ROWS FROM (pg_catalog.unnest({key}::text[]), pg_catalog.unnest({old}::text[]), \
+                            pg_catalog.unnest({new}::text[]), pg_catalog.unnest({phase}::text[]), \
+                            pg_catalog.unnest({source}::text[]), pg_catalog.unnest({rule}::text[]), \
+                            pg_catalog.unnest({evidence}::text[])) AS c(key, old, new, phase, source, rule, evidence))",
+        key_type = target.key.type_sql,
+        column_type = column.type_sql,
+    )
+}
 
 /// How to write.
 pub struct WriteSpec<'a> {
@@ -30,6 +67,11 @@ pub struct WriteSpec<'a> {
     pub guard: bool,
     /// Count what would change without writing anything.
     pub dry_run: bool,
+    /// The lowest and highest key of `changes`, as text, when the caller knows them (a
+    /// batch): the UPDATE then reads only that stretch of the key index. Without it the
+    /// planner, which cannot see where a batch's keys lie, joins by reading the key
+    /// index from the table's first row, and later batches take longer and longer.
+    pub key_range: Option<(String, String)>,
 }
 
 /// The CTEs after `changes`; starts with a comma.
@@ -45,14 +87,26 @@ pub fn write_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
     let run_id = st.param(Value::Int8(Some(spec.run_id)));
     let target_oid = st.param(Value::Oid(spec.target.rel.oid));
     let column_name = st.param(Value::text(spec.column.name.clone()));
-    // `locked` carries everything the UPDATE needs, so the UPDATE joins the target (by
-    // its key index) to one CTE: joining two CTEs to each other has no index and
-    // degrades to a nested loop over both.
+    let range = match &spec.key_range {
+        Some((lowest, highest)) => {
+            let key_type = &spec.target.key.type_sql;
+            let lowest = st.param(Value::text(lowest.clone()));
+            let highest = st.param(Value::text(highest.clone()));
+            format!(" AND t.{key} BETWEEN {lowest}::text::{key_type} AND {highest}::text::{key_type}")
+        }
+        None => String::new(),
+    };
+    // `locked` finds each row through the key index (LATERAL: a plain join, once the
+    // planner knows a batch's size, may become a merge join that reads the key index
+    // from the table's first row). It carries
+    // everything the UPDATE needs, so the UPDATE joins the target (by its key index) to
+    // one CTE: joining two CTEs to each other has no index and degrades to a nested loop
+    // over both.
     format!(
-        ", locked AS (SELECT c.key, t.{col} AS actual, c.new, c.phase, c.source, c.rule, c.evidence \
-             FROM {target} t JOIN changes c ON t.{key} = c.key \
-             WHERE true{guard} FOR NO KEY UPDATE OF t{skip}) \
-         , upd AS (UPDATE {target} t SET {col} = l.new FROM locked l WHERE t.{key} = l.key \
+        ", locked AS (SELECT c.key, t.actual, c.new, c.phase, c.source, c.rule, c.evidence \
+             FROM changes c CROSS JOIN LATERAL (SELECT t.{col} AS actual FROM {target} t \
+                 WHERE t.{key} = c.key{guard} FOR NO KEY UPDATE OF t{skip}) t) \
+         , upd AS (UPDATE {target} t SET {col} = l.new FROM locked l WHERE t.{key} = l.key{range} \
              RETURNING l.key, l.actual AS old, l.new, l.phase, l.source, l.rule, l.evidence) \
          , bak AS (INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value) \
              SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text, \
