@@ -5,6 +5,7 @@
 use crate::error::Result;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::PgMemoryContexts;
 use pgrx::spi::SpiHeapTupleData;
 
 /// A quoted identifier: `company_id`, `"CompanyId"`, `"Tenant Id"`.
@@ -112,6 +113,9 @@ pub fn map_placeholders(sql: &str, rewrite: impl Fn(usize) -> String) -> String 
     out
 }
 
+/// The arguments as Datums. Called inside `Spi::connect_mut`, where the current memory
+/// context is SPI's, freed when the call ends: built outside, a batch's arrays stayed
+/// allocated until the calling function returned.
 fn datums(params: &[Value]) -> Vec<DatumWithOid<'static>> {
     params.iter().map(Value::to_datum).collect()
 }
@@ -127,33 +131,47 @@ pub fn select_rows<T>(
     params: &[Value],
     mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
 ) -> Result<Vec<T>> {
-    let args = datums(params);
     Spi::connect_mut(|client| {
+        let args = datums(params);
         let table = client.update(sql, None, &args)?;
-        let mut out = Vec::with_capacity(table.len());
-        for row in table {
-            out.push(decode(&row)?);
-        }
-        Ok(out)
+        in_spi_memory(|| {
+            let mut out = Vec::with_capacity(table.len());
+            for row in table {
+                out.push(decode(&row)?);
+            }
+            Ok(out)
+        })
     })
 }
 
 /// Runs a statement that returns one value (or none).
 pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Result<Option<T>> {
-    let args = datums(params);
     Spi::connect_mut(|client| {
+        let args = datums(params);
         let table = client.update(sql, None, &args)?;
         if table.is_empty() {
             return Ok(None);
         }
-        Ok(table.first().get_one::<T>()?)
+        in_spi_memory(|| Ok(table.first().get_one::<T>()?))
     })
+}
+
+/// Runs `decode` in a child of SPI's memory context. pgrx copies every value it decodes
+/// into the parent of the current context; inside SPI that parent is the transaction's
+/// context, where a batch's arrays would pile up until commit (`run_now` grew with the
+/// table). From a child of SPI's context, the copies land in SPI's, freed when the
+/// call ends, after `decode` has turned them into Rust values.
+fn in_spi_memory<R>(decode: impl FnOnce() -> R) -> R {
+    let mut context = PgMemoryContexts::new("tenant_backfill decode");
+    // SAFETY: the context lives until the end of this function, and nothing allocated
+    // in it (or in its parent) is used after the SPI call that encloses it.
+    unsafe { context.switch_to(|_| decode()) }
 }
 
 /// Runs a statement that writes; returns the number of rows it processed.
 pub fn execute(sql: &str, params: &[Value]) -> Result<u64> {
-    let args = datums(params);
     Spi::connect_mut(|client| {
+        let args = datums(params);
         let table = client.update(sql, None, &args)?;
         Ok(table.len() as u64)
     })
