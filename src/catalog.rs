@@ -35,6 +35,11 @@ pub struct Column {
     /// The type as `format_type` prints it, for messages: `integer`, `uuid`.
     pub type_display: String,
     pub not_null: bool,
+    /// The type has its own `min` and `max` aggregates (uuid, for one, has not).
+    pub has_min_max: bool,
+    /// The type's text form never holds a character JSON must escape (integers,
+    /// numeric, uuid), so it can be quoted as it is.
+    pub prints_json_safe: bool,
 }
 
 impl Column {
@@ -153,7 +158,12 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
     }
     let rows = sql::select_rows(
         "SELECT a.attnum, a.atttypid, tn.nspname::text, t.typname::text, \
-                pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull \
+                pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                pg_catalog.to_regprocedure(pg_catalog.format('pg_catalog.min(%I.%I)', tn.nspname, t.typname)) IS NOT NULL \
+                  AND pg_catalog.to_regprocedure(pg_catalog.format('pg_catalog.max(%I.%I)', tn.nspname, t.typname)) IS NOT NULL, \
+                a.atttypid IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype, \
+                               'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.numeric'::pg_catalog.regtype, \
+                               'pg_catalog.uuid'::pg_catalog.regtype) \
            FROM pg_catalog.pg_attribute a \
            JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
            JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
@@ -168,6 +178,8 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
                 type_sql: qualified(&get_required::<String>(row, 3)?, &get_required::<String>(row, 4)?),
                 type_display: get_required::<String>(row, 5)?,
                 not_null: get_required::<bool>(row, 6)?,
+                has_min_max: get_required::<bool>(row, 7)?,
+                prints_json_safe: get_required::<bool>(row, 8)?,
             })
         },
     )?;

@@ -8,8 +8,10 @@
 //!
 //! ```text
 //! WITH scope      -- the target rows considered: a key range, one key, or all
-//!    , ev_<i>     -- per source: GROUP BY (via, tenant) over the scope's keys
-//!    , cand_<i>   -- per source and row: #tenants, top tenant, evidence json
+//!    , ev_<i>     -- per source: GROUP BY via over the scope's keys (counts, lowest
+//!                 --   and highest tenant)
+//!    , cand_<i>   -- per source and row: none, one or several tenants, the tenant it
+//!                 --   proposes, evidence json (several: counted per tenant by probe)
 //!    , ov         -- the override in force per key (own table, then config tables)
 //!    , decided    -- scope LEFT JOIN every cand_<i> and ov; first phase with evidence
 //! SELECT key, current, proposed, action, phase, source, rule, evidence, unattributed
@@ -19,7 +21,7 @@
 //! tenant in the tenant's own order, and writers can join back without casts); `action`
 //! is NULL for rows whose tenant is already right.
 
-use crate::catalog::{Job, Rule};
+use crate::catalog::{Column, Job, Rule};
 use crate::error::{BackfillError, Result};
 use crate::sql::{ident, Statement, Value};
 
@@ -95,8 +97,16 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> S
     }
     let where_clause =
         if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
+    // A batch's scope is read by every source and must hold the same keys each time (its
+    // LIMIT): materialized once. The whole table is better left to the planner, which
+    // then reads it in key order from the key index and merges it with the evidence;
+    // materialized, it was sorted again, on disk, for the merge.
+    let materialized = match scope {
+        Scope::All => "NOT MATERIALIZED",
+        Scope::Batch { .. } => "MATERIALIZED",
+    };
     let mut sql = format!(
-        "WITH scope AS MATERIALIZED (SELECT t.{key} AS key, t.{tenant} AS current FROM {target_table} t{where_clause} ORDER BY t.{key}{limit_clause})",
+        "WITH scope AS {materialized} (SELECT t.{key} AS key, t.{tenant} AS current FROM {target_table} t{where_clause} ORDER BY t.{key}{limit_clause})",
         target_table = target.rel.sql_name(),
     );
 
@@ -113,27 +123,66 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> S
         Scope::Batch { .. } => "SELECT sc.key FROM scope sc".to_string(),
     };
 
-    // One grouped evidence query per source, folded into one candidate row per key.
+    // One grouped query per source, one row per key: how many related rows carry a
+    // tenant and how many do not, and the lowest and highest tenant among them. When
+    // those two are equal (the common case by far) the key's evidence is one tenant
+    // and its count, and the row is decided from this pass alone. Only keys whose rows
+    // name several tenants, the conflicts, go back to the source (an index probe on
+    // the via column, inside this statement) for their per-tenant counts. Grouping
+    // every key by (key, tenant) instead, as this engine first did, doubled the
+    // cost of a whole-table plan (BENCHMARKS.md).
+    let tenant_facts = &target.tenant;
+    let mut labels = Vec::new();
     for (i, source) in job.sources.iter().enumerate() {
         let i = i + 1;
+        let label = st.param(Value::text(source.label.clone()));
+        let via = source.via.sql_name();
+        let stenant = source.tenant.sql_name();
+        let source_table = source.rel.sql_name();
+        let tenant_of = |alias: &str| format!("{alias}.{stenant}::{tenant_type}");
+        let (lo, hi) = if tenant_facts.has_min_max {
+            (format!("pg_catalog.min({})", tenant_of("s")), format!("pg_catalog.max({})", tenant_of("s")))
+        } else {
+            // uuid and friends have no min()/max() but compare as one-element arrays.
+            (
+                format!("(pg_catalog.min(ARRAY[{}]) FILTER (WHERE s.{stenant} IS NOT NULL))[1]", tenant_of("s")),
+                format!("(pg_catalog.max(ARRAY[{}]) FILTER (WHERE s.{stenant} IS NOT NULL))[1]", tenant_of("s")),
+            )
+        };
+        // A conflicting key's related rows with a tenant, counted per tenant.
+        let per_tenant = format!(
+            "SELECT {tenant} AS tenant, pg_catalog.count(*) AS n FROM {source_table} r \
+               WHERE r.{via} = e.key AND r.{stenant} IS NOT NULL GROUP BY 1",
+            tenant = tenant_of("r"),
+        );
+        // Several tenants: a unanimous phase stops at a conflict and proposes nothing; a
+        // majority phase takes the most frequent, ties to the lowest.
+        let top_of_several = match source.rule {
+            Rule::Unanimous => "NULL".to_string(),
+            Rule::Majority => format!("(SELECT x.tenant FROM ({per_tenant}) x ORDER BY x.n DESC, x.tenant LIMIT 1)"),
+        };
+        let evidence = match detail {
+            Detail::Full => format!(
+                "CASE WHEN e.n = 0 THEN NULL \
+                      WHEN e.lo = e.hi THEN ('{{' || (SELECT pg_catalog.to_json({label}::text)::text) || ':{{' || {key} || ':' || e.n || '}}}}')::pg_catalog.jsonb \
+                      ELSE pg_catalog.jsonb_build_object({label}::text, \
+                           (SELECT pg_catalog.jsonb_object_agg(x.tenant::text, x.n) FROM ({per_tenant}) x)) END",
+                key = json_string(tenant_facts, "e.lo"),
+            ),
+            Detail::Counts => "NULL::pg_catalog.jsonb".to_string(),
+        };
         sql.push_str(&format!(
-            ", ev_{i} AS (SELECT s.{via} AS key, s.{stenant}::{tenant_type} AS tenant, pg_catalog.count(*) AS n \
-               FROM {source_table} s WHERE s.{via} IN ({keys_in_scope}) GROUP BY 1, 2)\
-             , cand_{i} AS (SELECT e.key, pg_catalog.count(e.tenant) AS ntenants, \
-               (pg_catalog.array_agg(e.tenant ORDER BY e.n DESC, e.tenant) FILTER (WHERE e.tenant IS NOT NULL))[1] AS top, \
-               {evidence_agg} AS evidence, \
-               pg_catalog.sum(e.n) FILTER (WHERE e.tenant IS NULL) AS unattributed \
-               FROM ev_{i} e GROUP BY e.key)",
-            via = source.via.sql_name(),
-            stenant = source.tenant.sql_name(),
-            source_table = source.rel.sql_name(),
-            evidence_agg = match detail {
-                Detail::Full => {
-                    "pg_catalog.jsonb_object_agg(e.tenant::text, e.n) FILTER (WHERE e.tenant IS NOT NULL)"
-                }
-                Detail::Counts => "NULL::pg_catalog.jsonb",
-            },
+            ", ev_{i} AS (SELECT s.{via} AS key, pg_catalog.count(s.{stenant}) AS n, \
+               pg_catalog.count(*) - pg_catalog.count(s.{stenant}) AS n_null, {lo} AS lo, {hi} AS hi \
+               FROM {source_table} s WHERE s.{via} IN ({keys_in_scope}) GROUP BY 1)\
+             , cand_{i} AS (SELECT e.key, \
+               CASE WHEN e.n = 0 THEN 0 WHEN e.lo = e.hi THEN 1 ELSE 2 END AS ntenants, \
+               CASE WHEN e.n = 0 THEN NULL WHEN e.lo = e.hi THEN e.lo ELSE {top_of_several} END AS top, \
+               {evidence} AS evidence, \
+               CASE WHEN e.n_null > 0 THEN pg_catalog.jsonb_build_object({label}::text, e.n_null) END AS unattributed \
+               FROM ev_{i} e)",
         ));
+        labels.push(label);
     }
 
     // The override in force for each key in scope.
@@ -160,20 +209,15 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> S
     } else {
         (1..=n).map(|i| format!("cand_{i}.key IS NOT NULL")).collect::<Vec<_>>().join(" OR ")
     };
-    let mut evidence_pairs = Vec::new();
-    let mut unattributed_pairs = Vec::new();
-    let mut labels = Vec::new();
-    for (i, source) in job.sources.iter().enumerate() {
-        let label = st.param(Value::text(source.label.clone()));
-        evidence_pairs.push(format!("{label}::text, cand_{}.evidence", i + 1));
-        unattributed_pairs.push(format!("{label}::text, cand_{}.unattributed", i + 1));
-        labels.push(label);
-    }
-    let json_of = |pairs: &[String]| {
-        if pairs.is_empty() {
+    // `{"calls": {...}, "phone_numbers": {...}}`: the candidates' objects, concatenated.
+    let json_of = |field: &str| {
+        if n == 0 {
             "'{}'::pg_catalog.jsonb".to_string()
         } else {
-            format!("pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object({}))", pairs.join(", "))
+            (1..=n)
+                .map(|i| format!("COALESCE(cand_{i}.{field}, '{{}}'::pg_catalog.jsonb)"))
+                .collect::<Vec<_>>()
+                .join(" || ")
         }
     };
     let joins: String =
@@ -184,10 +228,10 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> S
            {evidence} AS evidence, {unattributed} AS unattributed \
            FROM scope sc{joins} LEFT JOIN ov ON ov.key_text = sc.key::text)",
         evidence = match detail {
-            Detail::Full => json_of(&evidence_pairs),
+            Detail::Full => json_of("evidence"),
             Detail::Counts => "NULL::pg_catalog.jsonb".to_string(),
         },
-        unattributed = json_of(&unattributed_pairs),
+        unattributed = json_of("unattributed"),
     ));
 
     // The cascade: override, else the first phase with evidence; a unanimous phase
@@ -279,4 +323,15 @@ pub fn overridden_keys(job: &Job, st: &mut Statement) -> String {
 /// The quoted key column, for consumers that join the decision back to the target.
 pub fn key_column(job: &Job) -> String {
     ident(&job.target.key.name)
+}
+
+/// `expr` (a value of the tenant's type) as a JSON string literal, as text. Numbers and
+/// uuids print nothing JSON must escape and are quoted as they are; anything else goes
+/// through to_json, which escapes.
+fn json_string(tenant: &Column, expr: &str) -> String {
+    if tenant.prints_json_safe {
+        format!("'\"' || {expr}::text || '\"'")
+    } else {
+        format!("pg_catalog.to_json({expr}::text)::text")
+    }
 }

@@ -540,6 +540,50 @@ mod tests {
         assert_eq!(count(r#"SELECT count(*) FROM "Sales Ops"."client; DROP TABLE x--""#), 7);
     }
 
+    /// uuid has no min()/max() and text needs JSON escaping: the one-tenant and the
+    /// several-tenant paths of the engine both handle them, for both rules.
+    #[pg_test]
+    fn uuid_and_text_tenants_with_quotes_decide_and_show_evidence() {
+        load(&[]);
+        run(r#"CREATE TABLE accounts (id int PRIMARY KEY, org uuid);
+               CREATE TABLE logins (account_id int, org uuid);
+               INSERT INTO accounts VALUES (1, NULL), (2, NULL), (3, NULL);
+               INSERT INTO logins VALUES
+                   (1, 'b0000000-0000-4000-8000-000000000002'), (1, 'b0000000-0000-4000-8000-000000000002'),
+                   (2, 'b0000000-0000-4000-8000-000000000002'), (2, 'a0000000-0000-4000-8000-000000000001'),
+                   (3, 'b0000000-0000-4000-8000-000000000002'), (3, 'a0000000-0000-4000-8000-000000000001'),
+                   (3, 'b0000000-0000-4000-8000-000000000002'), (3, NULL);
+               CREATE TABLE notes (id int PRIMARY KEY, team text);
+               CREATE TABLE edits (note_id int, team text);
+               INSERT INTO notes VALUES (1, NULL), (2, NULL);
+               INSERT INTO edits VALUES (1, 'say "hi" \ bye'), (1, 'say "hi" \ bye'),
+                                        (2, 'x'), (2, 'say "hi" \ bye');
+               SELECT tenant_backfill.define('accounts', 'org');
+               SELECT tenant_backfill.add_source('accounts', 'logins', 'account_id', rule => 'majority');
+               SELECT tenant_backfill.define('notes', 'team');
+               SELECT tenant_backfill.add_source('notes', 'edits', 'note_id');"#);
+        assert_eq!(
+            rows("SELECT row_key, coalesce(proposed_tenant, '-'), action, evidence::text FROM tenant_backfill.plan('accounts')"),
+            vec![
+                r#"1|b0000000-0000-4000-8000-000000000002|fill|{"logins": {"b0000000-0000-4000-8000-000000000002": 2}}"#,
+                // A tie goes to the lowest uuid.
+                r#"2|a0000000-0000-4000-8000-000000000001|fill|{"logins": {"a0000000-0000-4000-8000-000000000001": 1, "b0000000-0000-4000-8000-000000000002": 1}}"#,
+                r#"3|b0000000-0000-4000-8000-000000000002|fill|{"logins": {"a0000000-0000-4000-8000-000000000001": 1, "b0000000-0000-4000-8000-000000000002": 2}}"#,
+            ]
+        );
+        assert_eq!(
+            rows("SELECT check_name, rows::text FROM tenant_backfill.preflight('accounts') WHERE check_name IN ('by_phase_1', 'source_null_tenant')"),
+            vec!["by_phase_1|3", "source_null_tenant|1"]
+        );
+        assert_eq!(
+            rows("SELECT row_key, coalesce(proposed_tenant, '-'), action, evidence::text FROM tenant_backfill.plan('notes')"),
+            vec![
+                r#"1|say "hi" \ bye|fill|{"edits": {"say \"hi\" \\ bye": 2}}"#,
+                r#"2|-|conflict|{"edits": {"x": 1, "say \"hi\" \\ bye": 1}}"#,
+            ]
+        );
+    }
+
     /// Keys and actions of one batch of the decision query, run directly.
     fn batch(after: Option<&str>, up_to: Option<&str>, limit: Option<i64>) -> Vec<String> {
         use crate::engine::{decision_query, Mode, Scope};
