@@ -155,9 +155,14 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     statement record;
+    jit_setting pg_catalog.text := pg_catalog.current_setting('jit');
 BEGIN
     SELECT * INTO statement FROM @extschema@._plan_statement(target, mode);
+    -- Without JIT, as every engine statement runs (sql::without_jit in src/sql.rs says
+    -- why); the change is transaction-local and put back after.
+    PERFORM pg_catalog.set_config('jit', 'off', true);
     RETURN QUERY EXECUTE statement.sql USING statement.params;
+    PERFORM pg_catalog.set_config('jit', jit_setting, true);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.plan(pg_catalog.regclass, pg_catalog.text) IS

@@ -50,7 +50,7 @@ fn preflight(
     target: RegClass,
     mode: default!(Option<String>, "'fill'"),
 ) -> TableIterator<'static, (name!(check_name, String), name!(rows, i64), name!(detail, Option<String>))> {
-    TableIterator::new(preflight_rows(target, mode.as_deref()).or_raise())
+    TableIterator::new(sql::without_jit(|| preflight_rows(target, mode.as_deref())).or_raise())
 }
 
 fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i64, Option<String>)>> {
@@ -208,7 +208,7 @@ fn conflicts(
     target: RegClass,
     mode: default!(Option<String>, "'fill'"),
 ) -> TableIterator<'static, (name!(row_key, Option<String>), name!(evidence, Option<pgrx::JsonB>))> {
-    TableIterator::new(conflict_rows(target, mode.as_deref()).or_raise())
+    TableIterator::new(sql::without_jit(|| conflict_rows(target, mode.as_deref())).or_raise())
 }
 
 fn conflict_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(Option<String>, Option<pgrx::JsonB>)>> {
@@ -242,7 +242,7 @@ fn review_queue(
         name!(tenant, Option<String>),
     ),
 > {
-    TableIterator::new(review_rows(target, mode.as_deref()).or_raise())
+    TableIterator::new(sql::without_jit(|| review_rows(target, mode.as_deref())).or_raise())
 }
 
 fn review_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<ReviewRow>> {

@@ -382,7 +382,7 @@ fn run_begin(
 /// The procedure commits after each call.
 #[pg_extern]
 fn _run_batch(run_id: i64) -> bool {
-    run_one_batch(run_id).or_raise()
+    sql::without_jit(|| run_one_batch(run_id)).or_raise()
 }
 
 struct RunState {
@@ -564,7 +564,7 @@ fn run_now(
         name!(left_for_review, i64),
     ),
 > {
-    TableIterator::once(run_now_impl(target, mode.as_deref(), dry_run.unwrap_or(false)).or_raise())
+    TableIterator::once(sql::without_jit(|| run_now_impl(target, mode.as_deref(), dry_run.unwrap_or(false))).or_raise())
 }
 
 fn run_now_impl(target: RegClass, mode: Option<&str>, dry_run: bool) -> Result<(i64, i64, pgrx::JsonB, i64)> {
@@ -759,7 +759,7 @@ fn invalid_values(rel: &catalog::Relation, column: &str, values: &[String], targ
 /// any source), audited and reversible with `rollback`.
 #[pg_extern]
 fn soft_delete_orphans(target: RegClass, dry_run: default!(Option<bool>, "false")) -> i64 {
-    soft_delete_orphans_impl(target, dry_run.unwrap_or(false)).or_raise()
+    sql::without_jit(|| soft_delete_orphans_impl(target, dry_run.unwrap_or(false))).or_raise()
 }
 
 fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {

@@ -403,6 +403,22 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM tenant_backfill.plan('customers') WHERE current_tenant IS NOT NULL"), 0);
     }
 
+    /// The engine turns JIT off for its own statements and puts the caller's setting back.
+    #[pg_test]
+    fn reports_and_runs_leave_the_callers_jit_setting_as_it_was() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        for setting in ["on", "off", "on"] {
+            run(&format!("SET LOCAL jit = {setting}"));
+            run("SELECT count(*) FROM tenant_backfill.plan('customers')");
+            run("SELECT count(*) FROM tenant_backfill.preflight('customers')");
+            run("SELECT count(*) FROM tenant_backfill.conflicts('customers')");
+            run("SELECT count(*) FROM tenant_backfill.review_queue('customers')");
+            run("SELECT count(*) FROM tenant_backfill.run_now('customers', dry_run => true)");
+            assert_eq!(text("SELECT current_setting('jit')").as_deref(), Some(setting));
+        }
+    }
+
     #[pg_test]
     fn preflight_counts_every_bucket() {
         load(&[CUSTOMERS]);
