@@ -19,7 +19,9 @@
 //!
 //! `key`, `current` and `proposed` keep the columns' own types (so ties go to the lowest
 //! tenant in the tenant's own order, and writers can join back without casts); `action`
-//! is NULL for rows whose tenant is already right.
+//! is NULL for rows whose tenant is already right. `evidence` is JSON text (NULL without
+//! `Detail::Full`): readers that show it cast it to jsonb, the write path parses it once,
+//! into the audit log.
 
 use crate::catalog::{Column, Job, Rule};
 use crate::error::{BackfillError, Result};
@@ -161,15 +163,18 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> S
             Rule::Unanimous => "NULL".to_string(),
             Rule::Majority => format!("(SELECT x.tenant FROM ({per_tenant}) x ORDER BY x.n DESC, x.tenant LIMIT 1)"),
         };
+        // The source's member of the evidence object, as JSON text: `"calls": {"7": 3}`.
+        // Text, not jsonb, until a consumer needs jsonb: the write path carries it into
+        // the audit log as text and parses it once there.
         let evidence = match detail {
             Detail::Full => format!(
                 "CASE WHEN e.n = 0 THEN NULL \
-                      WHEN e.lo = e.hi THEN ('{{' || (SELECT pg_catalog.to_json({label}::text)::text) || ':{{' || {key} || ':' || e.n || '}}}}')::pg_catalog.jsonb \
-                      ELSE pg_catalog.jsonb_build_object({label}::text, \
-                           (SELECT pg_catalog.jsonb_object_agg(x.tenant::text, x.n) FROM ({per_tenant}) x)) END",
+                      WHEN e.lo = e.hi THEN (SELECT pg_catalog.to_json({label}::text)::text) || ':{{' || {key} || ':' || e.n || '}}' \
+                      ELSE (SELECT pg_catalog.to_json({label}::text)::text) || ':' || \
+                           (SELECT pg_catalog.json_object_agg(x.tenant::text, x.n) FROM ({per_tenant}) x)::text END",
                 key = json_string(tenant_facts, "e.lo"),
             ),
-            Detail::Counts => "NULL::pg_catalog.jsonb".to_string(),
+            Detail::Counts => "NULL::text".to_string(),
         };
         sql.push_str(&format!(
             ", ev_{i} AS (SELECT s.{via} AS key, pg_catalog.count(s.{stenant}) AS n, \
@@ -209,16 +214,23 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> S
     } else {
         (1..=n).map(|i| format!("cand_{i}.key IS NOT NULL")).collect::<Vec<_>>().join(" OR ")
     };
-    // `{"calls": {...}, "phone_numbers": {...}}`: the candidates' objects, concatenated.
-    let json_of = |field: &str| {
-        if n == 0 {
-            "'{}'::pg_catalog.jsonb".to_string()
-        } else {
-            (1..=n)
-                .map(|i| format!("COALESCE(cand_{i}.{field}, '{{}}'::pg_catalog.jsonb)"))
-                .collect::<Vec<_>>()
-                .join(" || ")
+    // `{"calls": {...}, "phone_numbers": {...}}` (JSON text): the candidates' members.
+    let evidence = match detail {
+        Detail::Full if n > 0 => {
+            let members: Vec<String> = (1..=n).map(|i| format!("cand_{i}.evidence")).collect();
+            format!("'{{' || pg_catalog.concat_ws(',', {}) || '}}'", members.join(", "))
         }
+        Detail::Full => "'{}'::text".to_string(),
+        Detail::Counts => "NULL::text".to_string(),
+    };
+    // `{"calls": 2}`, per source, the related rows without a tenant (jsonb: rare).
+    let unattributed = if n == 0 {
+        "'{}'::pg_catalog.jsonb".to_string()
+    } else {
+        (1..=n)
+            .map(|i| format!("COALESCE(cand_{i}.unattributed, '{{}}'::pg_catalog.jsonb)"))
+            .collect::<Vec<_>>()
+            .join(" || ")
     };
     let joins: String =
         (1..=n).map(|i| format!(" LEFT JOIN cand_{i} ON cand_{i}.key = sc.key")).collect();
@@ -226,12 +238,7 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> S
         ", decided AS (SELECT sc.key, sc.current, ov.tenant AS override_tenant, ov.origin AS override_origin, \
            {idx} AS idx{per_source}, ({has_related}) AS has_related, \
            {evidence} AS evidence, {unattributed} AS unattributed \
-           FROM scope sc{joins} LEFT JOIN ov ON ov.key_text = sc.key::text)",
-        evidence = match detail {
-            Detail::Full => json_of("evidence"),
-            Detail::Counts => "NULL::pg_catalog.jsonb".to_string(),
-        },
-        unattributed = json_of("unattributed"),
+           FROM scope sc{joins} LEFT JOIN ov ON ov.key_text = sc.key::text)"
     ));
 
     // The cascade: override, else the first phase with evidence; a unanimous phase

@@ -58,7 +58,7 @@ fn decide(job: &Job, mode: Mode, scope: &Scope) -> Result<Decision> {
                 pg_catalog.array_agg(c.key::text), pg_catalog.array_agg(c.current::text), \
                 pg_catalog.array_agg(c.proposed::text), \
                 pg_catalog.array_agg(CASE WHEN c.phase = 0 THEN 'override' ELSE c.phase::text END), \
-                pg_catalog.array_agg(c.source), pg_catalog.array_agg(c.rule), pg_catalog.array_agg(c.evidence::text) \
+                pg_catalog.array_agg(c.source), pg_catalog.array_agg(c.rule), pg_catalog.array_agg(c.evidence) \
            FROM (SELECT * FROM d WHERE d.action IN {actions} ORDER BY d.key) c",
         decision = st.sql,
     );
@@ -794,7 +794,7 @@ fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
     st.sql = format!(
         "WITH d AS ({decision}) \
          , changes AS (SELECT t.{key} AS key, t.{col} AS old, {deleted_value} AS new, 'orphan'::text AS phase, \
-                 'soft_delete_orphans'::text AS source, 'orphan'::text AS rule, d.evidence \
+                 'soft_delete_orphans'::text AS source, 'orphan'::text AS rule, d.evidence::pg_catalog.jsonb AS evidence \
             FROM d JOIN {table} t ON t.{key} = d.key WHERE d.action = 'orphan' AND t.{col} IS NULL){write}",
         decision = st.sql,
         key = t.key.sql_name(),
