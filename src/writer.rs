@@ -15,17 +15,19 @@
 //! After the CTEs, `upd` holds `(key, old, new, phase, source, rule, evidence)` of the
 //! rows actually changed.
 //!
-//! A batch of `run` decides first, in a statement of its own that locks nothing, and
-//! hands the rows to change to the write statement as arrays (`changes_from_arrays`):
-//! rows are then locked only while they are written, from the write statement to the
-//! batch's commit.
+//! A batch of `run` (and of `run_now`) decides first, in a statement of its own that
+//! locks nothing, and hands the rows to change on as arrays (`changes_from_arrays`).
+//! It then writes their backup and audit rows (`log_before_locking`), and only then
+//! locks and updates them (`lock_and_update_ctes`), removing the log rows of any row
+//! it did not write after all (`unlog_statement`), all in the batch's transaction:
+//! rows are locked only for the UPDATE, from that statement to the batch's commit.
 
 use crate::catalog::{Column, Target};
 use crate::sql::{Statement, Value};
 
 /// The rows a decision changes, column by column, in key order, as text (every key
 /// and tenant type converts to text and back exactly; `rollback` relies on it too).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Changes {
     pub key: Vec<Option<String>>,
     pub old: Vec<Option<String>>,
@@ -76,17 +78,20 @@ pub struct WriteSpec<'a> {
 
 /// The CTEs after `changes`; starts with a comma.
 pub fn write_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
-    let target = spec.target.rel.sql_name();
-    let key = spec.target.key.sql_name();
-    let col = spec.column.sql_name();
     if spec.dry_run {
         return ", upd AS (SELECT c.key, c.old, c.new, c.phase, c.source, c.rule, c.evidence FROM changes c)".into();
     }
+    let lock_and_update = lock_and_update_ctes(spec, st);
+    format!("{lock_and_update}{}", log_ctes(spec, st, "upd", ""))
+}
+
+/// `locked` and `upd`: the rows of `changes` locked and updated; starts with a comma.
+pub fn lock_and_update_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
+    let target = spec.target.rel.sql_name();
+    let key = spec.target.key.sql_name();
+    let col = spec.column.sql_name();
     let guard = if spec.guard { format!(" AND t.{col} IS NOT DISTINCT FROM c.old") } else { String::new() };
     let skip = if spec.skip_locked { " SKIP LOCKED" } else { "" };
-    let run_id = st.param(Value::Int8(Some(spec.run_id)));
-    let target_oid = st.param(Value::Oid(spec.target.rel.oid));
-    let column_name = st.param(Value::text(spec.column.name.clone()));
     let range = match &spec.key_range {
         Some((lowest, highest)) => {
             let key_type = &spec.target.key.type_sql;
@@ -98,25 +103,67 @@ pub fn write_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
     };
     // `locked` finds each row through the key index (LATERAL: a plain join, once the
     // planner knows a batch's size, may become a merge join that reads the key index
-    // from the table's first row). It carries
-    // everything the UPDATE needs, so the UPDATE joins the target (by its key index) to
-    // one CTE: joining two CTEs to each other has no index and degrades to a nested loop
-    // over both.
+    // from the table's first row). It carries everything the UPDATE needs, so the
+    // UPDATE joins the target (by its key index) to one CTE: joining two CTEs to each
+    // other has no index and degrades to a nested loop over both.
     format!(
         ", locked AS (SELECT c.key, t.actual, c.new, c.phase, c.source, c.rule, c.evidence \
              FROM changes c CROSS JOIN LATERAL (SELECT t.{col} AS actual FROM {target} t \
                  WHERE t.{key} = c.key{guard} FOR NO KEY UPDATE OF t{skip}) t) \
          , upd AS (UPDATE {target} t SET {col} = l.new FROM locked l WHERE t.{key} = l.key{range} \
-             RETURNING l.key, l.actual AS old, l.new, l.phase, l.source, l.rule, l.evidence) \
-         , bak AS (INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value) \
+             RETURNING l.key, l.actual AS old, l.new, l.phase, l.source, l.rule, l.evidence)"
+    )
+}
+
+/// `bak` and `aud`: a backup row and an audit row for each row of `rows` (`upd`, the
+/// rows just changed, or `changes`, the rows about to be), with `returning` appended
+/// to both inserts; starts with a comma.
+fn log_ctes(spec: &WriteSpec, st: &mut Statement, rows: &str, returning: &str) -> String {
+    let run_id = st.param(Value::Int8(Some(spec.run_id)));
+    let target_oid = st.param(Value::Oid(spec.target.rel.oid));
+    let column_name = st.param(Value::text(spec.column.name.clone()));
+    format!(
+        ", bak AS (INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value) \
              SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text, \
-                    {column_name}::text::pg_catalog.name, u.old::text, u.new::text FROM upd u) \
+                    {column_name}::text::pg_catalog.name, u.old::text, u.new::text FROM {rows} u{returning}) \
          , aud AS (INSERT INTO tenant_backfill.audit_log \
                      (run_id, target, row_key, column_name, old_value, new_value, phase, source, rule, evidence) \
              SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text, \
                     {column_name}::text::pg_catalog.name, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence \
-               FROM upd u)"
+               FROM {rows} u{returning})"
     )
+}
+
+/// For a guarded batch (where a row is written only while it still holds `old`, so
+/// what is logged as old is what the row held when locked): the backup and audit
+/// rows of every row in `changes`, written before any row is locked, so that the
+/// locks are held only for the UPDATE. Selects the new rows' ctids as two text
+/// arrays, for `unlog_statement`; starts with a comma, then the SELECT.
+pub fn log_before_locking(spec: &WriteSpec, st: &mut Statement) -> String {
+    format!(
+        "{} SELECT (SELECT pg_catalog.array_agg(b.ctid::text) FROM bak b), \
+                  (SELECT pg_catalog.array_agg(a.ctid::text) FROM aud a)",
+        log_ctes(spec, st, "changes", " RETURNING ctid")
+    )
+}
+
+/// Deletes the log rows `log_before_locking` wrote for `keys`, rows that were not
+/// written after all (locked by another session, or changed meanwhile), found by
+/// their ctids among the batch's own.
+pub fn unlog_statement(run_id: i64, backup_tids: Vec<Option<String>>, audit_tids: Vec<Option<String>>, keys: Vec<Option<String>>) -> Statement {
+    let mut st = Statement::new();
+    let run_id = st.param(Value::Int8(Some(run_id)));
+    let backup_tids = st.param(Value::TextArray(backup_tids));
+    let audit_tids = st.param(Value::TextArray(audit_tids));
+    let keys = st.param(Value::TextArray(keys));
+    st.sql = format!(
+        "WITH b AS (DELETE FROM tenant_backfill.backup b WHERE b.ctid = ANY({backup_tids}::text[]::pg_catalog.tid[]) \
+                      AND b.run_id = {run_id}::pg_catalog.int8 AND b.row_key = ANY({keys}::text[]) RETURNING 1) \
+            , a AS (DELETE FROM tenant_backfill.audit_log a WHERE a.ctid = ANY({audit_tids}::text[]::pg_catalog.tid[]) \
+                      AND a.run_id = {run_id}::pg_catalog.int8 AND a.row_key = ANY({keys}::text[]) RETURNING 1) \
+         SELECT (SELECT pg_catalog.count(*) FROM b) + (SELECT pg_catalog.count(*) FROM a)"
+    );
+    st
 }
 
 /// `{"1": 15, "override": 1}`: rows changed per phase, from `upd`.

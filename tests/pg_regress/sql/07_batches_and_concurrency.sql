@@ -54,6 +54,12 @@ SELECT dblink_exec('app', 'UPDATE big.accounts SET tenant_id = 48 WHERE id = 2')
 -- The run skips the locked row, tries it again in later passes, and leaves it.
 CALL tenant_backfill.run('accounts', batch_size => 1000);
 SELECT rows_changed, pass FROM tenant_backfill.runs WHERE target = 'accounts'::regclass ORDER BY run_id DESC LIMIT 1;
+-- A batch logs its rows before it locks them; the locked row was never written, so
+-- no backup or audit row of the run names it.
+SELECT b.row_key, b.old_value, b.new_value, a.new_value AS audited FROM tenant_backfill.backup b
+  FULL JOIN tenant_backfill.audit_log a USING (run_id, row_key)
+ WHERE run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass)
+ ORDER BY 1;
 SELECT dblink_exec('app', 'COMMIT');
 -- Nothing of the application's work was lost.
 SELECT id, tenant_id FROM accounts WHERE id IN (1, 2, 4, 5) ORDER BY id;
