@@ -127,8 +127,17 @@ fn run_batch(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Result<(
 /// statement to the commit: the log inserts, about 40% of the write, are outside.
 /// Returns the rows changed, per phase, and the milliseconds rows were held locked.
 fn write_logging_first(spec: &WriteSpec, changes: Changes) -> Result<(i64, String, f64)> {
+    // The log rows need every column; the UPDATE needs the keys, values and phases only
+    // (the empty arrays unnest as NULLs): the evidence is parsed once, for the audit log.
+    let to_update = Changes {
+        key: changes.key.clone(),
+        old: changes.old.clone(),
+        new: changes.new.clone(),
+        phase: changes.phase.clone(),
+        ..Changes::default()
+    };
     let mut log = Statement::new();
-    let changes_cte = writer::changes_from_arrays(spec.target, spec.column, changes.clone(), &mut log);
+    let changes_cte = writer::changes_from_arrays(spec.target, spec.column, changes, &mut log);
     log.sql = format!("{changes_cte}{}", writer::log_before_locking(spec, &mut log));
     let (backup_tids, audit_tids) = sql::select_rows(&log.sql, &log.params, |row| {
         Ok((
@@ -142,7 +151,7 @@ fn write_logging_first(spec: &WriteSpec, changes: Changes) -> Result<(i64, Strin
 
     let started = Instant::now();
     let mut st = Statement::new();
-    let changes_cte = writer::changes_from_arrays(spec.target, spec.column, changes, &mut st);
+    let changes_cte = writer::changes_from_arrays(spec.target, spec.column, to_update, &mut st);
     let write = writer::lock_and_update_ctes(spec, &mut st);
     st.sql = format!(
         "{changes_cte}{write} SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text, \

@@ -27,7 +27,7 @@ use crate::sql::{Statement, Value};
 
 /// The rows a decision changes, column by column, in key order, as text (every key
 /// and tenant type converts to text and back exactly; `rollback` relies on it too).
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Changes {
     pub key: Vec<Option<String>>,
     pub old: Vec<Option<String>>,
