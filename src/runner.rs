@@ -65,7 +65,7 @@ fn decide(job: &Job, mode: Mode, scope: &Scope) -> Result<Decision> {
     let array = |row: &pgrx::spi::SpiHeapTupleData, ordinal| -> Result<Vec<Option<String>>> {
         Ok(get::<Vec<Option<String>>>(row, ordinal)?.unwrap_or_default())
     };
-    let rows = sql::select_rows(&st.sql, &st.params, |row| {
+    sql::select_one_row(&st.sql, &st.params, "a batch's decision", |row| {
         Ok(Decision {
             last_key: get(row, 1)?,
             scanned: get_required(row, 2)?,
@@ -80,8 +80,7 @@ fn decide(job: &Job, mode: Mode, scope: &Scope) -> Result<Decision> {
                 evidence: array(row, 10)?,
             },
         })
-    })?;
-    rows.into_iter().next().ok_or_else(|| BackfillError::Internal("a batch's decision returned no row".into()))
+    })
 }
 
 /// One batch: decide, then lock, update, back up and audit the rows that change, in a
@@ -107,12 +106,9 @@ fn run_batch(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Result<(
             let changes_cte = writer::changes_from_arrays(spec.target, spec.column, changes, &mut st);
             let write = writer::write_ctes(&spec, &mut st);
             st.sql = format!("{changes_cte}{write} SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text");
-            let (changed, by_phase) = sql::select_rows(&st.sql, &st.params, |row| {
+            let (changed, by_phase) = sql::select_one_row(&st.sql, &st.params, "a batch's write", |row| {
                 Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?))
-            })?
-            .into_iter()
-            .next()
-            .ok_or_else(|| BackfillError::Internal("a batch's write returned no row".into()))?;
+            })?;
             (changed, by_phase, started.elapsed().as_secs_f64() * 1000.0)
         }
     };
@@ -139,15 +135,12 @@ fn write_logging_first(spec: &WriteSpec, changes: Changes) -> Result<(i64, Strin
     let mut log = Statement::new();
     let changes_cte = writer::changes_from_arrays(spec.target, spec.column, changes, &mut log);
     log.sql = format!("{changes_cte}{}", writer::log_before_locking(spec, &mut log));
-    let (backup_tids, audit_tids) = sql::select_rows(&log.sql, &log.params, |row| {
+    let (backup_tids, audit_tids) = sql::select_one_row(&log.sql, &log.params, "a batch's log insert", |row| {
         Ok((
             get::<Vec<Option<String>>>(row, 1)?.unwrap_or_default(),
             get::<Vec<Option<String>>>(row, 2)?.unwrap_or_default(),
         ))
-    })?
-    .into_iter()
-    .next()
-    .ok_or_else(|| BackfillError::Internal("a batch's log insert returned no row".into()))?;
+    })?;
 
     let started = Instant::now();
     let mut st = Statement::new();
@@ -157,16 +150,13 @@ fn write_logging_first(spec: &WriteSpec, changes: Changes) -> Result<(i64, Strin
         "{changes_cte}{write} SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text, \
            (SELECT pg_catalog.array_agg(c.key::text) FROM changes c WHERE NOT EXISTS (SELECT FROM upd u WHERE u.key = c.key))"
     );
-    let (changed, by_phase, not_written) = sql::select_rows(&st.sql, &st.params, |row| {
+    let (changed, by_phase, not_written) = sql::select_one_row(&st.sql, &st.params, "a batch's write", |row| {
         Ok((
             get_required::<i64>(row, 1)?,
             get_required::<String>(row, 2)?,
             get::<Vec<Option<String>>>(row, 3)?.unwrap_or_default(),
         ))
-    })?
-    .into_iter()
-    .next()
-    .ok_or_else(|| BackfillError::Internal("a batch's write returned no row".into()))?;
+    })?;
     if !not_written.is_empty() {
         let expected = 2 * not_written.len() as i64;
         let unlog = writer::unlog_statement(spec.run_id, backup_tids, audit_tids, not_written);

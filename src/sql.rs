@@ -2,7 +2,7 @@
 //! SQL text (always through pgrx's quoting helpers) and the only code that runs SQL
 //! (always with values as SPI arguments, never spliced into the text).
 
-use crate::error::Result;
+use crate::error::{BackfillError, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
@@ -142,6 +142,20 @@ pub fn select_rows<T>(
             Ok(out)
         })
     })
+}
+
+/// Runs a statement that always returns exactly one row (an aggregate, a write's
+/// summary) and decodes it; `what` names the statement in the error if it returns none.
+pub fn select_one_row<T>(
+    sql: &str,
+    params: &[Value],
+    what: &str,
+    decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
+) -> Result<T> {
+    select_rows(sql, params, decode)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| BackfillError::Internal(format!("{what} returned no row")))
 }
 
 /// Runs a statement that returns one value (or none).
