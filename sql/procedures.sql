@@ -16,6 +16,8 @@ $$;
 -- The production path. pgrx cannot COMMIT from Rust, so this thin procedure loops over
 -- _run_batch (exactly one batch per call) and commits after each. Errors are caught
 -- only to record them durably (status failed, advisory lock released) and re-raised.
+-- A batch's first try waits only briefly for rows other sessions hold; when that runs
+-- out, the batch is done again at once, skipping those rows for a later pass.
 CREATE PROCEDURE @extschema@.run(
     target pg_catalog.regclass,
     batch_size pg_catalog.int4 DEFAULT 1000,
@@ -30,6 +32,7 @@ DECLARE
     finished pg_catalog.bool := false;
     lock_failures pg_catalog.int4 := 0;
     sleep_seconds pg_catalog.float8 := 0;
+    skip_held_rows pg_catalog.bool := false;
     err_state pg_catalog.text;
     err_message pg_catalog.text;
     err_detail pg_catalog.text;
@@ -44,13 +47,19 @@ BEGIN
             IF sleep_seconds > 0 THEN
                 PERFORM pg_catalog.pg_sleep(sleep_seconds);
             END IF;
-            finished := @extschema@._run_batch(this_run);
+            finished := @extschema@._run_batch(this_run, skip_held_rows);
         EXCEPTION WHEN query_canceled OR others THEN
             GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE,
                                     err_message = MESSAGE_TEXT,
                                     err_detail = PG_EXCEPTION_DETAIL;
         END;
-        IF err_state = '55P03' AND lock_failures < 5 THEN
+        IF err_state = '55P03' AND NOT skip_held_rows THEN
+            -- The first try met a lock (a row another session holds, most likely): the
+            -- block rolled it back whole; do the batch again, skipping held rows.
+            skip_held_rows := true;
+            sleep_seconds := 0;
+            CONTINUE;
+        ELSIF err_state = '55P03' AND lock_failures < 5 THEN
             -- The batch could not get its locks in time: back off and try it again.
             lock_failures := lock_failures + 1;
             RAISE NOTICE 'tenant_backfill: run % could not lock its batch (try %/5), retrying', this_run, lock_failures;
@@ -69,6 +78,7 @@ BEGIN
             PERFORM @extschema@._raise(err_state, err_message, err_detail);
         END IF;
         lock_failures := 0;
+        skip_held_rows := false;
         sleep_seconds := pause_ms / 1000.0;
         COMMIT;
     END LOOP;

@@ -4,11 +4,12 @@
 //! `(key, old, new, phase text, source text, rule text, evidence jsonb)`, and appends
 //! these CTEs, which in one statement:
 //!
-//! - lock the rows (`FOR NO KEY UPDATE`, skipping rows other sessions hold when asked),
-//!   only while the column still holds `old` (rechecked on the newest row version): an
-//!   application that set the value in the meantime wins, and nothing of its work is
-//!   lost; once locked, the value cannot change before the UPDATE;
-//! - update them with one `UPDATE ... FROM`;
+//! - update them with one `UPDATE ... FROM`, only while the column still holds `old`
+//!   (rechecked on the newest row version): an application that set the value in the
+//!   meantime wins, and nothing of its work is lost;
+//! - when rows other sessions hold are to be skipped rather than waited for (or the
+//!   write is not guarded), lock the rows first (`FOR NO KEY UPDATE [SKIP LOCKED]`) and
+//!   update what was locked: once locked, the value cannot change before the UPDATE;
 //! - write the prior value to `backup` and a row to `audit_log`, from the UPDATE's
 //!   RETURNING, so the change, its backup and its audit commit or vanish together.
 //!
@@ -18,9 +19,11 @@
 //! A batch of `run` (and of `run_now`) decides first, in a statement of its own that
 //! locks nothing, and hands the rows to change on as arrays (`changes_from_arrays`).
 //! It then writes their backup and audit rows (`log_before_locking`), and only then
-//! locks and updates them (`lock_and_update_ctes`), removing the log rows of any row
-//! it did not write after all (`unlog_statement`), all in the batch's transaction:
-//! rows are locked only for the UPDATE, from that statement to the batch's commit.
+//! updates them (`lock_and_update_ctes`), removing the log rows of any row it did not
+//! write after all (`unlog_statement`), all in the batch's transaction: rows are locked
+//! only for the UPDATE, from that statement to the batch's commit. A batch of `CALL run`
+//! first waits briefly for rows other sessions hold; when that wait runs out, the
+//! procedure does the batch again, skipping them (sql/procedures.sql).
 
 use crate::catalog::{Column, Target};
 use crate::sql::{Statement, Value};
@@ -85,7 +88,8 @@ pub fn write_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
     format!("{lock_and_update}{}", log_ctes(spec, st, "upd", ""))
 }
 
-/// `locked` and `upd`: the rows of `changes` locked and updated; starts with a comma.
+/// `upd`: the rows of `changes` updated, after `locked` locked them when rows other
+/// sessions hold are to be skipped or the write is not guarded; starts with a comma.
 pub fn lock_and_update_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
     let target = spec.target.rel.sql_name();
     let key = spec.target.key.sql_name();
@@ -101,6 +105,18 @@ pub fn lock_and_update_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
         }
         None => String::new(),
     };
+    if spec.guard && !spec.skip_locked {
+        // A guarded write that waits for rows other sessions hold needs no lock step: the
+        // UPDATE waits for each such row and rechecks its WHERE, the guard included, on the
+        // newest version, as `FOR NO KEY UPDATE` followed by the UPDATE would; and the value
+        // it replaces is `old`, which the guard ensures. A lock step costs a second index
+        // lookup and a lock record in the WAL per row, about a fifth of the time rows are
+        // held (BENCHMARKS.md).
+        return format!(
+            ", upd AS (UPDATE {target} t SET {col} = c.new FROM changes c WHERE t.{key} = c.key{guard}{range} \
+               RETURNING c.key, c.old, c.new, c.phase, c.source, c.rule, c.evidence)"
+        );
+    }
     // `locked` finds each row through the key index (LATERAL: a plain join, once the
     // planner knows a batch's size, may become a merge join that reads the key index
     // from the table's first row). It carries everything the UPDATE needs, so the
