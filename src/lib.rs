@@ -15,6 +15,7 @@ mod catalog;
 mod config;
 mod engine;
 mod error;
+mod evidence;
 mod finalize;
 mod guard;
 mod rejections;

@@ -38,7 +38,7 @@ fn plan_statement(target: RegClass, mode: Option<&str>) -> Result<(String, Vec<O
         &job,
         mode,
         Detail::Full,
-        "SELECT d.key::text, d.current::text, d.proposed::text, d.action, d.phase, d.source, d.rule, d.evidence::pg_catalog.jsonb \
+        "SELECT d.key::text, d.current::text, d.proposed::text, d.action, d.phase, d.source, d.rule, tenant_backfill._evidence_jsonb(d.evidence) \
            FROM d WHERE d.action IS NOT NULL ORDER BY d.key",
     );
     st.with_array_argument()
@@ -218,7 +218,7 @@ fn conflict_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(Option<Str
         &job,
         mode,
         Detail::Full,
-        "SELECT d.key::text, d.evidence::pg_catalog.jsonb FROM d WHERE d.action = 'conflict' ORDER BY d.key",
+        "SELECT d.key::text, tenant_backfill._evidence_jsonb(d.evidence) FROM d WHERE d.action = 'conflict' ORDER BY d.key",
     );
     sql::select_rows(&st.sql, &st.params, |row| Ok((get(row, 1)?, get(row, 2)?)))
 }
@@ -255,7 +255,7 @@ fn review_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<ReviewRow>> {
         mode,
         Detail::Full,
         &format!(
-            "SELECT d.key::text, d.action, d.evidence::pg_catalog.jsonb, pg_catalog.to_jsonb(t.*), NULL::text \
+            "SELECT d.key::text, d.action, tenant_backfill._evidence_jsonb(d.evidence), pg_catalog.to_jsonb(t.*), NULL::text \
                FROM d JOIN {table} t ON t.{key} = d.key \
               WHERE d.action IN ('conflict', 'unresolved', 'orphan') ORDER BY d.key",
             table = job.target.rel.sql_name(),

@@ -859,7 +859,7 @@ fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
     st.sql = format!(
         "WITH d AS ({decision}) \
          , changes AS (SELECT t.{key} AS key, t.{col} AS old, {deleted_value} AS new, 'orphan'::text AS phase, \
-                 'soft_delete_orphans'::text AS source, 'orphan'::text AS rule, d.evidence::pg_catalog.jsonb AS evidence \
+                 'soft_delete_orphans'::text AS source, 'orphan'::text AS rule, tenant_backfill._evidence_jsonb(d.evidence) AS evidence \
             FROM d JOIN {table} t ON t.{key} = d.key WHERE d.action = 'orphan' AND t.{col} IS NULL){write}",
         decision = st.sql,
         key = t.key.sql_name(),

@@ -1099,4 +1099,35 @@ mod tests {
             ]
         );
     }
+
+    #[pg_test]
+    fn evidence_jsonb_is_the_cast_whether_parsed_or_remembered() {
+        load(&[]);
+        // Texts of every shape the engine makes, each asked for several times, so the
+        // later calls come from the cache; and more distinct texts than the cache holds,
+        // so it starts over on the way.
+        let differences = count(
+            r#"SELECT count(*) FROM generate_series(1, 12000) i,
+                 LATERAL (SELECT CASE i % 4
+                     WHEN 0 THEN '{"appointments":{"' || i % 50 || '":3}}'
+                     WHEN 1 THEN '{"calls":{"' || i % 7 || '":2,"' || i % 5000 || '":1},"phone_numbers":{"9":1}}'
+                     WHEN 2 THEN '{"\"Shift\" \\ ä":{"' || i % 3000 || '":' || i || '}}'
+                     ELSE '{}' END AS t) x
+               WHERE tenant_backfill._evidence_jsonb(x.t)::text IS DISTINCT FROM x.t::jsonb::text
+                  OR tenant_backfill._evidence_jsonb(x.t) IS DISTINCT FROM x.t::jsonb"#,
+        );
+        assert_eq!(differences, 0);
+        assert_eq!(
+            text(r#"SELECT tenant_backfill._evidence_jsonb('{"b": {"2": 1}, "a": {"1": 2}}')::text"#).as_deref(),
+            Some(r#"{"a": {"1": 2}, "b": {"2": 1}}"#)
+        );
+        // Two results of one remembered text are separate values.
+        assert_eq!(
+            text(r#"SELECT (tenant_backfill._evidence_jsonb('{"a": 1}') || tenant_backfill._evidence_jsonb('{"a": 1}') || '{"b": 2}')::text"#)
+                .as_deref(),
+            Some(r#"{"a": 1, "b": 2}"#)
+        );
+        assert_eq!(text("SELECT tenant_backfill._evidence_jsonb(NULL)::text"), None);
+        assert!(error_of("SELECT tenant_backfill._evidence_jsonb('{not json')").starts_with("22P02: invalid input syntax for type json"));
+    }
 }

@@ -117,3 +117,26 @@ unsafe impl BoxRet for SqlName {
 }
 
 pgrx::impl_sql_translatable!(SqlName, "name");
+
+/// A `jsonb` result handed over as the datum Postgres built, without a detour through
+/// serde (pgrx's `JsonB` prints and parses the value again).
+#[derive(Clone, Copy, Debug)]
+pub struct RawJsonb(pub pg_sys::Datum);
+
+impl IntoDatum for RawJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+unsafe impl BoxRet for RawJsonb {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+pgrx::impl_sql_translatable!(RawJsonb, "jsonb");

@@ -50,7 +50,7 @@ pub fn changes_from_arrays(target: &Target, column: &Column, changes: Changes, s
         [key, old, new, phase, source, rule, evidence].map(|values| st.param(Value::TextArray(values)));
     format!(
         "WITH changes AS (SELECT c.key::{key_type} AS key, c.old::{column_type} AS old, c.new::{column_type} AS new, \
-                 c.phase, c.source, c.rule, c.evidence::pg_catalog.jsonb AS evidence \
+                 c.phase, c.source, c.rule, tenant_backfill._evidence_jsonb(c.evidence) AS evidence \
             FROM ROWS FROM (pg_catalog.unnest({key}::text[]), pg_catalog.unnest({old}::text[]), \
                             pg_catalog.unnest({new}::text[]), pg_catalog.unnest({phase}::text[]), \
                             pg_catalog.unnest({source}::text[]), pg_catalog.unnest({rule}::text[]), \
