@@ -83,8 +83,8 @@ fn decide(job: &Job, mode: Mode, scope: &Scope) -> Result<Decision> {
     })
 }
 
-/// One batch: decide, then lock, update, back up and audit the rows that change, in a
-/// second statement. Returns what the batch did and how long its rows were locked (from
+/// One batch: decide, then update, back up and audit the rows that change (`writer`).
+/// Returns what the batch did and how long its rows were locked (from
 /// the write statement on; the commit that follows releases them).
 fn run_batch(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Result<(BatchResult, f64)> {
     let Decision { last_key, scanned, for_review, changes } = decide(job, mode, scope)?;
@@ -117,10 +117,11 @@ fn run_batch(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Result<(
 }
 
 /// A guarded batch's write, in three statements of one transaction: the backup and
-/// audit rows of every row to change (no user row is locked yet), then the lock and
-/// the UPDATE, then, when some rows were not written (another session held them, or
-/// set them meanwhile), the removal of their log rows. Rows are locked from the second
-/// statement to the commit: the log inserts, about 40% of the write, are outside.
+/// audit rows of every row to change (no user row is locked yet), then the UPDATE
+/// (after a lock step, when held rows are skipped), then, when some rows were not
+/// written (another session held them, or set them meanwhile), the removal of their
+/// log rows. Rows are locked from the second statement to the commit: the log
+/// inserts, about 40% of the write, are outside.
 /// Returns the rows changed, per phase, and the milliseconds rows were held locked.
 fn write_logging_first(spec: &WriteSpec, changes: Changes) -> Result<(i64, String, f64)> {
     // The log rows need every column; the UPDATE needs the keys, values and phases only
