@@ -58,10 +58,11 @@ fn evidence_jsonb(evidence: &str) -> Result<RawJsonb> {
     };
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if cache.parsed.len() >= MAX_ENTRIES || cache.bytes + bytes.len() > MAX_BYTES {
+        let entry_bytes = evidence.len() + bytes.len();
+        if cache.parsed.len() >= MAX_ENTRIES || cache.bytes + entry_bytes > MAX_BYTES {
             *cache = Cache::default();
         }
-        cache.bytes += evidence.len() + bytes.len();
+        cache.bytes += entry_bytes;
         cache.parsed.insert(evidence.into(), bytes);
     });
     Ok(RawJsonb(datum))

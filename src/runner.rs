@@ -105,10 +105,8 @@ fn run_batch(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Result<(
             let mut st = Statement::new();
             let changes_cte = writer::changes_from_arrays(spec.target, spec.column, changes, &mut st);
             let write = writer::write_ctes(&spec, &mut st);
-            st.sql = format!("{changes_cte}{write} SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text");
-            let (changed, by_phase) = sql::select_one_row(&st.sql, &st.params, "a batch's write", |row| {
-                Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?))
-            })?;
+            st.sql = format!("{changes_cte}{write}");
+            let (changed, by_phase) = write_and_count(st)?;
             (changed, by_phase, started.elapsed().as_secs_f64() * 1000.0)
         }
     };
@@ -792,16 +790,19 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     write_in_one_statement(st, run_id, false)
 }
 
+/// Runs a write (its `changes` CTE and the writer's CTEs already in `st`) and returns
+/// the rows it changed and how many per phase.
+fn write_and_count(mut st: Statement) -> Result<(i64, String)> {
+    st.sql.push_str(&format!(" SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text"));
+    sql::select_one_row(&st.sql, &st.params, "a write", |row| {
+        Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?))
+    })
+}
+
 /// Runs a one-statement write (its `changes` CTE and the writer's CTEs already in `st`)
 /// and closes its run with the counts. Returns the rows changed.
-fn write_in_one_statement(mut st: Statement, run_id: i64, dry_run: bool) -> Result<i64> {
-    st.sql.push_str(&format!(" SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text"));
-    let (changed, by_phase) = sql::select_rows(&st.sql, &st.params, |row| {
-        Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?))
-    })?
-    .into_iter()
-    .next()
-    .unwrap_or((0, "{}".into()));
+fn write_in_one_statement(st: Statement, run_id: i64, dry_run: bool) -> Result<i64> {
+    let (changed, by_phase) = write_and_count(st)?;
     record_batch(
         run_id,
         &BatchResult { last_key: None, scanned: changed, changed, by_phase, skipped: 0, for_review: 0 },
