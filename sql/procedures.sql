@@ -13,6 +13,24 @@ BEGIN
 END
 $$;
 
+-- The one retry rule of the procedures below: a step that could not get its locks in
+-- time (55P03) is tried again, at most 5 more times, after 0.1, 0.2, 0.4, 0.8 and 1.6
+-- seconds. Given the failures so far, says so in a NOTICE and returns the seconds to
+-- sleep before the next try, or NULL when the tries are used up.
+CREATE FUNCTION @extschema@._lock_retry(failures pg_catalog.int4, what pg_catalog.text)
+RETURNS pg_catalog.float8
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF failures OPERATOR(pg_catalog.>=) 5 THEN
+        RETURN NULL;
+    END IF;
+    RAISE NOTICE 'tenant_backfill: % (try %/5), retrying', what, failures OPERATOR(pg_catalog.+) 1;
+    RETURN LEAST(0.05::pg_catalog.float8 OPERATOR(pg_catalog.*)
+                 (2::pg_catalog.float8 OPERATOR(pg_catalog.^) (failures OPERATOR(pg_catalog.+) 1)), 2.0);
+END
+$$;
+
 -- The production path. pgrx cannot COMMIT from Rust, so this thin procedure loops over
 -- _run_batch (exactly one batch per call) and commits after each. Errors are caught
 -- only to record them durably (status failed, advisory lock released) and re-raised.
@@ -59,12 +77,14 @@ BEGIN
             skip_held_rows := true;
             sleep_seconds := 0;
             CONTINUE;
-        ELSIF err_state = '55P03' AND lock_failures < 5 THEN
+        ELSIF err_state = '55P03' THEN
             -- The batch could not get its locks in time: back off and try it again.
+            sleep_seconds := @extschema@._lock_retry(
+                lock_failures, pg_catalog.format('run %s could not lock its batch', this_run));
             lock_failures := lock_failures + 1;
-            RAISE NOTICE 'tenant_backfill: run % could not lock its batch (try %/5), retrying', this_run, lock_failures;
+        END IF;
+        IF err_state = '55P03' AND sleep_seconds IS NOT NULL THEN
             COMMIT;
-            sleep_seconds := LEAST(0.05 * (2 ^ lock_failures), 2.0);
             CONTINUE;
         ELSIF err_state IS NOT NULL THEN
             PERFORM @extschema@._run_end(this_run, err_state, err_message);
@@ -121,12 +141,13 @@ BEGIN
                                     err_message = MESSAGE_TEXT,
                                     err_detail = PG_EXCEPTION_DETAIL;
         END;
-        IF err_state = '55P03' AND lock_failures < 5 THEN
+        IF err_state = '55P03' THEN
+            sleep_seconds := @extschema@._lock_retry(
+                lock_failures, pg_catalog.format('finalize step %s of %s could not get its lock', step, target));
             lock_failures := lock_failures + 1;
-            RAISE NOTICE 'tenant_backfill: finalize step % of % could not get its lock (try %/5), retrying',
-                step, target, lock_failures;
+        END IF;
+        IF err_state = '55P03' AND sleep_seconds IS NOT NULL THEN
             COMMIT;
-            sleep_seconds := LEAST(0.05 * (2 ^ lock_failures), 2.0);
             CONTINUE;
         ELSIF err_state IS NOT NULL THEN
             PERFORM @extschema@._finalize_abort(target);

@@ -4,13 +4,20 @@
 CREATE TABLE @extschema@.runs (
     run_id           bigserial PRIMARY KEY,
     target           pg_catalog.regclass NOT NULL,
-    -- run (CALL run), run_now, apply_decisions, soft_delete_orphans or rollback
-    kind             pg_catalog.text NOT NULL,
+    -- what made it (src/runs.rs, RunKind)
+    kind             pg_catalog.text NOT NULL
+                     CHECK (kind IN ('run', 'run_now', 'apply_decisions', 'soft_delete_orphans',
+                                     'rollback', 'release_quarantine')),
     mode             pg_catalog.text,
     dry_run          pg_catalog.bool NOT NULL DEFAULT false,
     -- planned (a dry run: nothing written), running, done, failed, rolled_back
     status           pg_catalog.text NOT NULL
                      CHECK (status IN ('planned', 'running', 'done', 'failed', 'rolled_back')),
+    -- CALL run's settings (NULL for the other kinds); what else a kind was given
+    -- (the decisions table, the run rolled back) is in parameters
+    batch_size       pg_catalog.int4 CHECK (batch_size > 0),
+    pause_ms         pg_catalog.int4 CHECK (pause_ms >= 0),
+    lock_timeout_ms  pg_catalog.int4 CHECK (lock_timeout_ms > 0),
     parameters       pg_catalog.jsonb NOT NULL DEFAULT '{}',
     rows_at_start    pg_catalog.int8,
     rows_total       pg_catalog.int8 NOT NULL DEFAULT 0,
@@ -35,7 +42,7 @@ CREATE TABLE @extschema@.runs (
 );
 CREATE INDEX runs_target_idx ON @extschema@.runs (target, run_id);
 COMMENT ON TABLE @extschema@.runs IS
-    'Every run, run_now, apply_decisions, soft_delete_orphans and rollback, with its counts and status.';
+    'Every run, run_now, apply_decisions, soft_delete_orphans, rollback and release_quarantine, with its counts and status.';
 
 -- The prior value of every row a run changed, written in the same statement as the
 -- change: enough to restore it exactly (rollback).
@@ -48,8 +55,9 @@ CREATE TABLE @extschema@.backup (
     new_value   pg_catalog.text
 );
 -- Rows arrive in run order, so a BRIN index finds a run's rows at almost no cost per
--- write (a b-tree here cost a fifth of a run's time in the benchmark). The writer puts
--- one row per changed row and run; nothing else writes here.
+-- write (a b-tree here cost a fifth of a run's time in the benchmark). One row per
+-- changed row and run; only src/writer.rs writes here (and audit_log), src/runs.rs
+-- writes runs.
 CREATE INDEX backup_run_id_idx ON @extschema@.backup USING brin (run_id);
 COMMENT ON TABLE @extschema@.backup IS
     'Each changed row''s value before the run that changed it (the runbook''s customers_company_id_backup).';

@@ -447,3 +447,45 @@ impl Job {
         Ok(())
     }
 }
+
+/// The parent row a guarded table's row points at, for mode `assign`.
+pub struct ParentLink {
+    pub parent_table: String,
+    pub parent_key: String,
+    pub parent_key_type: String,
+    pub parent_tenant: String,
+}
+
+/// The single-column foreign key on `column`, and the parent's tenant column: the
+/// parent's configured one if it is a target, else the same name as ours.
+pub fn parent_link(rel: &Relation, column: &str, tenant_column: &str) -> Result<ParentLink> {
+    let rows = sql::select_rows(
+        "SELECT pn.nspname::text, pc.relname::text, pa.attname::text, tn.nspname::text, t.typname::text, \
+                COALESCE((SELECT tg.tenant_column::text FROM tenant_backfill.targets tg WHERE tg.target = pc.oid::pg_catalog.regclass), $3) \
+           FROM pg_catalog.pg_constraint con \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1] \
+           JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid \
+           JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
+           JOIN pg_catalog.pg_attribute pa ON pa.attrelid = con.confrelid AND pa.attnum = con.confkey[1] \
+           JOIN pg_catalog.pg_type t ON t.oid = pa.atttypid \
+           JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
+          WHERE con.conrelid = $1 AND con.contype = 'f' AND pg_catalog.array_length(con.conkey, 1) = 1 \
+            AND a.attname = $2::text::pg_catalog.name \
+          ORDER BY con.conname LIMIT 1",
+        &[Value::Oid(rel.oid), Value::text(column), Value::text(tenant_column)],
+        |row| {
+            Ok(ParentLink {
+                parent_table: qualified(&get_required::<String>(row, 1)?, &get_required::<String>(row, 2)?),
+                parent_key: get_required(row, 3)?,
+                parent_key_type: qualified(&get_required::<String>(row, 4)?, &get_required::<String>(row, 5)?),
+                parent_tenant: get_required(row, 6)?,
+            })
+        },
+    )?;
+    rows.into_iter().next().ok_or_else(|| {
+        BackfillError::BadArgument(
+            format!("column {column} of {} is not a single-column foreign key", rel.display),
+            "assign reads the parent's tenant through a foreign key column of the guarded table.".into(),
+        )
+    })
+}

@@ -4,17 +4,19 @@
 //! write path are all this statement plus a little, so what a DBA reviews and what a
 //! run changes cannot disagree.
 //!
-//! Shape of the statement (one grouped query per source, never a query per row):
+//! Shape of the statement (one grouped query per source, never a query per row), each
+//! part built by its own function below:
 //!
 //! ```text
-//! WITH scope      -- the target rows considered: a key range, one key, or all
+//! WITH scope      -- the target rows considered: a key range, or all     (scope_cte)
 //!    , ev_<i>     -- per source: GROUP BY via over the scope's keys (counts, lowest
-//!                 --   and highest tenant)
+//!                 --   and highest tenant)                                (source_ctes)
 //!    , cand_<i>   -- per source and row: none, one or several tenants, the tenant it
 //!                 --   proposes, evidence json (several: counted per tenant by probe)
 //!    , ov         -- the override in force per key (own table, then config tables)
-//!    , decided    -- scope LEFT JOIN every cand_<i> and ov; first phase with evidence
+//!    , decided    -- scope LEFT JOIN every cand_<i> and ov               (decided_cte)
 //! SELECT key, current, proposed, action, phase, source, rule, evidence, unattributed
+//!                 -- the cascade                                          (cascade)
 //! ```
 //!
 //! `key`, `current` and `proposed` keep the columns' own types (so ties go to the lowest
@@ -22,10 +24,13 @@
 //! is NULL for rows whose tenant is already right. `evidence` is JSON text (NULL without
 //! `Detail::Full`): readers that show it cast it to jsonb, the write path parses it once,
 //! into the audit log.
+//!
+//! The statement is laid out over lines, one clause or CTE a line, so that what a DBA
+//! sees in an error, in `auto_explain` or in `pg_stat_activity` can be read.
 
-use crate::catalog::{Column, Job, Rule};
+use crate::catalog::{Column, Job, Rule, Source};
 use crate::error::{BackfillError, Result};
-use crate::sql::{ident, Statement, Value};
+use crate::sql::{Statement, Value};
 
 /// API.md's `mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +52,21 @@ impl Mode {
             )),
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Fill => "fill",
+            Mode::Reassign => "reassign",
+        }
+    }
+
+    /// The actions that change a row in this mode, as a SQL list.
+    pub fn writing_actions(self) -> &'static str {
+        match self {
+            Mode::Fill => "('fill')",
+            Mode::Reassign => "('fill', 'reassign')",
+        }
+    }
 }
 
 /// How much a decision query computes per row.
@@ -63,24 +83,36 @@ pub enum Detail {
 pub enum Scope {
     /// The whole table.
     All,
-    /// Keyset pagination (the batches of the write path): keys after `after` (exclusive) up to `up_to` (inclusive),
-    /// at most `limit` rows, in key order. Keys are text, cast to the key's type.
+    /// Keyset pagination (the batches of the write path): keys after `after` (exclusive)
+    /// up to `up_to` (inclusive), at most `limit` rows, in key order. Keys are text,
+    /// cast to the key's type.
     Batch { after: Option<String>, up_to: Option<String>, limit: Option<i64> },
 }
 
-/// Builds the decision query for `job` over `scope`.
-pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> Statement {
-    let mut st = Statement::new();
+/// The decision query for `job` over `scope`, its values added to `st`. Consumers wrap
+/// it (`WITH d AS (...) SELECT ... FROM d`).
+pub fn decision_query(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> String {
+    let mut ctes = vec![scope_cte(st, job, mode, scope)];
+    let keys = keys_in_scope(job, mode, scope);
+    let mut labels = Vec::with_capacity(job.sources.len());
+    for (i, source) in job.sources.iter().enumerate() {
+        let label = st.param(Value::text(source.label.clone()));
+        ctes.push(source_ctes(i + 1, source, &job.target.tenant, &label, &keys, detail));
+        labels.push(label);
+    }
+    ctes.push(overrides_cte(st, job));
+    ctes.push(decided_cte(job.sources.len(), detail));
+    format!("WITH {}\n{}", ctes.join("\n, "), cascade(st, job, &labels))
+}
+
+/// `scope`: the rows to decide, with their current tenant.
+fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String {
     let target = &job.target;
     let key = target.key.sql_name();
-    let tenant = target.tenant.sql_name();
     let key_type = &target.key.type_sql;
-    let tenant_type = &target.tenant.type_sql;
-
-    // scope: the rows to decide, materialized once and read by every source.
     let mut filters: Vec<String> = Vec::new();
     if mode == Mode::Fill {
-        filters.push(format!("t.{tenant} IS NULL"));
+        filters.push(format!("t.{} IS NULL", target.tenant.sql_name()));
     }
     let mut limit_clause = String::new();
     if let Scope::Batch { after, up_to, limit } = scope {
@@ -107,108 +139,117 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> S
         Scope::All => "NOT MATERIALIZED",
         Scope::Batch { .. } => "MATERIALIZED",
     };
-    let mut sql = format!(
-        "WITH scope AS {materialized} (SELECT t.{key} AS key, t.{tenant} AS current FROM {target_table} t{where_clause} ORDER BY t.{key}{limit_clause})",
-        target_table = target.rel.sql_name(),
-    );
+    format!(
+        "scope AS {materialized} (\n    SELECT t.{key} AS key, t.{tenant} AS current FROM {table} t{where_clause}\n     ORDER BY t.{key}{limit_clause})",
+        tenant = target.tenant.sql_name(),
+        table = target.rel.sql_name(),
+    )
+}
 
-    // Which keys a source's rows are read for. Over the whole table the filter names the
-    // target itself, so the planner sees its real size and hashes; a CTE's distinct count
-    // is unknown to it (it guesses 200) and would make it probe the index once per key.
-    // A batch is small and its size known: probing the index per key is right there.
-    let keys_in_scope = match scope {
+/// Which keys a source's rows are read for. Over the whole table the filter names the
+/// target itself, so the planner sees its real size and hashes; a CTE's distinct count
+/// is unknown to it (it guesses 200) and would make it probe the index once per key. A
+/// batch is small and its size known: probing the index per key is right there.
+fn keys_in_scope(job: &Job, mode: Mode, scope: &Scope) -> String {
+    let target = &job.target;
+    match scope {
         Scope::All => format!(
-            "SELECT t.{key} FROM {target_table} t{null_filter}",
-            target_table = target.rel.sql_name(),
-            null_filter = if mode == Mode::Fill { format!(" WHERE t.{tenant} IS NULL") } else { String::new() },
+            "SELECT t.{key} FROM {table} t{null_filter}",
+            key = target.key.sql_name(),
+            table = target.rel.sql_name(),
+            null_filter = if mode == Mode::Fill {
+                format!(" WHERE t.{} IS NULL", target.tenant.sql_name())
+            } else {
+                String::new()
+            },
         ),
         Scope::Batch { .. } => "SELECT sc.key FROM scope sc".to_string(),
-    };
-
-    // One grouped query per source, one row per key: how many related rows carry a
-    // tenant and how many do not, and the lowest and highest tenant among them. When
-    // those two are equal (the common case by far) the key's evidence is one tenant
-    // and its count, and the row is decided from this pass alone. Only keys whose rows
-    // name several tenants, the conflicts, go back to the source (an index probe on
-    // the via column, inside this statement) for their per-tenant counts. Grouping
-    // every key by (key, tenant) instead, as this engine first did, doubled the
-    // cost of a whole-table plan (BENCHMARKS.md).
-    let tenant_facts = &target.tenant;
-    let mut labels = Vec::new();
-    for (i, source) in job.sources.iter().enumerate() {
-        let i = i + 1;
-        let label = st.param(Value::text(source.label.clone()));
-        let via = source.via.sql_name();
-        let stenant = source.tenant.sql_name();
-        let source_table = source.rel.sql_name();
-        let tenant_of = |alias: &str| format!("{alias}.{stenant}::{tenant_type}");
-        let (lo, hi) = if tenant_facts.has_min_max {
-            (format!("pg_catalog.min({})", tenant_of("s")), format!("pg_catalog.max({})", tenant_of("s")))
-        } else {
-            // uuid and friends have no min()/max() but compare as one-element arrays.
-            (
-                format!("(pg_catalog.min(ARRAY[{}]) FILTER (WHERE s.{stenant} IS NOT NULL))[1]", tenant_of("s")),
-                format!("(pg_catalog.max(ARRAY[{}]) FILTER (WHERE s.{stenant} IS NOT NULL))[1]", tenant_of("s")),
-            )
-        };
-        // A conflicting key's related rows with a tenant, counted per tenant.
-        let per_tenant = format!(
-            "SELECT {tenant} AS tenant, pg_catalog.count(*) AS n FROM {source_table} r \
-               WHERE r.{via} = e.key AND r.{stenant} IS NOT NULL GROUP BY 1",
-            tenant = tenant_of("r"),
-        );
-        // Several tenants: a unanimous phase stops at a conflict and proposes nothing; a
-        // majority phase takes the most frequent, ties to the lowest.
-        let top_of_several = match source.rule {
-            Rule::Unanimous => "NULL".to_string(),
-            Rule::Majority => format!("(SELECT x.tenant FROM ({per_tenant}) x ORDER BY x.n DESC, x.tenant LIMIT 1)"),
-        };
-        // The source's member of the evidence object, as JSON text: `"calls": {"7": 3}`.
-        // Text, not jsonb, until a consumer needs jsonb: the write path carries it into
-        // the audit log as text and parses it once there.
-        let evidence = match detail {
-            Detail::Full => format!(
-                "CASE WHEN e.n = 0 THEN NULL \
-                      WHEN e.lo = e.hi THEN (SELECT pg_catalog.to_json({label}::text)::text) || ':{{' || {key} || ':' || e.n || '}}' \
-                      ELSE (SELECT pg_catalog.to_json({label}::text)::text) || ':' || \
-                           (SELECT pg_catalog.json_object_agg(x.tenant::text, x.n) FROM ({per_tenant}) x)::text END",
-                key = json_string(tenant_facts, "e.lo"),
-            ),
-            Detail::Counts => "NULL::text".to_string(),
-        };
-        sql.push_str(&format!(
-            ", ev_{i} AS (SELECT s.{via} AS key, pg_catalog.count(s.{stenant}) AS n, \
-               pg_catalog.count(*) - pg_catalog.count(s.{stenant}) AS n_null, {lo} AS lo, {hi} AS hi \
-               FROM {source_table} s WHERE s.{via} IN ({keys_in_scope}) GROUP BY 1)\
-             , cand_{i} AS (SELECT e.key, \
-               CASE WHEN e.n = 0 THEN 0 WHEN e.lo = e.hi THEN 1 ELSE 2 END AS ntenants, \
-               CASE WHEN e.n = 0 THEN NULL WHEN e.lo = e.hi THEN e.lo ELSE {top_of_several} END AS top, \
-               {evidence} AS evidence, \
-               CASE WHEN e.n_null > 0 THEN pg_catalog.jsonb_build_object({label}::text, e.n_null) END AS unattributed \
-               FROM ev_{i} e)",
-        ));
-        labels.push(label);
     }
+}
 
-    // The override in force for each key in scope.
-    let overrides = override_union(job, &mut st);
-    sql.push_str(&format!(
-        ", ov AS (SELECT DISTINCT ON (u.key_text) u.key_text, u.tenant_text::{tenant_type} AS tenant, u.origin \
-           FROM ({overrides}) u WHERE u.key_text IN (SELECT sc.key::text FROM scope sc) \
-           ORDER BY u.key_text, u.priority)"
-    ));
+/// `ev_<i>` and `cand_<i>` for source `i`.
+///
+/// One grouped query per source, one row per key: how many related rows carry a tenant
+/// and how many do not, and the lowest and highest tenant among them. When those two
+/// are equal (the common case by far) the key's evidence is one tenant and its count,
+/// and the row is decided from this pass alone. Only keys whose rows name several
+/// tenants, the conflicts, go back to the source (an index probe on the via column,
+/// inside this statement) for their per-tenant counts. Grouping every key by (key,
+/// tenant) instead, as this engine first did, doubled the cost of a whole-table plan
+/// (BENCHMARKS.md).
+fn source_ctes(i: usize, source: &Source, tenant: &Column, label: &str, keys: &str, detail: Detail) -> String {
+    let via = source.via.sql_name();
+    let stenant = source.tenant.sql_name();
+    let source_table = source.rel.sql_name();
+    let tenant_type = &tenant.type_sql;
+    let tenant_of = |alias: &str| format!("{alias}.{stenant}::{tenant_type}");
+    let (lo, hi) = if tenant.has_min_max {
+        (format!("pg_catalog.min({})", tenant_of("s")), format!("pg_catalog.max({})", tenant_of("s")))
+    } else {
+        // uuid and friends have no min()/max() but compare as one-element arrays.
+        (
+            format!("(pg_catalog.min(ARRAY[{}]) FILTER (WHERE s.{stenant} IS NOT NULL))[1]", tenant_of("s")),
+            format!("(pg_catalog.max(ARRAY[{}]) FILTER (WHERE s.{stenant} IS NOT NULL))[1]", tenant_of("s")),
+        )
+    };
+    // A conflicting key's related rows with a tenant, counted per tenant.
+    let per_tenant = format!(
+        "SELECT {tenant} AS tenant, pg_catalog.count(*) AS n FROM {source_table} r \
+         WHERE r.{via} = e.key AND r.{stenant} IS NOT NULL GROUP BY 1",
+        tenant = tenant_of("r"),
+    );
+    // Several tenants: a unanimous phase stops at a conflict and proposes nothing; a
+    // majority phase takes the most frequent, ties to the lowest.
+    let top_of_several = match source.rule {
+        Rule::Unanimous => "NULL".to_string(),
+        Rule::Majority => format!("(SELECT x.tenant FROM ({per_tenant}) x ORDER BY x.n DESC, x.tenant LIMIT 1)"),
+    };
+    // The source's member of the evidence object, as JSON text: `"calls": {"7": 3}`.
+    // Text, not jsonb, until a consumer needs jsonb: the write path carries it into the
+    // audit log as text and parses it once there.
+    let evidence = match detail {
+        Detail::Full => format!(
+            "CASE WHEN e.n = 0 THEN NULL\n\
+             \x20             WHEN e.lo = e.hi THEN (SELECT pg_catalog.to_json({label}::text)::text) || ':{{' || {key} || ':' || e.n || '}}'\n\
+             \x20             ELSE (SELECT pg_catalog.to_json({label}::text)::text) || ':' ||\n\
+             \x20                  (SELECT pg_catalog.json_object_agg(x.tenant::text, x.n) FROM ({per_tenant}) x)::text END",
+            key = json_string(tenant, "e.lo"),
+        ),
+        Detail::Counts => "NULL::text".to_string(),
+    };
+    format!(
+        "ev_{i} AS (\n    SELECT s.{via} AS key, pg_catalog.count(s.{stenant}) AS n,\n           \
+         pg_catalog.count(*) - pg_catalog.count(s.{stenant}) AS n_null, {lo} AS lo, {hi} AS hi\n      \
+         FROM {source_table} s WHERE s.{via} IN ({keys}) GROUP BY 1)\n\
+         , cand_{i} AS (\n    SELECT e.key,\n           \
+         CASE WHEN e.n = 0 THEN 0 WHEN e.lo = e.hi THEN 1 ELSE 2 END AS ntenants,\n           \
+         CASE WHEN e.n = 0 THEN NULL WHEN e.lo = e.hi THEN e.lo ELSE {top_of_several} END AS top,\n           \
+         {evidence} AS evidence,\n           \
+         CASE WHEN e.n_null > 0 THEN pg_catalog.jsonb_build_object({label}::text, e.n_null) END AS unattributed\n      \
+         FROM ev_{i} e)",
+    )
+}
 
-    // decided: every candidate side by side; idx is the first phase with evidence.
-    let n = job.sources.len();
+/// `ov`: the override in force for each key in scope.
+fn overrides_cte(st: &mut Statement, job: &Job) -> String {
+    let overrides = override_union(job, st);
+    format!(
+        "ov AS (\n    SELECT DISTINCT ON (u.key_text) u.key_text, u.tenant_text::{tenant_type} AS tenant, u.origin\n      \
+         FROM ({overrides}) u\n     WHERE u.key_text IN (SELECT sc.key::text FROM scope sc)\n     \
+         ORDER BY u.key_text, u.priority)",
+        tenant_type = job.target.tenant.type_sql,
+    )
+}
+
+/// `decided`: every candidate side by side; `idx` is the first phase with evidence.
+fn decided_cte(n: usize, detail: Detail) -> String {
     let idx = if n == 0 {
         "NULL::pg_catalog.int4".to_string()
     } else {
         let whens: String = (1..=n).map(|i| format!(" WHEN cand_{i}.ntenants > 0 THEN {i}")).collect();
         format!("CASE{whens} END")
     };
-    let per_source: String = (1..=n)
-        .map(|i| format!(", cand_{i}.ntenants AS n_{i}, cand_{i}.top AS top_{i}"))
-        .collect();
+    let per_source: String = (1..=n).map(|i| format!(", cand_{i}.ntenants AS n_{i}, cand_{i}.top AS top_{i}")).collect();
     let has_related = if n == 0 {
         "false".to_string()
     } else {
@@ -232,38 +273,41 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> S
             .collect::<Vec<_>>()
             .join(" || ")
     };
-    let joins: String =
-        (1..=n).map(|i| format!(" LEFT JOIN cand_{i} ON cand_{i}.key = sc.key")).collect();
-    sql.push_str(&format!(
-        ", decided AS (SELECT sc.key, sc.current, ov.tenant AS override_tenant, ov.origin AS override_origin, \
-           {idx} AS idx{per_source}, ({has_related}) AS has_related, \
-           {evidence} AS evidence, {unattributed} AS unattributed \
-           FROM scope sc{joins} LEFT JOIN ov ON ov.key_text = sc.key::text)"
-    ));
+    let joins: String = (1..=n).map(|i| format!("\n      LEFT JOIN cand_{i} ON cand_{i}.key = sc.key")).collect();
+    format!(
+        "decided AS (\n    SELECT sc.key, sc.current, ov.tenant AS override_tenant, ov.origin AS override_origin,\n           \
+         {idx} AS idx{per_source}, ({has_related}) AS has_related,\n           \
+         {evidence} AS evidence,\n           {unattributed} AS unattributed\n      \
+         FROM scope sc{joins}\n      LEFT JOIN ov ON ov.key_text = sc.key::text)"
+    )
+}
 
-    // The cascade: override, else the first phase with evidence; a unanimous phase
-    // whose evidence names several tenants is a conflict and stops the cascade.
-    // The statement ends in `OFFSET 0` so that a consumer's filter on `action` (plan's
-    // `action IS NOT NULL`, conflicts, review_queue) reads the computed column instead of
-    // being pushed down into the merge of the scope with the evidence: pushed down, it
-    // evaluated the cascade a second time and made the merge materialize its evidence
-    // side, a tenth of a whole-table plan (BENCHMARKS.md). The ORDER BY keeps the key
-    // order visible to the consumer, so nothing sorts again.
+/// The final SELECT: the cascade. An override decides, else the first phase with
+/// evidence; a unanimous phase whose evidence names several tenants is a conflict and
+/// stops the cascade.
+///
+/// It ends in `OFFSET 0` so that a consumer's filter on `action` (plan's `action IS NOT
+/// NULL`, conflicts, review_queue) reads the computed column instead of being pushed
+/// down into the merge of the scope with the evidence: pushed down, it evaluated the
+/// cascade a second time and made the merge materialize its evidence side, a tenth of a
+/// whole-table plan (BENCHMARKS.md). The ORDER BY keeps the key order visible to the
+/// consumer, so nothing sorts again.
+fn cascade(st: &mut Statement, job: &Job, labels: &[String]) -> String {
     let mut proposed = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN d.override_tenant");
     let mut phase = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN 0");
     let mut source = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN d.override_origin");
     let mut rule = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN 'override'");
     let mut conflicts = Vec::new();
-    for (i, s) in job.sources.iter().enumerate() {
-        let i1 = i + 1;
+    for (i, (s, label)) in job.sources.iter().zip(labels).enumerate() {
+        let i = i + 1;
         let phase_param = st.param(Value::Int4(Some(s.phase)));
         let rule_param = st.param(Value::text(s.rule.as_str()));
-        proposed.push_str(&format!(" WHEN d.idx = {i1} THEN d.top_{i1}"));
-        phase.push_str(&format!(" WHEN d.idx = {i1} THEN {phase_param}::pg_catalog.int4"));
-        source.push_str(&format!(" WHEN d.idx = {i1} THEN {}::text", labels[i]));
-        rule.push_str(&format!(" WHEN d.idx = {i1} THEN {rule_param}::text"));
+        proposed.push_str(&format!(" WHEN d.idx = {i} THEN d.top_{i}"));
+        phase.push_str(&format!(" WHEN d.idx = {i} THEN {phase_param}::pg_catalog.int4"));
+        source.push_str(&format!(" WHEN d.idx = {i} THEN {label}::text"));
+        rule.push_str(&format!(" WHEN d.idx = {i} THEN {rule_param}::text"));
         if s.rule == Rule::Unanimous {
-            conflicts.push(format!("(d.idx = {i1} AND d.n_{i1} > 1)"));
+            conflicts.push(format!("(d.idx = {i} AND d.n_{i} > 1)"));
         }
     }
     for expr in [&mut proposed, &mut phase, &mut source, &mut rule] {
@@ -274,22 +318,24 @@ pub fn decision_query(job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> S
     } else {
         format!("(d.override_tenant IS NULL AND ({}))", conflicts.join(" OR "))
     };
-    sql.push_str(&format!(
-        " SELECT d.key, d.current, \
-           CASE WHEN x.conflict THEN NULL ELSE x.proposed END AS proposed, \
-           CASE WHEN x.conflict THEN 'conflict' \
-                WHEN x.proposed IS NOT NULL THEN \
-                     CASE WHEN d.current IS NULL THEN 'fill' WHEN d.current <> x.proposed THEN 'reassign' END \
-                WHEN d.current IS NOT NULL THEN NULL \
-                WHEN d.has_related THEN 'unresolved' \
-                ELSE 'orphan' END AS action, \
-           x.phase, x.source, x.rule, d.evidence, d.unattributed \
-         FROM decided d CROSS JOIN LATERAL (SELECT {proposed} AS proposed, {conflict} AS conflict, \
-           {phase} AS phase, {source} AS source, {rule} AS rule) x \
+    format!(
+        "SELECT d.key, d.current,\n       \
+         CASE WHEN x.conflict THEN NULL ELSE x.proposed END AS proposed,\n       \
+         CASE WHEN x.conflict THEN 'conflict'\n            \
+         WHEN x.proposed IS NOT NULL THEN\n                 \
+         CASE WHEN d.current IS NULL THEN 'fill' WHEN d.current <> x.proposed THEN 'reassign' END\n            \
+         WHEN d.current IS NOT NULL THEN NULL\n            \
+         WHEN d.has_related THEN 'unresolved'\n            \
+         ELSE 'orphan' END AS action,\n       \
+         x.phase, x.source, x.rule, d.evidence, d.unattributed\n  \
+         FROM decided d\n  \
+         CROSS JOIN LATERAL (SELECT {proposed} AS proposed,\n                             \
+         {conflict} AS conflict,\n                             \
+         {phase} AS phase,\n                             \
+         {source} AS source,\n                             \
+         {rule} AS rule) x\n \
          ORDER BY d.key OFFSET 0"
-    ));
-    st.sql = sql;
-    st
+    )
 }
 
 /// Every override of the target as (key_text, tenant_text, priority, origin): the own
@@ -298,7 +344,7 @@ fn override_union(job: &Job, st: &mut Statement) -> String {
     let target = st.param(Value::Oid(job.target.rel.oid));
     let mut parts = vec![format!(
         "SELECT o.row_key AS key_text, o.tenant AS tenant_text, 0 AS priority, 'overrides'::text AS origin \
-           FROM tenant_backfill.overrides o WHERE o.target = {target}::pg_catalog.oid::pg_catalog.regclass"
+         FROM tenant_backfill.overrides o WHERE o.target = {target}::pg_catalog.oid::pg_catalog.regclass"
     )];
     for (i, table) in job.override_tables.iter().enumerate() {
         let prefix = st.param(Value::text(table.prefix.clone()));
@@ -307,12 +353,12 @@ fn override_union(job: &Job, st: &mut Statement) -> String {
         let value = table.value.sql_name();
         parts.push(format!(
             "SELECT pg_catalog.substr(c.{key}::text, pg_catalog.length({prefix}::text) + 1), c.{value}::text, {priority}, {origin}::text \
-               FROM {config} c WHERE pg_catalog.starts_with(c.{key}::text, {prefix}::text) AND c.{value} IS NOT NULL",
+             FROM {config} c WHERE pg_catalog.starts_with(c.{key}::text, {prefix}::text) AND c.{value} IS NOT NULL",
             priority = i + 1,
             config = table.rel.sql_name(),
         ));
     }
-    parts.join(" UNION ALL ")
+    parts.join("\n           UNION ALL ")
 }
 
 /// The override in force for one key (already in canonical text form), as text.
@@ -321,7 +367,7 @@ pub fn override_query(job: &Job, key_text: &str) -> Statement {
     let overrides = override_union(job, &mut st);
     let key = st.param(Value::text(key_text));
     st.sql = format!(
-        "SELECT u.tenant_text::{tenant_type}::text FROM ({overrides}) u WHERE u.key_text = {key}::text \
+        "SELECT u.tenant_text::{tenant_type}::text\n  FROM ({overrides}) u\n WHERE u.key_text = {key}::text\n \
          ORDER BY u.priority LIMIT 1",
         tenant_type = job.target.tenant.type_sql,
     );
@@ -331,11 +377,6 @@ pub fn override_query(job: &Job, key_text: &str) -> Statement {
 /// The keys (as text) that an override decides, as a subquery: `SELECT key_text FROM (...)`.
 pub fn overridden_keys(job: &Job, st: &mut Statement) -> String {
     format!("SELECT u.key_text FROM ({}) u", override_union(job, st))
-}
-
-/// The quoted key column, for consumers that join the decision back to the target.
-pub fn key_column(job: &Job) -> String {
-    ident(&job.target.key.name)
 }
 
 /// `expr` (a value of the tenant's type) as a JSON string literal, as text. Numbers and

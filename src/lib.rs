@@ -11,20 +11,23 @@ pub extern "C-unwind" fn _PG_init() {
     rejections::init();
 }
 
-mod catalog;
-mod config;
-mod engine;
+// The core, bottom up: errors and types, SQL text and SPI, the catalog, the decision
+// engine; then the write path (writer, batch) and a run's bookkeeping (runs, locks).
 mod error;
-mod evidence;
-mod finalize;
-mod guard;
-mod rejections;
-mod reports;
-mod runner;
-mod sql;
 mod types;
-mod verify;
+mod sql;
+mod catalog;
+mod engine;
+mod evidence;
+mod checks;
+mod locks;
+mod runs;
 mod writer;
+mod batch;
+// The SQL functions, one file per API section; the guard trigger and its queue.
+mod api;
+mod trigger;
+mod rejections;
 
 // The configuration tables and hand-written helpers come first: every function reads them.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);

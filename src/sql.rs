@@ -1,6 +1,8 @@
 //! The small core under every capability: the only code that turns identifiers into
-//! SQL text (always through pgrx's quoting helpers) and the only code that runs SQL
-//! (always with values as SPI arguments, never spliced into the text).
+//! SQL text (always through pgrx's quoting helpers) and the one way the extension runs
+//! SQL through SPI (always with values as SPI arguments, never spliced into the text).
+//! The violations worker (rejections.rs) is the one exception: it runs in a background
+//! worker's own transaction, outside any SQL function, with pgrx's SPI client directly.
 
 use crate::error::{BackfillError, Result};
 use pgrx::datum::DatumWithOid;
@@ -18,12 +20,15 @@ pub fn qualified(schema: &str, name: &str) -> String {
     pgrx::spi::quote_qualified_identifier(schema, name)
 }
 
-/// A value passed to a statement as an SPI argument.
+/// A value passed to a statement as an SPI argument, with its own type: the text of a
+/// statement never carries a value, and a placeholder's cast only states the type.
 #[derive(Clone, Debug)]
 pub enum Value {
     Text(Option<String>),
     Int4(Option<i32>),
     Int8(Option<i64>),
+    Bool(Option<bool>),
+    Float8(Option<f64>),
     Oid(pg_sys::Oid),
     TextArray(Vec<Option<String>>),
     /// A Datum of the given type, e.g. a row as a composite (the quarantine).
@@ -35,25 +40,62 @@ impl Value {
         Value::Text(Some(value.into()))
     }
 
+    pub fn int8(value: i64) -> Value {
+        Value::Int8(Some(value))
+    }
+
     fn to_datum(&self) -> DatumWithOid<'static> {
         match self {
             Value::Text(v) => v.clone().into(),
             Value::Int4(v) => (*v).into(),
             Value::Int8(v) => (*v).into(),
+            Value::Bool(v) => (*v).into(),
+            Value::Float8(v) => (*v).into(),
             Value::Oid(v) => (*v).into(),
             Value::TextArray(v) => v.clone().into(),
             // SAFETY: the caller built the Datum as a value of that type.
             Value::Raw(datum, oid) => unsafe { DatumWithOid::new(*datum, *oid) },
         }
     }
+
+    /// The value's text form, for a statement whose arguments travel as one `text[]`;
+    /// None for a value that has no faithful text form here.
+    fn as_text(&self) -> Option<Option<String>> {
+        match self {
+            Value::Text(t) => Some(t.clone()),
+            Value::Int4(i) => Some(i.map(|i| i.to_string())),
+            Value::Int8(i) => Some(i.map(|i| i.to_string())),
+            Value::Bool(b) => Some(b.map(|b| b.to_string())),
+            // Rust prints the shortest text that reads back as the same float8.
+            Value::Float8(f) => Some(f.map(|f| f.to_string())),
+            Value::Oid(o) => Some(Some(u32::from(*o).to_string())),
+            Value::Raw(..) | Value::TextArray(_) => None,
+        }
+    }
+}
+
+/// How a statement's placeholders read their values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Placeholders {
+    /// `$1`, `$2`, ...: one SPI argument per value.
+    #[default]
+    Positional,
+    /// `($1::pg_catalog.text[])[n]`: every value as text in one array, for PL/pgSQL's
+    /// `RETURN QUERY EXECUTE ... USING`, which takes a fixed number of arguments.
+    TextArray,
 }
 
 /// SQL text with its arguments, built up piece by piece: `param` adds a value and
-/// returns its placeholder, so a builder never has to count `$n` by hand.
+/// returns its placeholder, so a builder never counts `$n` by hand, and the text is
+/// never rewritten afterwards (a rewrite could not tell a placeholder from a `$` inside
+/// a quoted identifier such as `"org$1"`).
 #[derive(Clone, Debug, Default)]
 pub struct Statement {
     pub sql: String,
     pub params: Vec<Value>,
+    placeholders: Placeholders,
+    /// Set when a value with no text form was added to a `TextArray` statement.
+    unpackable: bool,
 }
 
 impl Statement {
@@ -61,56 +103,33 @@ impl Statement {
         Self::default()
     }
 
+    /// A statement whose values all travel as one `text[]` argument (see `into_text_array`).
+    pub fn with_text_array() -> Self {
+        Statement { placeholders: Placeholders::TextArray, ..Self::default() }
+    }
+
     /// Adds a value and returns its placeholder (`$3`), typed by the caller's cast.
+    /// Every placeholder this crate writes is followed by a cast, so a value that
+    /// travels as text reaches the same type.
     pub fn param(&mut self, value: Value) -> String {
+        if self.placeholders == Placeholders::TextArray && value.as_text().is_none() {
+            self.unpackable = true;
+        }
         self.params.push(value);
-        format!("${}", self.params.len())
-    }
-
-}
-
-impl Statement {
-    /// The statement with every `$n` read from one `text[]` argument instead
-    /// (`($1::text[])[n]`), and that argument: for PL/pgSQL's `RETURN QUERY EXECUTE ...
-    /// USING`, which takes a fixed number of arguments. Every placeholder this crate
-    /// writes is followed by a cast, so the text reaches the same type.
-    pub fn with_array_argument(&self) -> Result<(String, Vec<Option<String>>)> {
-        let sql = map_placeholders(&self.sql, |n| format!("($1::text[])[{n}]"));
-        let params = self
-            .params
-            .iter()
-            .map(|v| match v {
-                Value::Text(t) => Ok(t.clone()),
-                Value::Int4(i) => Ok(i.map(|i| i.to_string())),
-                Value::Int8(i) => Ok(i.map(|i| i.to_string())),
-                Value::Oid(o) => Ok(Some(u32::from(*o).to_string())),
-                Value::Raw(..) | Value::TextArray(_) => {
-                    Err(crate::error::BackfillError::Internal("this argument cannot be passed as text".into()))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((sql, params))
-    }
-}
-
-/// Rewrites every placeholder `$n` of generated SQL with `rewrite(n)`. Generated SQL
-/// holds no `$` but its placeholders (values never enter the text).
-pub fn map_placeholders(sql: &str, rewrite: impl Fn(usize) -> String) -> String {
-    let mut out = String::with_capacity(sql.len() + 64);
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
-            let mut number = 0usize;
-            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
-                number = number * 10 + d as usize;
-                chars.next();
-            }
-            out.push_str(&rewrite(number));
-        } else {
-            out.push(c);
+        match self.placeholders {
+            Placeholders::Positional => format!("${}", self.params.len()),
+            Placeholders::TextArray => format!("($1::pg_catalog.text[])[{}]", self.params.len()),
         }
     }
-    out
+
+    /// The SQL and its one `text[]` argument, for a statement built `with_text_array`.
+    pub fn into_text_array(self) -> Result<(String, Vec<Option<String>>)> {
+        if self.placeholders != Placeholders::TextArray || self.unpackable {
+            return Err(BackfillError::Internal("this statement's arguments cannot travel as one text[]".into()));
+        }
+        let params = self.params.iter().filter_map(Value::as_text).collect();
+        Ok((self.sql, params))
+    }
 }
 
 /// The arguments as Datums. Called inside `Spi::connect_mut`, where the current memory

@@ -1,7 +1,8 @@
-//! The two SQL types of the API that pgrx does not map by itself: `regclass` for
-//! tables and `name` for columns. Both are thin wrappers so that `\df tenant_backfill.*`
-//! shows exactly the signatures of API.md, and a caller can pass `'customers'` or
-//! `'"ShiftTypes"'` and get Postgres' own lookup (and its 42P01 for an unknown table).
+//! The three SQL types of the API that pgrx does not map the way the API needs:
+//! `regclass` for tables and `name` for columns, thin wrappers so that
+//! `\df tenant_backfill.*` shows exactly the signatures of API.md and a caller can pass
+//! `'customers'` or `'"ShiftTypes"'` and get Postgres' own lookup (and its 42P01 for an
+//! unknown table); and `jsonb` handed over as the datum Postgres built (`RawJsonb`).
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::datum::Datum;

@@ -1,8 +1,16 @@
-//! The one way tenant_backfill changes a user table. Every consumer (a batch of `run`,
-//! `run_now`, `apply_decisions`, `soft_delete_orphans`, `rollback`) describes the rows to
-//! change as a CTE named `changes` with columns
-//! `(key, old, new, phase text, source text, rule text, evidence jsonb)`, and appends
-//! these CTEs, which in one statement:
+//! The only code that changes user rows, and the only code that writes `backup` and
+//! `audit_log`. Four ways in, one shape of statement:
+//!
+//! - `write_batch`: a batch of `CALL run` or `run_now`, decided beforehand (without
+//!   locks) and handed over as arrays;
+//! - `write_selected`: rows chosen by a query of the caller (apply_decisions,
+//!   soft_delete_orphans), written in one statement;
+//! - `restore`: a rollback, from a run's backup;
+//! - `release_quarantined`: rows the guard kept out, put back.
+//!
+//! Each describes the rows to change as a CTE named `changes` with columns
+//! `(key, old, new, phase text, source text, rule text, evidence jsonb)`, followed by
+//! CTEs that in one statement:
 //!
 //! - update them with one `UPDATE ... FROM`, only while the column still holds `old`
 //!   (rechecked on the newest row version): an application that set the value in the
@@ -16,21 +24,21 @@
 //! After the CTEs, `upd` holds `(key, old, new, phase, source, rule, evidence)` of the
 //! rows actually changed.
 //!
-//! A batch of `run` (and of `run_now`) decides first, in a statement of its own that
-//! locks nothing, and hands the rows to change on as arrays (`changes_from_arrays`).
-//! It then writes their backup and audit rows (`log_before_locking`), and only then
-//! updates them (`lock_and_update_ctes`), removing the log rows of any row it did not
-//! write after all (`unlog_statement`), all in the batch's transaction: rows are locked
-//! only for the UPDATE, from that statement to the batch's commit. A batch of `CALL run`
+//! A guarded batch writes its backup and audit rows first, for every row it is about to
+//! change (no user row is locked yet), then updates, then removes the log rows of any
+//! row it did not write after all, all in the batch's transaction: rows are locked only
+//! for the UPDATE, from that statement to the batch's commit. A batch of `CALL run`
 //! first waits briefly for rows other sessions hold; when that wait runs out, the
 //! procedure does the batch again, skipping them (sql/procedures.sql).
 
 use crate::catalog::{Column, Target};
-use crate::sql::{Statement, Value};
+use crate::error::{BackfillError, Result};
+use crate::sql::{self, get, get_required, Statement, Value};
+use std::time::Instant;
 
 /// The rows a decision changes, column by column, in key order, as text (every key
 /// and tenant type converts to text and back exactly; `rollback` relies on it too).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Changes {
     pub key: Vec<Option<String>>,
     pub old: Vec<Option<String>>,
@@ -41,23 +49,26 @@ pub struct Changes {
     pub evidence: Vec<Option<String>>,
 }
 
-/// The `changes` CTE (`WITH changes AS (...)`) over `changes`, passed as seven `text[]`
-/// arguments and cast back to the key's and the written column's types. (`ROWS FROM`
-/// because only the unqualified `unnest` takes several arrays.)
-pub fn changes_from_arrays(target: &Target, column: &Column, changes: Changes, st: &mut Statement) -> String {
-    let Changes { key, old, new, phase, source, rule, evidence } = changes;
-    let [key, old, new, phase, source, rule, evidence] =
-        [key, old, new, phase, source, rule, evidence].map(|values| st.param(Value::TextArray(values)));
-    format!(
-        "WITH changes AS (SELECT c.key::{key_type} AS key, c.old::{column_type} AS old, c.new::{column_type} AS new, \
-                 c.phase, c.source, c.rule, tenant_backfill._evidence_jsonb(c.evidence) AS evidence \
-            FROM ROWS FROM (pg_catalog.unnest({key}::text[]), pg_catalog.unnest({old}::text[]), \
-                            pg_catalog.unnest({new}::text[]), pg_catalog.unnest({phase}::text[]), \
-                            pg_catalog.unnest({source}::text[]), pg_catalog.unnest({rule}::text[]), \
-                            pg_catalog.unnest({evidence}::text[])) AS c(key, old, new, phase, source, rule, evidence))",
-        key_type = target.key.type_sql,
-        column_type = column.type_sql,
-    )
+impl Changes {
+    /// The lowest and highest key: the arrays are in key order.
+    pub(crate) fn key_range(&self) -> Option<(String, String)> {
+        match (self.key.first(), self.key.last()) {
+            (Some(Some(lowest)), Some(Some(highest))) => Some((lowest.clone(), highest.clone())),
+            _ => None,
+        }
+    }
+
+    /// The columns the UPDATE needs: keys, values and phases (the empty arrays unnest
+    /// as NULLs), so the evidence is parsed once, for the audit log.
+    fn for_update(&self) -> Changes {
+        Changes {
+            key: self.key.clone(),
+            old: self.old.clone(),
+            new: self.new.clone(),
+            phase: self.phase.clone(),
+            ..Changes::default()
+        }
+    }
 }
 
 /// How to write.
@@ -72,36 +83,239 @@ pub struct WriteSpec<'a> {
     pub guard: bool,
     /// Count what would change without writing anything.
     pub dry_run: bool,
-    /// The lowest and highest key of `changes`, as text, when the caller knows them (a
-    /// batch): the UPDATE then reads only that stretch of the key index. Without it the
-    /// planner, which cannot see where a batch's keys lie, joins by reading the key
-    /// index from the table's first row, and later batches take longer and longer.
-    pub key_range: Option<(String, String)>,
 }
 
-/// The CTEs after `changes`; starts with a comma.
-pub fn write_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
-    if spec.dry_run {
-        return ", upd AS (SELECT c.key, c.old, c.new, c.phase, c.source, c.rule, c.evidence FROM changes c)".into();
+/// What a write did.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// Rows `changes` named.
+    pub planned: i64,
+    pub changed: i64,
+    /// `{"1": 15, "override": 1}`: rows changed per phase, JSON text.
+    pub by_phase: String,
+    /// How long the rows were held locked, from the UPDATE on (the commit that follows
+    /// releases them), in milliseconds.
+    pub locked_ms: f64,
+}
+
+/// Writes a decided batch.
+pub fn write_batch(spec: &WriteSpec, changes: Changes) -> Result<Written> {
+    let planned = changes.key.len() as i64;
+    if planned == 0 {
+        return Ok(Written { planned, changed: 0, by_phase: "{}".into(), locked_ms: 0.0 });
     }
-    let lock_and_update = lock_and_update_ctes(spec, st);
+    // The UPDATE then reads only the batch's stretch of the key index. Without it the
+    // planner, which cannot see where a batch's keys lie, joins by reading the key index
+    // from the table's first row, and later batches take longer and longer.
+    let key_range = changes.key_range();
+    if spec.guard && !spec.dry_run {
+        return write_logging_first(spec, changes, key_range.as_ref());
+    }
+    let started = Instant::now();
+    let mut st = Statement::new();
+    let changes_cte = changes_from_arrays(spec, changes, &mut st);
+    let write = write_ctes(spec, key_range.as_ref(), &mut st);
+    st.sql = format!("WITH {changes_cte}{write}");
+    let mut written = run_and_count(st)?;
+    written.locked_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(written)
+}
+
+/// Writes the rows that `select` (a query whose columns are those of `changes`, its
+/// values already in the statement) returns, in one statement.
+pub fn write_selected(spec: &WriteSpec, mut select: Statement) -> Result<Written> {
+    let write = write_ctes(spec, None, &mut select);
+    select.sql = format!("WITH changes AS (\n{}){write}", select.sql);
+    run_and_count(select)
+}
+
+/// Puts back the values of `column` that run `original` replaced, as run `spec.run_id`
+/// (phase `rollback`): from what the run wrote to what it found, only where the row
+/// still holds what the run wrote (unless `spec.guard` is off, a forced rollback).
+pub fn restore(spec: &WriteSpec, original: i64) -> Result<Written> {
+    let mut st = Statement::new();
+    let original_param = st.param(Value::int8(original));
+    let column_name = st.param(Value::text(spec.column.name.clone()));
+    let source = st.param(Value::text(format!("run {original}")));
+    st.sql = format!(
+        "SELECT b.row_key::text::{kt} AS key, b.new_value::text::{ct} AS old, b.old_value::text::{ct} AS new,\n       \
+         'rollback'::text AS phase, {source}::text AS source, 'rollback'::text AS rule, NULL::pg_catalog.jsonb AS evidence\n  \
+         FROM tenant_backfill.backup b\n \
+         WHERE b.run_id = {original_param}::pg_catalog.int8 AND b.column_name = {column_name}::text::pg_catalog.name",
+        kt = spec.target.key.type_sql,
+        ct = spec.column.type_sql,
+    );
+    write_selected(spec, st)
+}
+
+/// Puts the quarantined rows of the target that now carry a tenant back into the table
+/// (an INSERT for a quarantined insert, an UPDATE for a quarantined update), marks them
+/// released by run `spec.run_id`, and logs each; returns how many. `columns` are the
+/// table's writable columns.
+pub fn release_quarantined(spec: &WriteSpec, columns: &[String]) -> Result<i64> {
+    let target = spec.target;
+    let mut st = Statement::new();
+    let target_oid = st.param(Value::Oid(target.rel.oid));
+    let run_id = st.param(Value::int8(spec.run_id));
+    let column_list = columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
+    // The quarantined row is kept as one composite value, `rec`, so none of the table's
+    // column names can collide with the quarantine's own.
+    let from_record = columns.iter().map(|c| format!("(q.rec).{}", sql::ident(c))).collect::<Vec<_>>().join(", ");
+    let table = target.rel.sql_name();
+    let key = target.key.sql_name();
+    let tenant = target.tenant.sql_name();
+    let log = log_ctes(spec, &mut st, "done", "");
+    st.sql = format!(
+        "WITH q AS (\n    SELECT x.quarantine_id, x.operation, pg_catalog.jsonb_populate_record(NULL::{table}, x.row_data) AS rec\n      \
+         FROM tenant_backfill.quarantine x\n     \
+         WHERE x.target = {target_oid}::pg_catalog.oid::pg_catalog.regclass AND x.released_at IS NULL)\n\
+         , ready AS (SELECT * FROM q WHERE (q.rec).{tenant} IS NOT NULL)\n\
+         , ins AS (\n    INSERT INTO {table} ({column_list}) OVERRIDING SYSTEM VALUE\n    \
+         SELECT {from_record} FROM ready q WHERE q.operation = 'INSERT'\n    \
+         RETURNING {key} AS key, {tenant} AS tenant)\n\
+         , upd AS (\n    UPDATE {table} t SET ({column_list}) = ROW({from_record}) FROM ready q\n     \
+         WHERE q.operation = 'UPDATE' AND t.{key} = (q.rec).{key}\n    \
+         RETURNING t.{key} AS key, t.{tenant} AS tenant)\n\
+         , done AS (\n    SELECT d.key, NULL::text AS old, d.tenant AS new, 'quarantine'::text AS phase,\n           \
+         'quarantine'::text AS source, 'manual'::text AS rule, NULL::pg_catalog.jsonb AS evidence\n      \
+         FROM (SELECT * FROM ins UNION ALL SELECT * FROM upd) d)\n\
+         , mark AS (\n    UPDATE tenant_backfill.quarantine x\n       \
+         SET released_at = pg_catalog.clock_timestamp(), released_by = CURRENT_USER, released_run = {run_id}::pg_catalog.int8\n      \
+         FROM ready q WHERE x.quarantine_id = q.quarantine_id){log}\n\
+         SELECT pg_catalog.count(*) FROM done"
+    );
+    Ok(sql::select_value::<i64>(&st.sql, &st.params)?.unwrap_or(0))
+}
+
+/// Runs a write (its `changes` CTE and the write's CTEs in `st`) and counts what it did.
+fn run_and_count(mut st: Statement) -> Result<Written> {
+    st.sql.push_str(&format!(
+        "\nSELECT (SELECT pg_catalog.count(*) FROM changes), (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text"
+    ));
+    sql::select_one_row(&st.sql, &st.params, "a write", |row| {
+        Ok(Written {
+            planned: get_required(row, 1)?,
+            changed: get_required(row, 2)?,
+            by_phase: get_required(row, 3)?,
+            locked_ms: 0.0,
+        })
+    })
+}
+
+/// A guarded batch's write, in three statements of one transaction: the backup and
+/// audit rows of every row to change (no user row is locked yet), then the UPDATE
+/// (after a lock step, when held rows are skipped), then, when some rows were not
+/// written (another session held them, or set them meanwhile), the removal of their
+/// log rows. Rows are locked from the second statement to the commit: the log inserts,
+/// about 40% of the write, are outside.
+fn write_logging_first(spec: &WriteSpec, changes: Changes, key_range: Option<&(String, String)>) -> Result<Written> {
+    let planned = changes.key.len() as i64;
+    let to_update = changes.for_update();
+    let mut log = Statement::new();
+    let changes_cte = changes_from_arrays(spec, changes, &mut log);
+    let log_ctes = log_ctes(spec, &mut log, "changes", " RETURNING ctid");
+    log.sql = format!(
+        "WITH {changes_cte}{log_ctes}\n\
+         SELECT (SELECT pg_catalog.array_agg(b.ctid::text) FROM bak b), (SELECT pg_catalog.array_agg(a.ctid::text) FROM aud a)"
+    );
+    let (backup_tids, audit_tids) = sql::select_one_row(&log.sql, &log.params, "a batch's log insert", |row| {
+        Ok((
+            get::<Vec<Option<String>>>(row, 1)?.unwrap_or_default(),
+            get::<Vec<Option<String>>>(row, 2)?.unwrap_or_default(),
+        ))
+    })?;
+
+    let started = Instant::now();
+    let mut st = Statement::new();
+    let changes_cte = changes_from_arrays(spec, to_update, &mut st);
+    let update = lock_and_update_ctes(spec, key_range, &mut st);
+    st.sql = format!(
+        "WITH {changes_cte}{update}\n\
+         SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text,\n       \
+         (SELECT pg_catalog.array_agg(c.key::text) FROM changes c WHERE NOT EXISTS (SELECT FROM upd u WHERE u.key = c.key))"
+    );
+    let (changed, by_phase, not_written) = sql::select_one_row(&st.sql, &st.params, "a batch's write", |row| {
+        Ok((
+            get_required::<i64>(row, 1)?,
+            get_required::<String>(row, 2)?,
+            get::<Vec<Option<String>>>(row, 3)?.unwrap_or_default(),
+        ))
+    })?;
+    if !not_written.is_empty() {
+        unlog(spec.run_id, backup_tids, audit_tids, not_written)?;
+    }
+    Ok(Written { planned, changed, by_phase, locked_ms: started.elapsed().as_secs_f64() * 1000.0 })
+}
+
+/// Deletes the log rows `write_logging_first` wrote for `keys`, rows that were not
+/// written after all (locked by another session, or changed meanwhile), found by their
+/// ctids among the batch's own.
+fn unlog(run_id: i64, backup_tids: Vec<Option<String>>, audit_tids: Vec<Option<String>>, keys: Vec<Option<String>>) -> Result<()> {
+    let expected = 2 * keys.len() as i64;
+    let mut st = Statement::new();
+    let run_id = st.param(Value::int8(run_id));
+    let backup_tids = st.param(Value::TextArray(backup_tids));
+    let audit_tids = st.param(Value::TextArray(audit_tids));
+    let keys = st.param(Value::TextArray(keys));
+    st.sql = format!(
+        "WITH b AS (\n    DELETE FROM tenant_backfill.backup b WHERE b.ctid = ANY({backup_tids}::text[]::pg_catalog.tid[])\n       \
+         AND b.run_id = {run_id}::pg_catalog.int8 AND b.row_key = ANY({keys}::text[]) RETURNING 1)\n\
+         , a AS (\n    DELETE FROM tenant_backfill.audit_log a WHERE a.ctid = ANY({audit_tids}::text[]::pg_catalog.tid[])\n       \
+         AND a.run_id = {run_id}::pg_catalog.int8 AND a.row_key = ANY({keys}::text[]) RETURNING 1)\n\
+         SELECT (SELECT pg_catalog.count(*) FROM b) + (SELECT pg_catalog.count(*) FROM a)"
+    );
+    let removed = sql::select_value::<i64>(&st.sql, &st.params)?.unwrap_or(0);
+    if removed != expected {
+        return Err(BackfillError::Internal(format!(
+            "a batch removed {removed} log rows of rows it did not write, expected {expected}"
+        )));
+    }
+    Ok(())
+}
+
+/// `changes AS (...)` over `changes`, passed as seven `text[]` arguments and cast back
+/// to the key's and the written column's types. (`ROWS FROM` because only the
+/// unqualified `unnest` takes several arrays.)
+fn changes_from_arrays(spec: &WriteSpec, changes: Changes, st: &mut Statement) -> String {
+    let Changes { key, old, new, phase, source, rule, evidence } = changes;
+    let [key, old, new, phase, source, rule, evidence] =
+        [key, old, new, phase, source, rule, evidence].map(|values| st.param(Value::TextArray(values)));
+    format!(
+        "changes AS (\n    SELECT c.key::{key_type} AS key, c.old::{column_type} AS old, c.new::{column_type} AS new,\n           \
+         c.phase, c.source, c.rule, tenant_backfill._evidence_jsonb(c.evidence) AS evidence\n      \
+         FROM ROWS FROM (pg_catalog.unnest({key}::text[]), pg_catalog.unnest({old}::text[]),\n                      \
+         pg_catalog.unnest({new}::text[]), pg_catalog.unnest({phase}::text[]),\n                      \
+         pg_catalog.unnest({source}::text[]), pg_catalog.unnest({rule}::text[]),\n                      \
+         pg_catalog.unnest({evidence}::text[])) AS c(key, old, new, phase, source, rule, evidence))",
+        key_type = spec.target.key.type_sql,
+        column_type = spec.column.type_sql,
+    )
+}
+
+/// The CTEs after `changes`: the update, then its logs from its RETURNING (for a dry
+/// run, `upd` is `changes` and nothing is written); starts with a comma.
+fn write_ctes(spec: &WriteSpec, key_range: Option<&(String, String)>, st: &mut Statement) -> String {
+    if spec.dry_run {
+        return "\n, upd AS (SELECT c.key, c.old, c.new, c.phase, c.source, c.rule, c.evidence FROM changes c)".into();
+    }
+    let lock_and_update = lock_and_update_ctes(spec, key_range, st);
     format!("{lock_and_update}{}", log_ctes(spec, st, "upd", ""))
 }
 
 /// `upd`: the rows of `changes` updated, after `locked` locked them when rows other
 /// sessions hold are to be skipped or the write is not guarded; starts with a comma.
-pub fn lock_and_update_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
+fn lock_and_update_ctes(spec: &WriteSpec, key_range: Option<&(String, String)>, st: &mut Statement) -> String {
     let target = spec.target.rel.sql_name();
     let key = spec.target.key.sql_name();
     let col = spec.column.sql_name();
     let guard = if spec.guard { format!(" AND t.{col} IS NOT DISTINCT FROM c.old") } else { String::new() };
     let skip = if spec.skip_locked { " SKIP LOCKED" } else { "" };
-    let range = match &spec.key_range {
+    let range = match key_range {
         Some((lowest, highest)) => {
             let key_type = &spec.target.key.type_sql;
             let lowest = st.param(Value::text(lowest.clone()));
             let highest = st.param(Value::text(highest.clone()));
-            format!(" AND t.{key} BETWEEN {lowest}::text::{key_type} AND {highest}::text::{key_type}")
+            format!("\n       AND t.{key} BETWEEN {lowest}::text::{key_type} AND {highest}::text::{key_type}")
         }
         None => String::new(),
     };
@@ -113,8 +327,9 @@ pub fn lock_and_update_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
         // lookup and a lock record in the WAL per row, about a fifth of the time rows are
         // held (BENCHMARKS.md).
         return format!(
-            ", upd AS (UPDATE {target} t SET {col} = c.new FROM changes c WHERE t.{key} = c.key{guard}{range} \
-               RETURNING c.key, c.old, c.new, c.phase, c.source, c.rule, c.evidence)"
+            "\n, upd AS (\n    UPDATE {target} t SET {col} = c.new FROM changes c\n     \
+             WHERE t.{key} = c.key{guard}{range}\n    \
+             RETURNING c.key, c.old, c.new, c.phase, c.source, c.rule, c.evidence)"
         );
     }
     // `locked` finds each row through the key index (LATERAL: a plain join, once the
@@ -123,65 +338,35 @@ pub fn lock_and_update_ctes(spec: &WriteSpec, st: &mut Statement) -> String {
     // UPDATE joins the target (by its key index) to one CTE: joining two CTEs to each
     // other has no index and degrades to a nested loop over both.
     format!(
-        ", locked AS (SELECT c.key, t.actual, c.new, c.phase, c.source, c.rule, c.evidence \
-             FROM changes c CROSS JOIN LATERAL (SELECT t.{col} AS actual FROM {target} t \
-                 WHERE t.{key} = c.key{guard} FOR NO KEY UPDATE OF t{skip}) t) \
-         , upd AS (UPDATE {target} t SET {col} = l.new FROM locked l WHERE t.{key} = l.key{range} \
-             RETURNING l.key, l.actual AS old, l.new, l.phase, l.source, l.rule, l.evidence)"
+        "\n, locked AS (\n    SELECT c.key, t.actual, c.new, c.phase, c.source, c.rule, c.evidence\n      \
+         FROM changes c CROSS JOIN LATERAL (SELECT t.{col} AS actual FROM {target} t\n                                          \
+         WHERE t.{key} = c.key{guard} FOR NO KEY UPDATE OF t{skip}) t)\n\
+         , upd AS (\n    UPDATE {target} t SET {col} = l.new FROM locked l\n     \
+         WHERE t.{key} = l.key{range}\n    \
+         RETURNING l.key, l.actual AS old, l.new, l.phase, l.source, l.rule, l.evidence)"
     )
 }
 
 /// `bak` and `aud`: a backup row and an audit row for each row of `rows` (`upd`, the
-/// rows just changed, or `changes`, the rows about to be), with `returning` appended
-/// to both inserts; starts with a comma.
+/// rows just changed, `changes`, the rows about to be, or `done`, the released rows),
+/// with `returning` appended to both inserts; starts with a comma. The one place the
+/// extension's backup and audit rows are written.
 fn log_ctes(spec: &WriteSpec, st: &mut Statement, rows: &str, returning: &str) -> String {
-    let run_id = st.param(Value::Int8(Some(spec.run_id)));
+    let run_id = st.param(Value::int8(spec.run_id));
     let target_oid = st.param(Value::Oid(spec.target.rel.oid));
     let column_name = st.param(Value::text(spec.column.name.clone()));
     format!(
-        ", bak AS (INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value) \
-             SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text, \
-                    {column_name}::text::pg_catalog.name, u.old::text, u.new::text FROM {rows} u{returning}) \
-         , aud AS (INSERT INTO tenant_backfill.audit_log \
-                     (run_id, target, row_key, column_name, old_value, new_value, phase, source, rule, evidence) \
-             SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text, \
-                    {column_name}::text::pg_catalog.name, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence \
-               FROM {rows} u{returning})"
+        "\n, bak AS (\n    INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value)\n    \
+         SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text,\n           \
+         {column_name}::text::pg_catalog.name, u.old::text, u.new::text FROM {rows} u{returning})\n\
+         , aud AS (\n    INSERT INTO tenant_backfill.audit_log\n        \
+         (run_id, target, row_key, column_name, old_value, new_value, phase, source, rule, evidence)\n    \
+         SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text,\n           \
+         {column_name}::text::pg_catalog.name, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence\n      \
+         FROM {rows} u{returning})"
     )
-}
-
-/// For a guarded batch (where a row is written only while it still holds `old`, so
-/// what is logged as old is what the row held when locked): the backup and audit
-/// rows of every row in `changes`, written before any row is locked, so that the
-/// locks are held only for the UPDATE. Selects the new rows' ctids as two text
-/// arrays, for `unlog_statement`; starts with a comma, then the SELECT.
-pub fn log_before_locking(spec: &WriteSpec, st: &mut Statement) -> String {
-    format!(
-        "{} SELECT (SELECT pg_catalog.array_agg(b.ctid::text) FROM bak b), \
-                  (SELECT pg_catalog.array_agg(a.ctid::text) FROM aud a)",
-        log_ctes(spec, st, "changes", " RETURNING ctid")
-    )
-}
-
-/// Deletes the log rows `log_before_locking` wrote for `keys`, rows that were not
-/// written after all (locked by another session, or changed meanwhile), found by
-/// their ctids among the batch's own.
-pub fn unlog_statement(run_id: i64, backup_tids: Vec<Option<String>>, audit_tids: Vec<Option<String>>, keys: Vec<Option<String>>) -> Statement {
-    let mut st = Statement::new();
-    let run_id = st.param(Value::Int8(Some(run_id)));
-    let backup_tids = st.param(Value::TextArray(backup_tids));
-    let audit_tids = st.param(Value::TextArray(audit_tids));
-    let keys = st.param(Value::TextArray(keys));
-    st.sql = format!(
-        "WITH b AS (DELETE FROM tenant_backfill.backup b WHERE b.ctid = ANY({backup_tids}::text[]::pg_catalog.tid[]) \
-                      AND b.run_id = {run_id}::pg_catalog.int8 AND b.row_key = ANY({keys}::text[]) RETURNING 1) \
-            , a AS (DELETE FROM tenant_backfill.audit_log a WHERE a.ctid = ANY({audit_tids}::text[]::pg_catalog.tid[]) \
-                      AND a.run_id = {run_id}::pg_catalog.int8 AND a.row_key = ANY({keys}::text[]) RETURNING 1) \
-         SELECT (SELECT pg_catalog.count(*) FROM b) + (SELECT pg_catalog.count(*) FROM a)"
-    );
-    st
 }
 
 /// `{"1": 15, "override": 1}`: rows changed per phase, from `upd`.
-pub const BY_PHASE: &str = "(SELECT COALESCE(pg_catalog.jsonb_object_agg(x.phase, x.n), '{}'::pg_catalog.jsonb) \
+const BY_PHASE: &str = "(SELECT COALESCE(pg_catalog.jsonb_object_agg(x.phase, x.n), '{}'::pg_catalog.jsonb)\n          \
      FROM (SELECT u.phase, pg_catalog.count(*) AS n FROM upd u GROUP BY u.phase) x)";

@@ -40,7 +40,7 @@ SELECT * FROM tenant_backfill.validate('customers');
 -- Undo it: every row back to NULL, and the rollback is a run of its own.
 SELECT * FROM tenant_backfill.rollback(2);
 SELECT count(*) FILTER (WHERE company_id IS NULL) AS null_again FROM customers;
-SELECT run_id, kind, status, rows_changed, by_phase, rolled_back_by, parameters
+SELECT run_id, kind, status, rows_changed, by_phase, rolled_back_by, batch_size, pause_ms, lock_timeout_ms, parameters
   FROM tenant_backfill.runs WHERE target = 'customers'::regclass ORDER BY run_id;
 SELECT count(*) AS rollback_audit_rows FROM tenant_backfill.audit_log WHERE run_id = 3 AND phase = 'rollback';
 -- Rolling back twice is an error.

@@ -2,7 +2,7 @@
 //! Everything is validated up front, so a mistake is a clear error here rather than a
 //! failed query in the middle of a run.
 
-use crate::catalog::{self, Column, Relation, Rule};
+use crate::catalog::{self, Column, Relation, Rule, Target};
 use crate::engine;
 use crate::error::{BackfillError, OrRaise, Result};
 use crate::sql::{self, get_required, Value};
@@ -115,15 +115,13 @@ fn add_source_impl(
             "via must hold values of the target's key type (or one comparable with it).".into(),
         ));
     }
-    if !catalog::castable(tenant.type_oid, target.tenant.type_oid)? {
-        return Err(BackfillError::TypeMismatch(
-            format!(
-                "tenant column {} of {} is {} and cannot be cast to {} ({} of {})",
-                tenant.name, rel.display, tenant.type_display, target.tenant.type_display, target.tenant.name, target.rel.display
-            ),
-            "A source's tenant column must hold the target's tenant type or one that casts to it.".into(),
-        ));
-    }
+    require_tenant_cast(
+        &target,
+        &rel,
+        &tenant,
+        "tenant column",
+        "A source's tenant column must hold the target's tenant type or one that casts to it.",
+    )?;
     catalog::require_select(&rel, &[&via, &tenant])?;
 
     let existing = source_phases(&target.rel)?;
@@ -162,6 +160,21 @@ fn add_source_impl(
         ],
     )?;
     Ok(())
+}
+
+/// Checks that a column holding tenants (`what`: a source's tenant column, a config
+/// table's value column) casts to the target's tenant type; `todo` says what to do if not.
+fn require_tenant_cast(target: &Target, rel: &Relation, column: &Column, what: &str, todo: &str) -> Result<()> {
+    if catalog::castable(column.type_oid, target.tenant.type_oid)? {
+        return Ok(());
+    }
+    Err(BackfillError::TypeMismatch(
+        format!(
+            "{what} {} of {} is {} and cannot be cast to {} ({} of {})",
+            column.name, rel.display, column.type_display, target.tenant.type_display, target.tenant.name, target.rel.display
+        ),
+        todo.into(),
+    ))
 }
 
 /// (source, via, phase) of every source of a target.
@@ -248,15 +261,13 @@ fn add_override_table_impl(
     let rel = catalog::relation(config_table.0)?;
     let key = catalog::column(&rel, key_column.as_str())?;
     let value = catalog::column(&rel, value_column.as_str())?;
-    if !catalog::castable(value.type_oid, target.tenant.type_oid)? {
-        return Err(BackfillError::TypeMismatch(
-            format!(
-                "column {} of {} is {} and cannot be cast to {} ({} of {})",
-                value.name, rel.display, value.type_display, target.tenant.type_display, target.tenant.name, target.rel.display
-            ),
-            "The value column must hold tenants, or text that casts to the tenant type.".into(),
-        ));
-    }
+    require_tenant_cast(
+        &target,
+        &rel,
+        &value,
+        "column",
+        "The value column must hold tenants, or text that casts to the tenant type.",
+    )?;
     catalog::require_select(&rel, &[&key, &value])?;
     sql::execute(
         "INSERT INTO tenant_backfill.override_tables (target, config_table, key_column, value_column, key_prefix, position) \

@@ -1,22 +1,20 @@
 //! Finish the job (API.md section 5): a real NOT NULL constraint without a long lock,
 //! and the monitoring a cron job or postgres_exporter alerts on.
 //!
-//! `CALL finalize` (sql/guard.sql) runs the steps below one transaction each:
+//! `CALL finalize` (sql/procedures.sql) runs the steps below one transaction each:
 //! 1. `ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID` (brief lock, no scan);
 //! 2. `VALIDATE CONSTRAINT` (scans under a lock that lets reads and writes go on);
 //! 3. `ALTER COLUMN ... SET NOT NULL`, which uses the validated check instead of a
 //!    scan, then drops the check.
 
 use crate::catalog::{self, Target};
+use crate::checks;
 use crate::error::{BackfillError, OrRaise, Result};
 use crate::rejections;
 use crate::sql::{self, get_required, Value};
 use crate::types::RegClass;
 use pgrx::prelude::*;
 use pgrx::datum::Interval;
-
-/// How many keys an error or detail names.
-const FIRST_KEYS: i64 = 5;
 
 fn constraint_name(target: &Target) -> String {
     let mut name = format!("tenant_backfill_{}_not_null", target.tenant.name);
@@ -36,28 +34,18 @@ fn has_constraint(target: &Target) -> Result<bool> {
 
 /// The 23502 error for NULL rows that remain: count and first keys.
 fn remaining_nulls(target: &Target) -> Result<Option<BackfillError>> {
-    let table = target.rel.sql_name();
-    let tenant = target.tenant.sql_name();
-    let key = target.key.sql_name();
-    let nulls = sql::select_value::<i64>(&format!("SELECT pg_catalog.count(*) FROM {table} t WHERE t.{tenant} IS NULL"), &[])?
-        .unwrap_or(0);
-    if nulls == 0 {
+    let nulls = checks::null_tenant_rows(target, "true", &[])?;
+    if nulls.count == 0 {
         return Ok(None);
     }
-    let keys = sql::select_rows(
-        &format!("SELECT t.{key}::text FROM {table} t WHERE t.{tenant} IS NULL ORDER BY t.{key} LIMIT {FIRST_KEYS}"),
-        &[],
-        |row| get_required::<String>(row, 1),
-    )?;
-    let more = if nulls > FIRST_KEYS { ", …" } else { "" };
     Ok(Some(BackfillError::NullTenant {
         message: format!(
-            "{} still has {nulls} rows with NULL {}; finalize added no constraint",
-            target.rel.display, target.tenant.name
+            "{} still has {} rows with NULL {}; finalize added no constraint",
+            target.rel.display, nulls.count, target.tenant.name
         ),
         detail: format!(
-            "First keys: {}{more}. Backfill, review or soft-delete them first (tenant_backfill.review_queue).",
-            keys.join(", ")
+            "First keys: {}. Backfill, review or soft-delete them first (tenant_backfill.review_queue).",
+            nulls.key_list()
         ),
     }))
 }
@@ -194,38 +182,22 @@ fn monitor_impl(target: RegClass, since: Option<Interval>) -> Result<Vec<(String
           LIMIT 1",
         &[Value::Oid(t.rel.oid)],
     )?;
-    let table = t.rel.sql_name();
-    let tenant = t.tenant.sql_name();
-    let key = t.key.sql_name();
     let (window, described) = match &stamp {
-        Some(col) => (
-            format!(" AND t.{} > pg_catalog.now() - $1::pg_catalog.interval", sql::ident(col)),
-            format!("by {col}"),
-        ),
-        None => (" AND $1::pg_catalog.interval IS NOT NULL".to_string(), "no created_at or updated_at column: all NULL rows".into()),
+        Some(col) => (format!("t.{} > pg_catalog.now() - $1::pg_catalog.interval", sql::ident(col)), format!("by {col}")),
+        None => ("$1::pg_catalog.interval IS NOT NULL".to_string(), "no created_at or updated_at column: all NULL rows".into()),
     };
-    let (new_nulls, keys) = sql::select_rows(
-        &format!(
-            "SELECT (SELECT pg_catalog.count(*) FROM {table} t WHERE t.{tenant} IS NULL{window}), \
-                    (SELECT pg_catalog.string_agg(x.k, ', ') FROM (SELECT t.{key}::text AS k FROM {table} t \
-                      WHERE t.{tenant} IS NULL{window} ORDER BY t.{key} LIMIT {FIRST_KEYS}) x)"
-        ),
-        std::slice::from_ref(&since_value),
-        |row| Ok((get_required::<i64>(row, 1)?, sql::get::<String>(row, 2)?)),
-    )?
-    .into_iter()
-    .next()
-    .unwrap_or((0, None));
+    let new_nulls = checks::null_tenant_rows(t, &window, std::slice::from_ref(&since_value))?;
     out.push((
         "new_null_rows".into(),
-        new_nulls,
-        Some(match keys {
-            Some(keys) => format!("{described}; keys {keys}"),
-            None => described,
+        new_nulls.count,
+        Some(if new_nulls.first_keys.is_empty() {
+            described
+        } else {
+            format!("{described}; keys {}", new_nulls.first_keys.join(", "))
         }),
     ));
 
-    let (disagree, detail) = crate::verify::disagreements(&job)?;
+    let (disagree, detail) = checks::disagreements(&job)?;
     out.push(("sources_disagree".into(), disagree, detail));
 
     let violations = sql::select_rows(

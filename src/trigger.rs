@@ -1,15 +1,16 @@
-//! Keep it fixed (API.md section 5): the guard trigger that stops new NULL tenants, and
-//! what it leaves behind (`violations`, `quarantine`).
+//! The guard trigger that stops new NULL tenants (API.md section 5; `enforce` installs
+//! it, src/api/guard.rs), and what it leaves behind: `violations` and `quarantine`,
+//! which only this file writes (rejected writes reach `violations` through
+//! src/rejections.rs).
 //!
 //! The trigger is BEFORE INSERT OR UPDATE OF the tenant column, FOR EACH ROW. Its
 //! arguments are (mode, tenant column, key column, parent column or ''). The hot path
 //! reads one attribute and tests it for NULL; everything else happens only on a violation.
 
-use crate::catalog::{self, Target};
+use crate::catalog;
 use crate::error::{BackfillError, OrRaise};
 use crate::rejections;
-use crate::sql::{self, get_required, qualified, Value};
-use crate::types::{RegClass, SqlName};
+use crate::sql::{self, Value};
 use pgrx::prelude::*;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::{AllocatedByPostgres, PgTupleDesc};
@@ -18,11 +19,11 @@ use pgrx::{AllocatedByPostgres, PgTupleDesc};
 type GuardResult<T> = crate::error::Result<T>;
 use std::ffi::CStr;
 
-const TRIGGER_NAME: &str = "tenant_backfill_guard";
+pub const TRIGGER_NAME: &str = "tenant_backfill_guard";
 
 /// The guard's modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum GuardMode {
+pub enum GuardMode {
     Reject,
     Quarantine,
     Assign,
@@ -30,7 +31,7 @@ enum GuardMode {
 }
 
 impl GuardMode {
-    fn parse(text: Option<&str>) -> GuardResult<GuardMode> {
+    pub fn parse(text: Option<&str>) -> GuardResult<GuardMode> {
         match text {
             Some("reject") => Ok(GuardMode::Reject),
             Some("quarantine") => Ok(GuardMode::Quarantine),
@@ -43,7 +44,7 @@ impl GuardMode {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             GuardMode::Reject => "reject",
             GuardMode::Quarantine => "quarantine",
@@ -285,7 +286,7 @@ fn assigned_tenant(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char]) -
             // SAFETY: tg_relation is valid while the trigger fires.
             let relid = unsafe { (*data.tg_relation).rd_id };
             let rel = catalog::relation(relid)?;
-            let fk = parent_of(&rel, &parent_column, &arg(args, 1))?;
+            let fk = catalog::parent_link(&rel, &parent_column, &arg(args, 1))?;
             let lookup = format!(
                 "SELECT p.{tenant}::text FROM {parent} p WHERE p.{key} = $1::text::{key_type}",
                 tenant = sql::ident(&fk.parent_tenant),
@@ -303,47 +304,6 @@ fn assigned_tenant(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char]) -
         &[],
     )?;
     Ok(setting)
-}
-
-struct ParentLink {
-    parent_table: String,
-    parent_key: String,
-    parent_key_type: String,
-    parent_tenant: String,
-}
-
-/// The single-column foreign key on `column`, and the parent's tenant column: the
-/// parent's configured one if it is a target, else the same name as ours.
-fn parent_of(rel: &catalog::Relation, column: &str, tenant_column: &str) -> GuardResult<ParentLink> {
-    let rows = sql::select_rows(
-        "SELECT pn.nspname::text, pc.relname::text, pa.attname::text, tn.nspname::text, t.typname::text, \
-                COALESCE((SELECT tg.tenant_column::text FROM tenant_backfill.targets tg WHERE tg.target = pc.oid::pg_catalog.regclass), $3) \
-           FROM pg_catalog.pg_constraint con \
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1] \
-           JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid \
-           JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
-           JOIN pg_catalog.pg_attribute pa ON pa.attrelid = con.confrelid AND pa.attnum = con.confkey[1] \
-           JOIN pg_catalog.pg_type t ON t.oid = pa.atttypid \
-           JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
-          WHERE con.conrelid = $1 AND con.contype = 'f' AND pg_catalog.array_length(con.conkey, 1) = 1 \
-            AND a.attname = $2::text::pg_catalog.name \
-          ORDER BY con.conname LIMIT 1",
-        &[Value::Oid(rel.oid), Value::text(column), Value::text(tenant_column)],
-        |row| {
-            Ok(ParentLink {
-                parent_table: qualified(&get_required::<String>(row, 1)?, &get_required::<String>(row, 2)?),
-                parent_key: get_required(row, 3)?,
-                parent_key_type: qualified(&get_required::<String>(row, 4)?, &get_required::<String>(row, 5)?),
-                parent_tenant: get_required(row, 6)?,
-            })
-        },
-    )?;
-    rows.into_iter().next().ok_or_else(|| {
-        BackfillError::BadArgument(
-            format!("column {column} of {} is not a single-column foreign key", rel.display),
-            "assign reads the parent's tenant through a foreign key column of the guarded table.".into(),
-        )
-    })
 }
 
 /// A copy of the new row with the tenant set (through the type's input function).
@@ -376,174 +336,4 @@ fn with_tenant(data: &pg_sys::TriggerData, attnum: i16, tenant: &str) -> GuardRe
             nulls.as_mut_ptr(),
         ))
     }
-}
-
-// ------------------------------------------------------------------ enforce / unenforce
-
-/// Installs (or re-installs with another mode) the guard trigger on a target.
-#[pg_extern]
-fn enforce(target: RegClass, mode: default!(Option<String>, "'reject'"), parent_column: default!(Option<SqlName>, "NULL")) {
-    enforce_impl(target, mode.as_deref(), parent_column.as_ref()).or_raise()
-}
-
-fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&SqlName>) -> GuardResult<()> {
-    let mode = GuardMode::parse(mode)?;
-    let target = catalog::target(target.0)?;
-    catalog::require_table_privilege(&target.rel, "TRIGGER")?;
-    let parent = match parent_column {
-        Some(name) => {
-            if mode != GuardMode::Assign {
-                return Err(BackfillError::BadArgument(
-                    "parent_column only applies to mode 'assign'".into(),
-                    "Leave parent_column NULL for the other modes.".into(),
-                ));
-            }
-            let column = catalog::column(&target.rel, name.as_str())?;
-            parent_of(&target.rel, &column.name, &target.tenant.name)?;
-            column.name
-        }
-        None => String::new(),
-    };
-    let table = target.rel.sql_name();
-    let trigger = sql::ident(TRIGGER_NAME);
-    if guard_installed(&target.rel)? {
-        sql::execute(&format!("DROP TRIGGER {trigger} ON {table}"), &[])?;
-    }
-    // DDL takes no parameters: the arguments are quoted literals.
-    sql::execute(
-        &format!(
-            "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE OF {tenant} ON {table} FOR EACH ROW \
-             EXECUTE FUNCTION tenant_backfill.guard({mode}, {tenant_arg}, {key_arg}, {parent_arg})",
-            tenant = target.tenant.sql_name(),
-            mode = pgrx::spi::quote_literal(mode.as_str()),
-            tenant_arg = pgrx::spi::quote_literal(&target.tenant.name),
-            key_arg = pgrx::spi::quote_literal(&target.key.name),
-            parent_arg = pgrx::spi::quote_literal(&parent),
-        ),
-        &[],
-    )?;
-    if mode == GuardMode::Reject && !rejections::preloaded() {
-        ereport!(
-            NOTICE,
-            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-            format!("tenant_backfill: rejected writes to {} are recorded in the server log", target.rel.display),
-            "Add tenant_backfill to shared_preload_libraries to record them in tenant_backfill.violations as well."
-        );
-    }
-    Ok(())
-}
-
-fn guard_installed(rel: &catalog::Relation) -> GuardResult<bool> {
-    Ok(sql::select_value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::text::pg_catalog.name)",
-        &[Value::Oid(rel.oid), Value::text(TRIGGER_NAME)],
-    )?
-    .unwrap_or(false))
-}
-
-/// Removes the guard trigger.
-#[pg_extern]
-fn unenforce(target: RegClass) {
-    unenforce_impl(target).or_raise()
-}
-
-fn unenforce_impl(target: RegClass) -> GuardResult<()> {
-    let rel = catalog::relation(target.0)?;
-    catalog::require_table_privilege(&rel, "TRIGGER")?;
-    if !guard_installed(&rel)? {
-        return Err(BackfillError::BadArgument(
-            format!("{} has no tenant_backfill guard", rel.display),
-            "tenant_backfill.enforce(target) installs one.".into(),
-        ));
-    }
-    sql::execute(&format!("DROP TRIGGER {} ON {}", sql::ident(TRIGGER_NAME), rel.sql_name()), &[])?;
-    Ok(())
-}
-
-// ------------------------------------------------------------------ quarantine
-
-/// Puts quarantined rows of a target that now carry a tenant back into the table (an
-/// INSERT for a quarantined insert, an UPDATE for a quarantined update), audited as a
-/// run of kind `release_quarantine`. Give the tenant in `quarantine.row_data` first, or
-/// pass `tenant` to give it to every waiting row of the target.
-#[pg_extern]
-fn release_quarantine(target: RegClass, tenant: default!(Option<String>, "NULL")) -> i64 {
-    release_impl(target, tenant.as_deref()).or_raise()
-}
-
-fn release_impl(target: RegClass, tenant: Option<&str>) -> GuardResult<i64> {
-    let target = catalog::target(target.0)?;
-    catalog::require_table_privilege(&target.rel, "INSERT")?;
-    catalog::require_update(&target.rel, &target.tenant)?;
-    if let Some(tenant) = tenant {
-        let tenant = catalog::canonical_value(tenant, &target.tenant, &target.rel)?;
-        sql::execute(
-            "UPDATE tenant_backfill.quarantine SET row_data = row_data || pg_catalog.jsonb_build_object($2::text, $3::text) \
-              WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND released_at IS NULL",
-            &[Value::Oid(target.rel.oid), Value::text(target.tenant.name.clone()), Value::text(tenant)],
-        )?;
-    }
-    let columns = writable_columns(&target)?;
-    let column_list = columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
-    // The quarantined row is kept as one composite value, `rec`, so none of the table's
-    // column names can collide with the quarantine's own.
-    let from_record = columns.iter().map(|c| format!("(q.rec).{}", sql::ident(c))).collect::<Vec<_>>().join(", ");
-    let table = target.rel.sql_name();
-    let key = target.key.sql_name();
-    let tenant_col = target.tenant.sql_name();
-    let run_id = sql::select_value::<i64>(
-        "INSERT INTO tenant_backfill.runs (target, kind, status) \
-         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, 'release_quarantine', 'running') RETURNING run_id",
-        &[Value::Oid(target.rel.oid)],
-    )?
-    .ok_or_else(|| BackfillError::Internal("INSERT INTO runs returned no run_id".into()))?;
-    // One statement: pick the releasable rows, insert or update them, mark them
-    // released, and write backup and audit rows.
-    let statement = format!(
-        "WITH q AS (SELECT x.quarantine_id, x.operation, \
-                           pg_catalog.jsonb_populate_record(NULL::{table}, x.row_data) AS rec \
-                      FROM tenant_backfill.quarantine x \
-                     WHERE x.target = $1::pg_catalog.oid::pg_catalog.regclass AND x.released_at IS NULL), \
-         ready AS (SELECT * FROM q WHERE (q.rec).{tenant_col} IS NOT NULL), \
-         ins AS (INSERT INTO {table} ({column_list}) OVERRIDING SYSTEM VALUE \
-                 SELECT {from_record} FROM ready q WHERE q.operation = 'INSERT' \
-                 RETURNING {key} AS key, {tenant_col} AS tenant), \
-         upd AS (UPDATE {table} t SET ({column_list}) = ROW({from_record}) FROM ready q \
-                  WHERE q.operation = 'UPDATE' AND t.{key} = (q.rec).{key} \
-                 RETURNING t.{key} AS key, t.{tenant_col} AS tenant), \
-         done AS (SELECT * FROM ins UNION ALL SELECT * FROM upd), \
-         mark AS (UPDATE tenant_backfill.quarantine x SET released_at = pg_catalog.clock_timestamp(), \
-                         released_by = CURRENT_USER, released_run = $2 \
-                    FROM ready q WHERE x.quarantine_id = q.quarantine_id), \
-         bak AS (INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value) \
-                 SELECT $2, $1::pg_catalog.oid::pg_catalog.regclass, d.key::text, $3::text::pg_catalog.name, NULL, d.tenant::text \
-                   FROM done d), \
-         aud AS (INSERT INTO tenant_backfill.audit_log (run_id, target, row_key, column_name, old_value, new_value, phase, source, rule) \
-                 SELECT $2, $1::pg_catalog.oid::pg_catalog.regclass, d.key::text, $3::text::pg_catalog.name, NULL, d.tenant::text, \
-                        'quarantine', 'quarantine', 'manual' FROM done d) \
-         SELECT pg_catalog.count(*) FROM done"
-    );
-    let released = sql::select_value::<i64>(
-        &statement,
-        &[Value::Oid(target.rel.oid), Value::Int8(Some(run_id)), Value::text(target.tenant.name.clone())],
-    )?
-    .unwrap_or(0);
-    sql::execute(
-        "UPDATE tenant_backfill.runs SET status = 'done', rows_changed = $2, rows_done = $2, \
-             by_phase = pg_catalog.jsonb_build_object('quarantine', $2), finished_at = pg_catalog.clock_timestamp(), \
-             updated_at = pg_catalog.clock_timestamp() WHERE run_id = $1",
-        &[Value::Int8(Some(run_id)), Value::Int8(Some(released))],
-    )?;
-    Ok(released)
-}
-
-/// The columns a row can be written with: not dropped, not generated.
-fn writable_columns(target: &Target) -> GuardResult<Vec<String>> {
-    sql::select_rows(
-        "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
-          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
-          ORDER BY a.attnum",
-        &[Value::Oid(target.rel.oid)],
-        |row| get_required::<String>(row, 1),
-    )
 }

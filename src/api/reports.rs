@@ -8,9 +8,9 @@ use crate::types::RegClass;
 use pgrx::prelude::*;
 
 /// The decision query over the whole table, wrapped by `outer` (which reads it as `d`).
-fn over_decisions(job: &Job, mode: Mode, detail: Detail, outer: &str) -> Statement {
-    let mut st = engine::decision_query(job, mode, &Scope::All, detail);
-    st.sql = format!("WITH d AS ({}) {outer}", st.sql);
+fn over_decisions(mut st: Statement, job: &Job, mode: Mode, detail: Detail, outer: &str) -> Statement {
+    let decision = engine::decision_query(&mut st, job, mode, &Scope::All, detail);
+    st.sql = format!("WITH d AS (\n{decision})\n{outer}");
     st
 }
 
@@ -23,6 +23,8 @@ fn load(target: RegClass) -> Result<Job> {
 /// The statement behind `plan` (sql/procedures.sql), which runs it with PL/pgSQL's
 /// `RETURN QUERY EXECUTE`: the rows stream from the executor into the result without
 /// a detour through Rust values, which for a big table cost as much as the query.
+/// `EXECUTE ... USING` takes a fixed number of arguments, so the statement reads all
+/// its values from one `text[]`.
 #[pg_extern]
 fn _plan_statement(
     target: RegClass,
@@ -35,13 +37,41 @@ fn plan_statement(target: RegClass, mode: Option<&str>) -> Result<(String, Vec<O
     let mode = Mode::parse(mode)?;
     let job = load(target)?;
     let st = over_decisions(
+        Statement::with_text_array(),
         &job,
         mode,
         Detail::Full,
-        "SELECT d.key::text, d.current::text, d.proposed::text, d.action, d.phase, d.source, d.rule, tenant_backfill._evidence_jsonb(d.evidence) \
-           FROM d WHERE d.action IS NOT NULL ORDER BY d.key",
+        "SELECT d.key::text, d.current::text, d.proposed::text, d.action, d.phase, d.source, d.rule,\n       \
+         tenant_backfill._evidence_jsonb(d.evidence)\n  FROM d WHERE d.action IS NOT NULL ORDER BY d.key",
     );
-    st.with_array_argument()
+    st.into_text_array()
+}
+
+/// A count of decided rows: by action, phase and source, or (for `unattributed`) the
+/// related rows of a source that carry no tenant.
+struct Group {
+    kind: GroupKind,
+    phase: Option<i32>,
+    /// The source's label, or the override's origin.
+    source: Option<String>,
+    rows: i64,
+}
+
+#[derive(PartialEq)]
+enum GroupKind {
+    Action(String),
+    Unattributed,
+}
+
+impl Group {
+    fn is(&self, action: &str) -> bool {
+        self.kind == GroupKind::Action(action.into())
+    }
+
+    /// Whether the rows are written by a run: filled or reassigned.
+    fn changes(&self) -> bool {
+        self.is("fill") || self.is("reassign")
+    }
 }
 
 /// The counts a DBA reads first.
@@ -53,67 +83,67 @@ fn preflight(
     TableIterator::new(sql::without_jit(|| preflight_rows(target, mode.as_deref())).or_raise())
 }
 
-fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i64, Option<String>)>> {
-    let mode = Mode::parse(mode)?;
-    let job = load(target)?;
-    let t = &job.target;
-
-    let (total, nulls) = sql::select_rows(
-        &format!(
-            "SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE t.{} IS NULL) FROM {} t",
-            t.tenant.sql_name(),
-            t.rel.sql_name()
-        ),
-        &[],
-        |row| Ok((get_required::<i64>(row, 1)?, get_required::<i64>(row, 2)?)),
-    )?
-    .into_iter()
-    .next()
-    .unwrap_or((0, 0));
-
-    // One pass over the decisions, without evidence: counts per (action, phase, source)
-    // and, per source, the related rows that carry no tenant.
+/// One pass over the decisions, without evidence: counts per (action, phase, source)
+/// and, per source, the related rows that carry no tenant.
+fn decision_groups(job: &Job, mode: Mode) -> Result<Vec<Group>> {
+    let mut st = Statement::new();
+    let decision = engine::decision_query(&mut st, job, mode, &Scope::All, Detail::Counts);
     let unattributed_sums: String = job
         .sources
         .iter()
-        .enumerate()
-        .map(|(i, _)| format!(", pg_catalog.sum((d.unattributed->>($1::text[])[{}])::pg_catalog.int8)::pg_catalog.int8", i + 1))
+        .map(|s| {
+            let label = st.param(Value::text(s.label.clone()));
+            format!(",\n       pg_catalog.sum((d.unattributed->>{label}::text)::pg_catalog.int8)::pg_catalog.int8")
+        })
         .collect();
-    // The labels go first, as one text[] argument: the decision query's own
-    // placeholders move up by one.
-    let mut st = engine::decision_query(&job, mode, &Scope::All, Detail::Counts);
     st.sql = format!(
-        "WITH d AS ({}) SELECT d.action, d.phase, d.source, pg_catalog.count(*)::pg_catalog.int8{unattributed_sums} \
-           FROM d GROUP BY 1, 2, 3",
-        sql::map_placeholders(&st.sql, |n| format!("${}", n + 1))
+        "WITH d AS (\n{decision})\n\
+         SELECT d.action, d.phase, d.source, pg_catalog.count(*)::pg_catalog.int8{unattributed_sums}\n  \
+         FROM d GROUP BY 1, 2, 3"
     );
-    let labels: Vec<Option<String>> = job.sources.iter().map(|s| Some(s.label.clone())).collect();
-    st.params.insert(0, Value::TextArray(labels));
     let n = job.sources.len();
     let rows = sql::select_rows(&st.sql, &st.params, |row| {
         let mut sums = Vec::with_capacity(n);
         for i in 0..n {
             sums.push(get::<i64>(row, 5 + i)?.unwrap_or(0));
         }
-        Ok((get::<String>(row, 1)?, get::<i32>(row, 2)?, get::<String>(row, 3)?, get_required::<i64>(row, 4)?, sums))
+        let group = Group {
+            kind: GroupKind::Action(get::<String>(row, 1)?.unwrap_or_default()),
+            phase: get(row, 2)?,
+            source: get(row, 3)?,
+            rows: get_required(row, 4)?,
+        };
+        Ok((get::<String>(row, 1)?.is_some(), group, sums))
     })?;
-    let mut groups: Vec<(String, Option<String>, Option<i32>, Option<String>, i64)> = rows
-        .iter()
-        .filter(|r| r.0.is_some())
-        .map(|r| ("action".to_string(), r.0.clone(), r.1, r.2.clone(), r.3))
-        .collect();
+    let mut groups = Vec::new();
     for (i, s) in job.sources.iter().enumerate() {
-        let total: i64 = rows.iter().map(|r| r.4[i]).sum();
-        groups.push(("unattributed".into(), None, None, Some(s.label.clone()), total));
+        let total: i64 = rows.iter().map(|r| r.2[i]).sum();
+        groups.push(Group { kind: GroupKind::Unattributed, phase: None, source: Some(s.label.clone()), rows: total });
     }
-    let count = |pred: &dyn Fn(&(String, Option<String>, Option<i32>, Option<String>, i64)) -> bool| -> i64 {
-        groups.iter().filter(|g| pred(g)).map(|g| g.4).sum()
-    };
-    let changes = |g: &(String, Option<String>, Option<i32>, Option<String>, i64)| {
-        g.0 == "action" && matches!(g.1.as_deref(), Some("fill") | Some("reassign"))
-    };
-    let is_action = |g: &(String, Option<String>, Option<i32>, Option<String>, i64), a: &str| {
-        g.0 == "action" && g.1.as_deref() == Some(a)
+    // Rows with no action (their tenant is right) count only for unattributed rows.
+    groups.splice(0..0, rows.into_iter().filter(|r| r.0).map(|r| r.1));
+    Ok(groups)
+}
+
+fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i64, Option<String>)>> {
+    let mode = Mode::parse(mode)?;
+    let job = load(target)?;
+    let t = &job.target;
+
+    let (total, nulls) = sql::select_one_row(
+        &format!(
+            "SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE t.{} IS NULL) FROM {} t",
+            t.tenant.sql_name(),
+            t.rel.sql_name()
+        ),
+        &[],
+        "the row count",
+        |row| Ok((get_required::<i64>(row, 1)?, get_required::<i64>(row, 2)?)),
+    )?;
+    let groups = decision_groups(&job, mode)?;
+    let count = |pred: &dyn Fn(&Group) -> bool| -> i64 { groups.iter().filter(|g| pred(g)).map(|g| g.rows).sum() };
+    let sources_of = |pred: &dyn Fn(&Group) -> bool| {
+        ordered_names(groups.iter().filter(|g| pred(g)).map(|g| (g.source.clone().unwrap_or_default(), g.rows)))
     };
 
     let mut out: Vec<(String, i64, Option<String>)> = vec![
@@ -121,30 +151,20 @@ fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i
         ("null_tenant".into(), nulls, Some(format!("{} IS NULL", t.tenant.name))),
     ];
 
-    let by_override = count(&|g| changes(g) && g.2 == Some(0));
-    let origins: Vec<String> = ordered_names(
-        groups.iter().filter(|g| changes(g) && g.2 == Some(0)).map(|g| (g.3.clone().unwrap_or_default(), g.4)),
-    );
-    out.push(("by_override".into(), by_override, joined(origins)));
+    let by_override = |g: &Group| g.changes() && g.phase == Some(0);
+    out.push(("by_override".into(), count(&by_override), joined(sources_of(&by_override))));
 
     for s in &job.sources {
-        let n = count(&|g| changes(g) && g.2 == Some(s.phase));
+        let n = count(&|g| g.changes() && g.phase == Some(s.phase));
         out.push((format!("by_phase_{}", s.phase), n, Some(format!("{} ({})", s.label, s.rule.as_str()))));
     }
 
-    let conflicts = count(&|g| is_action(g, "conflict"));
-    let conflict_sources = ordered_names(
-        groups.iter().filter(|g| is_action(g, "conflict")).map(|g| (g.3.clone().unwrap_or_default(), g.4)),
-    );
-    out.push(("conflicts".into(), conflicts, joined(conflict_sources)));
-    out.push((
-        "orphans".into(),
-        count(&|g| is_action(g, "orphan")),
-        Some("no related rows in any source".into()),
-    ));
+    let conflict = |g: &Group| g.is("conflict");
+    out.push(("conflicts".into(), count(&conflict), joined(sources_of(&conflict))));
+    out.push(("orphans".into(), count(&|g| g.is("orphan")), Some("no related rows in any source".into())));
     out.push((
         "unresolved".into(),
-        count(&|g| is_action(g, "unresolved")),
+        count(&|g| g.is("unresolved")),
         Some("related rows exist but none carries a tenant".into()),
     ));
 
@@ -153,11 +173,7 @@ fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i
         .sources
         .iter()
         .filter_map(|s| {
-            let n: i64 = groups
-                .iter()
-                .filter(|g| g.0 == "unattributed" && g.3.as_deref() == Some(s.label.as_str()))
-                .map(|g| g.4)
-                .sum();
+            let n = count(&|g| g.kind == GroupKind::Unattributed && g.source.as_deref() == Some(s.label.as_str()));
             (n > 0).then(|| (s.label.clone(), n))
         })
         .collect();
@@ -178,7 +194,7 @@ fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i
     if mode == Mode::Reassign {
         out.push((
             "mismatched".into(),
-            count(&|g| is_action(g, "reassign")),
+            count(&|g| g.is("reassign")),
             Some(format!("non-NULL {} contradicted by the decision", t.tenant.name)),
         ));
     }
@@ -215,10 +231,11 @@ fn conflict_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(Option<Str
     let mode = Mode::parse(mode)?;
     let job = load(target)?;
     let st = over_decisions(
+        Statement::new(),
         &job,
         mode,
         Detail::Full,
-        "SELECT d.key::text, tenant_backfill._evidence_jsonb(d.evidence) FROM d WHERE d.action = 'conflict' ORDER BY d.key",
+        "SELECT d.key::text, tenant_backfill._evidence_jsonb(d.evidence)\n  FROM d WHERE d.action = 'conflict' ORDER BY d.key",
     );
     sql::select_rows(&st.sql, &st.params, |row| Ok((get(row, 1)?, get(row, 2)?)))
 }
@@ -251,15 +268,16 @@ fn review_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<ReviewRow>> {
     // row_data shows the whole row, so the reviewer needs to read all of it.
     catalog::require_table_privilege(&job.target.rel, "SELECT")?;
     let st = over_decisions(
+        Statement::new(),
         &job,
         mode,
         Detail::Full,
         &format!(
-            "SELECT d.key::text, d.action, tenant_backfill._evidence_jsonb(d.evidence), pg_catalog.to_jsonb(t.*), NULL::text \
-               FROM d JOIN {table} t ON t.{key} = d.key \
-              WHERE d.action IN ('conflict', 'unresolved', 'orphan') ORDER BY d.key",
+            "SELECT d.key::text, d.action, tenant_backfill._evidence_jsonb(d.evidence), pg_catalog.to_jsonb(t.*), NULL::text\n  \
+             FROM d JOIN {table} t ON t.{key} = d.key\n \
+             WHERE d.action IN ('conflict', 'unresolved', 'orphan') ORDER BY d.key",
             table = job.target.rel.sql_name(),
-            key = engine::key_column(&job),
+            key = job.target.key.sql_name(),
         ),
     );
     sql::select_rows(&st.sql, &st.params, |row| Ok((get(row, 1)?, get(row, 2)?, get(row, 3)?, get(row, 4)?, get(row, 5)?)))

@@ -1,0 +1,144 @@
+//! Keep it fixed (API.md section 5): install and remove the guard trigger
+//! (src/trigger.rs), and release what it quarantined.
+
+use crate::catalog::{self, Target};
+use crate::error::{BackfillError, OrRaise, Result};
+use crate::rejections;
+use crate::runs::{self, NewRun, RunKind};
+use crate::sql::{self, get_required, Value};
+use crate::trigger::{GuardMode, TRIGGER_NAME};
+use crate::types::{RegClass, SqlName};
+use crate::writer::{self, WriteSpec};
+use pgrx::prelude::*;
+
+// ------------------------------------------------------------------ enforce / unenforce
+
+/// Installs (or re-installs with another mode) the guard trigger on a target.
+#[pg_extern]
+fn enforce(target: RegClass, mode: default!(Option<String>, "'reject'"), parent_column: default!(Option<SqlName>, "NULL")) {
+    enforce_impl(target, mode.as_deref(), parent_column.as_ref()).or_raise()
+}
+
+fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&SqlName>) -> Result<()> {
+    let mode = GuardMode::parse(mode)?;
+    let target = catalog::target(target.0)?;
+    catalog::require_table_privilege(&target.rel, "TRIGGER")?;
+    let parent = match parent_column {
+        Some(name) => {
+            if mode != GuardMode::Assign {
+                return Err(BackfillError::BadArgument(
+                    "parent_column only applies to mode 'assign'".into(),
+                    "Leave parent_column NULL for the other modes.".into(),
+                ));
+            }
+            let column = catalog::column(&target.rel, name.as_str())?;
+            catalog::parent_link(&target.rel, &column.name, &target.tenant.name)?;
+            column.name
+        }
+        None => String::new(),
+    };
+    let table = target.rel.sql_name();
+    let trigger = sql::ident(TRIGGER_NAME);
+    if guard_installed(&target.rel)? {
+        sql::execute(&format!("DROP TRIGGER {trigger} ON {table}"), &[])?;
+    }
+    // DDL takes no parameters: the arguments are quoted literals.
+    sql::execute(
+        &format!(
+            "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE OF {tenant} ON {table} FOR EACH ROW \
+             EXECUTE FUNCTION tenant_backfill.guard({mode}, {tenant_arg}, {key_arg}, {parent_arg})",
+            tenant = target.tenant.sql_name(),
+            mode = pgrx::spi::quote_literal(mode.as_str()),
+            tenant_arg = pgrx::spi::quote_literal(&target.tenant.name),
+            key_arg = pgrx::spi::quote_literal(&target.key.name),
+            parent_arg = pgrx::spi::quote_literal(&parent),
+        ),
+        &[],
+    )?;
+    if mode == GuardMode::Reject && !rejections::preloaded() {
+        ereport!(
+            NOTICE,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("tenant_backfill: rejected writes to {} are recorded in the server log", target.rel.display),
+            "Add tenant_backfill to shared_preload_libraries to record them in tenant_backfill.violations as well."
+        );
+    }
+    Ok(())
+}
+
+fn guard_installed(rel: &catalog::Relation) -> Result<bool> {
+    Ok(sql::select_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::text::pg_catalog.name)",
+        &[Value::Oid(rel.oid), Value::text(TRIGGER_NAME)],
+    )?
+    .unwrap_or(false))
+}
+
+/// Removes the guard trigger.
+#[pg_extern]
+fn unenforce(target: RegClass) {
+    unenforce_impl(target).or_raise()
+}
+
+fn unenforce_impl(target: RegClass) -> Result<()> {
+    let rel = catalog::relation(target.0)?;
+    catalog::require_table_privilege(&rel, "TRIGGER")?;
+    if !guard_installed(&rel)? {
+        return Err(BackfillError::BadArgument(
+            format!("{} has no tenant_backfill guard", rel.display),
+            "tenant_backfill.enforce(target) installs one.".into(),
+        ));
+    }
+    sql::execute(&format!("DROP TRIGGER {} ON {}", sql::ident(TRIGGER_NAME), rel.sql_name()), &[])?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------ quarantine
+
+/// Puts quarantined rows of a target that now carry a tenant back into the table (an
+/// INSERT for a quarantined insert, an UPDATE for a quarantined update), audited as a
+/// run of kind `release_quarantine`. Give the tenant in `quarantine.row_data` first, or
+/// pass `tenant` to give it to every waiting row of the target.
+#[pg_extern]
+fn release_quarantine(target: RegClass, tenant: default!(Option<String>, "NULL")) -> i64 {
+    release_impl(target, tenant.as_deref()).or_raise()
+}
+
+fn release_impl(target: RegClass, tenant: Option<&str>) -> Result<i64> {
+    let target = catalog::target(target.0)?;
+    catalog::require_table_privilege(&target.rel, "INSERT")?;
+    catalog::require_update(&target.rel, &target.tenant)?;
+    if let Some(tenant) = tenant {
+        let tenant = catalog::canonical_value(tenant, &target.tenant, &target.rel)?;
+        sql::execute(
+            "UPDATE tenant_backfill.quarantine SET row_data = row_data || pg_catalog.jsonb_build_object($2::text, $3::text)\n \
+             WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND released_at IS NULL",
+            &[Value::Oid(target.rel.oid), Value::text(target.tenant.name.clone()), Value::text(tenant)],
+        )?;
+    }
+    let columns = writable_columns(&target)?;
+    let run_id = runs::insert(NewRun {
+        target: &target,
+        kind: RunKind::ReleaseQuarantine,
+        mode: None,
+        dry_run: false,
+        settings: None,
+        parameters: serde_json::json!({}),
+    })?;
+    let spec =
+        WriteSpec { target: &target, column: &target.tenant, run_id, skip_locked: false, guard: true, dry_run: false };
+    let released = writer::release_quarantined(&spec, &columns)?;
+    runs::finish_with_counts(run_id, released, None, "quarantine")?;
+    Ok(released)
+}
+
+/// The columns a row can be written with: not dropped, not generated.
+fn writable_columns(target: &Target) -> Result<Vec<String>> {
+    sql::select_rows(
+        "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+          ORDER BY a.attnum",
+        &[Value::Oid(target.rel.oid)],
+        |row| get_required::<String>(row, 1),
+    )
+}

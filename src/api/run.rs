@@ -1,0 +1,251 @@
+//! Running (API.md section 3): one plan, applied batch by batch. `CALL run`
+//! (sql/procedures.sql) is a thin PL/pgSQL loop over the three functions here, because
+//! only a procedure can COMMIT between batches; `run_now` loops over the same batches
+//! in the caller's transaction.
+
+use crate::batch;
+use crate::catalog::{self, Job};
+use crate::engine::{Mode, Scope};
+use crate::error::{BackfillError, OrRaise, Result};
+use crate::locks;
+use crate::runs::{self, BatchSettings, NewRun, RunKind, RunStatus};
+use crate::sql::{self, Value};
+use crate::types::RegClass;
+use crate::writer::WriteSpec;
+use pgrx::prelude::*;
+
+/// `run_now` works in batches of this many rows, to keep memory bounded on big tables.
+const RUN_NOW_BATCH: i64 = 5000;
+
+/// How many times `run` walks the key space again for rows other sessions had locked.
+const MAX_PASSES: i32 = 3;
+
+/// How long the first try of a batch waits for a lock (at most `lock_timeout_ms`). Rows
+/// it has updated stay locked while it waits, so it is short; an application's row lock
+/// usually lasts a few milliseconds.
+const FIRST_TRY_WAIT_MS: i32 = 50;
+
+/// Checks what a run needs: read access to everything the decision reads, and UPDATE
+/// on the tenant column unless nothing is written.
+fn load_job_for_writing(target: RegClass, dry_run: bool) -> Result<Job> {
+    let job = catalog::job(target.0)?;
+    job.require_read_access()?;
+    if !dry_run {
+        catalog::require_update(&job.target.rel, &job.target.tenant)?;
+    }
+    Ok(job)
+}
+
+fn tenant_spec<'a>(job: &'a Job, run_id: i64, skip_locked: bool, dry_run: bool) -> WriteSpec<'a> {
+    WriteSpec { target: &job.target, column: &job.target.tenant, run_id, skip_locked, guard: true, dry_run }
+}
+
+// ------------------------------------------------------------------ CALL run
+
+/// Starts (or resumes) a `CALL run`: validates, takes the target's run lock, and returns
+/// the run id. An unfinished run of the same target, mode and dry_run is resumed where
+/// it stopped.
+#[pg_extern]
+fn _run_begin(
+    target: RegClass,
+    batch_size: Option<i32>,
+    pause_ms: Option<i32>,
+    mode: Option<String>,
+    dry_run: Option<bool>,
+    lock_timeout_ms: Option<i32>,
+) -> i64 {
+    run_begin(target, batch_size, pause_ms, mode.as_deref(), dry_run.unwrap_or(false), lock_timeout_ms).or_raise()
+}
+
+fn run_begin(
+    target: RegClass,
+    batch_size: Option<i32>,
+    pause_ms: Option<i32>,
+    mode: Option<&str>,
+    dry_run: bool,
+    lock_timeout_ms: Option<i32>,
+) -> Result<i64> {
+    let settings = BatchSettings::new(batch_size, pause_ms, lock_timeout_ms)?;
+    let mode = Mode::parse(mode)?;
+    let job = load_job_for_writing(target, dry_run)?;
+    locks::take_for_session(&job.target.rel)?;
+    let started = (|| match runs::resume(&job.target, mode, dry_run, settings)? {
+        Some(run_id) => {
+            ereport!(
+                NOTICE,
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!("tenant_backfill: resuming run {run_id} of {} where it stopped", job.target.rel.display)
+            );
+            Ok(run_id)
+        }
+        None => runs::insert(NewRun {
+            target: &job.target,
+            kind: RunKind::Run,
+            mode: Some(mode),
+            dry_run,
+            settings: Some(settings),
+            parameters: serde_json::json!({}),
+        }),
+    })();
+    if started.is_err() {
+        locks::release_session(job.target.rel.oid)?;
+    }
+    started
+}
+
+/// Does exactly one batch of a `CALL run` and returns whether the run is complete.
+/// The procedure commits after each call. A batch is first tried with `skip_held_rows`
+/// false: its UPDATE waits at most `FIRST_TRY_WAIT_MS` for a row another session holds,
+/// and the procedure, on that lock timeout, does the batch again with `skip_held_rows`
+/// true (a lock step that skips held rows, for a later pass). Rows are rarely held, and
+/// the first try's write costs what a bare UPDATE does.
+#[pg_extern]
+fn _run_batch(run_id: i64, skip_held_rows: bool) -> bool {
+    sql::without_jit(|| run_one_batch(run_id, skip_held_rows)).or_raise()
+}
+
+fn run_one_batch(run_id: i64, skip_held_rows: bool) -> Result<bool> {
+    let run = runs::load(run_id)?;
+    if run.kind != RunKind::Run || run.status != RunStatus::Running {
+        let what = if run.kind == RunKind::Run { run.status.as_str() } else { run.kind.as_str() };
+        return Err(BackfillError::BadArgument(
+            format!("run {run_id} is {what}, not a running CALL run"),
+            "Start or resume a run with CALL tenant_backfill.run(target).".into(),
+        ));
+    }
+    if run.upper_key.is_none() {
+        // The table was empty when the run started.
+        return Ok(true);
+    }
+    let settings = run.settings.unwrap_or(BatchSettings::DEFAULT);
+    let mode = run.mode.unwrap_or(Mode::Fill);
+    let job = catalog::job(run.target)?;
+    // Only this batch's transaction waits at most lock_timeout for a lock.
+    let lock_wait_ms =
+        if skip_held_rows { settings.lock_timeout_ms } else { settings.lock_timeout_ms.min(FIRST_TRY_WAIT_MS) };
+    sql::execute(
+        "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
+        &[Value::text(format!("{lock_wait_ms}ms"))],
+    )?;
+    let scope = Scope::Batch {
+        after: run.last_key.clone(),
+        up_to: run.upper_key.clone(),
+        limit: Some(settings.batch_size.into()),
+    };
+    let spec = tenant_spec(&job, run_id, skip_held_rows, run.dry_run);
+    let batch = batch::run_batch(&job, mode, &scope, &spec)?;
+    runs::record_batch(run_id, &batch)?;
+
+    if batch.scanned > 0 {
+        report_progress(run_id, &job)?;
+        return Ok(false);
+    }
+    // The end of a pass. Rows other sessions had locked are tried again in a new pass.
+    if run.rows_skipped > 0 && run.pass < MAX_PASSES {
+        runs::start_next_pass(run_id)?;
+        ereport!(
+            NOTICE,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!(
+                "tenant_backfill: {} rows of {} were locked by other sessions; pass {} tries them again",
+                run.rows_skipped,
+                job.target.rel.display,
+                run.pass + 1
+            )
+        );
+        return Ok(false);
+    }
+    if run.rows_skipped > 0 {
+        ereport!(
+            WARNING,
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "tenant_backfill: {} rows of {} stayed locked by other sessions through {} passes and were not changed",
+                run.rows_skipped, job.target.rel.display, run.pass
+            ),
+            "CALL run again later to pick them up."
+        );
+    }
+    Ok(true)
+}
+
+fn report_progress(run_id: i64, job: &Job) -> Result<()> {
+    let p = runs::progress(run_id)?;
+    ereport!(
+        NOTICE,
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        format!(
+            "tenant_backfill: run {run_id} of {}: {}/{} rows ({:.1}%), {} changed, {} left for review, {:.0} rows/s",
+            job.target.rel.display,
+            p.rows_done,
+            p.rows_total,
+            p.percent(),
+            p.rows_changed,
+            p.left_for_review,
+            p.rows_per_second()
+        )
+    );
+    Ok(())
+}
+
+/// Ends a `CALL run`: records done (planned for a dry run) or failed with the error,
+/// and releases the target's run lock. Called on every exit path of the procedure.
+#[pg_extern]
+fn _run_end(run_id: i64, error_state: Option<String>, error_message: Option<String>) {
+    run_end(run_id, error_state, error_message).or_raise()
+}
+
+fn run_end(run_id: i64, error_state: Option<String>, error_message: Option<String>) -> Result<()> {
+    let run = runs::load(run_id)?;
+    let error = error_state.map(|state| format!("{state}: {}", error_message.unwrap_or_default()));
+    runs::finish(run_id, run.dry_run, error)?;
+    locks::release_session(run.target)
+}
+
+// ------------------------------------------------------------------ run_now
+
+/// The whole job in the caller's transaction, for migrations and small tables.
+#[pg_extern]
+fn run_now(
+    target: RegClass,
+    mode: default!(Option<String>, "'fill'"),
+    dry_run: default!(Option<bool>, "false"),
+) -> TableIterator<
+    'static,
+    (
+        name!(run_id, i64),
+        name!(rows_changed, i64),
+        name!(by_phase, pgrx::JsonB),
+        name!(left_for_review, i64),
+    ),
+> {
+    TableIterator::once(sql::without_jit(|| run_now_impl(target, mode.as_deref(), dry_run.unwrap_or(false))).or_raise())
+}
+
+fn run_now_impl(target: RegClass, mode: Option<&str>, dry_run: bool) -> Result<(i64, i64, pgrx::JsonB, i64)> {
+    let mode = Mode::parse(mode)?;
+    let job = load_job_for_writing(target, dry_run)?;
+    locks::take_for_transaction(&job.target.rel, locks::Purpose::Run)?;
+    let run_id = runs::insert(NewRun {
+        target: &job.target,
+        kind: RunKind::RunNow,
+        mode: Some(mode),
+        dry_run,
+        settings: None,
+        parameters: serde_json::json!({}),
+    })?;
+    let upper_key = runs::load(run_id)?.upper_key;
+    let spec = tenant_spec(&job, run_id, false, dry_run);
+    let mut last_key: Option<String> = None;
+    while upper_key.is_some() {
+        let scope = Scope::Batch { after: last_key.clone(), up_to: upper_key.clone(), limit: Some(RUN_NOW_BATCH) };
+        let batch = batch::run_batch(&job, mode, &scope, &spec)?;
+        runs::record_batch(run_id, &batch)?;
+        if batch.scanned == 0 {
+            break;
+        }
+        last_key = batch.last_key;
+    }
+    runs::finish(run_id, dry_run, None)?;
+    runs::summary(run_id)
+}

@@ -1,0 +1,101 @@
+//! The per-target run lock: one run of a target at a time. It is an advisory lock on
+//! (`LOCK_CLASS`, the target's OID), so it shows in `pg_locks` with the pid that holds
+//! it, and dies with that backend.
+//!
+//! - `CALL run` holds it at session level, across the commits of its batches, and
+//!   releases it on every way out of the procedure (`release_session`).
+//! - `run_now`, `rollback` (and anything else that writes a target in one transaction)
+//!   hold it at transaction level: it conflicts with a run's session lock and ends
+//!   with the transaction, whatever happens.
+
+use crate::catalog::Relation;
+use crate::error::{BackfillError, Result};
+use crate::sql::{self, Value};
+use pgrx::pg_sys;
+
+/// First key of the advisory lock ('tenb'); the second is the target's OID.
+const LOCK_CLASS: i32 = 0x7465_6e62;
+
+/// What the caller wanted the lock for, which says what to do when it is taken.
+#[derive(Clone, Copy, Debug)]
+pub enum Purpose {
+    Run,
+    Rollback,
+}
+
+/// Takes the target's run lock for the session, unless this session holds it already.
+pub fn take_for_session(target: &Relation) -> Result<()> {
+    if held_here(target.oid)? {
+        return Ok(());
+    }
+    let taken = sql::select_value::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_lock($1, $2::pg_catalog.oid::pg_catalog.int4)",
+        &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid)],
+    )?
+    .unwrap_or(false);
+    if taken {
+        Ok(())
+    } else {
+        Err(busy(target, Purpose::Run)?)
+    }
+}
+
+/// Takes the target's run lock until the end of the transaction.
+pub fn take_for_transaction(target: &Relation, purpose: Purpose) -> Result<()> {
+    let taken = sql::select_value::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2::pg_catalog.oid::pg_catalog.int4)",
+        &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid)],
+    )?
+    .unwrap_or(false);
+    if taken {
+        Ok(())
+    } else {
+        Err(busy(target, purpose)?)
+    }
+}
+
+/// Releases the session's run lock of the target, if this session holds it.
+pub fn release_session(target: pg_sys::Oid) -> Result<()> {
+    if held_here(target)? {
+        sql::execute(
+            "SELECT pg_catalog.pg_advisory_unlock($1, $2::pg_catalog.oid::pg_catalog.int4)",
+            &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target)],
+        )?;
+    }
+    Ok(())
+}
+
+/// The granted run lock of a target in `pg_locks` (advisory locks on two int4 keys
+/// show with `objsubid` 2), held by this backend or (`here` false) by another.
+fn holder_query(here: bool) -> String {
+    format!(
+        "SELECT l.pid FROM pg_catalog.pg_locks l\n \
+         WHERE l.locktype = 'advisory' AND l.classid = $1::pg_catalog.int4::pg_catalog.oid\n   \
+         AND l.objid = $2::pg_catalog.oid AND l.objsubid = 2 AND l.granted\n   \
+         AND l.pid {} pg_catalog.pg_backend_pid()\n \
+         LIMIT 1",
+        if here { "=" } else { "<>" }
+    )
+}
+
+fn held_here(target: pg_sys::Oid) -> Result<bool> {
+    Ok(sql::select_value::<i32>(&holder_query(true), &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target)])?.is_some())
+}
+
+/// The 55P03 for a lock another backend holds, naming it.
+fn busy(target: &Relation, purpose: Purpose) -> Result<BackfillError> {
+    let pid = sql::select_value::<i32>(&holder_query(false), &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid)])?;
+    Ok(match purpose {
+        Purpose::Run => BackfillError::Busy(
+            format!("another run of {} is in progress", target.display),
+            format!(
+                "One run per target at a time{}: wait for it (SELECT * FROM tenant_backfill.progress) or stop it.",
+                pid.map(|p| format!(" (it is backend pid {p})")).unwrap_or_default()
+            ),
+        ),
+        Purpose::Rollback => BackfillError::Busy(
+            format!("a run of {} is in progress", target.display),
+            "Wait for it to finish (SELECT * FROM tenant_backfill.progress), then roll back.".into(),
+        ),
+    })
+}

@@ -1,0 +1,465 @@
+//! The `runs` table's whole lifecycle, and the only code that writes it: a run is
+//! inserted when it starts (with the bounds it will walk), gains each batch's counts,
+//! and ends done, planned (a dry run), failed or rolled back. Every kind of change
+//! (CALL run, run_now, apply_decisions, soft_delete_orphans, rollback,
+//! release_quarantine) is a run, so `progress`, `validate` and `rollback` see them all
+//! the same way.
+
+use crate::catalog::Target;
+use crate::engine::Mode;
+use crate::error::{BackfillError, Result};
+use crate::sql::{self, get, get_required, Value};
+use pgrx::pg_sys;
+
+/// What made a run (`runs.kind`, which has a CHECK listing these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunKind {
+    /// `CALL run`: committed batches.
+    Run,
+    RunNow,
+    ApplyDecisions,
+    SoftDeleteOrphans,
+    Rollback,
+    ReleaseQuarantine,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Run => "run",
+            RunKind::RunNow => "run_now",
+            RunKind::ApplyDecisions => "apply_decisions",
+            RunKind::SoftDeleteOrphans => "soft_delete_orphans",
+            RunKind::Rollback => "rollback",
+            RunKind::ReleaseQuarantine => "release_quarantine",
+        }
+    }
+
+    fn parse(text: &str) -> Result<RunKind> {
+        Ok(match text {
+            "run" => RunKind::Run,
+            "run_now" => RunKind::RunNow,
+            "apply_decisions" => RunKind::ApplyDecisions,
+            "soft_delete_orphans" => RunKind::SoftDeleteOrphans,
+            "rollback" => RunKind::Rollback,
+            "release_quarantine" => RunKind::ReleaseQuarantine,
+            other => return Err(BackfillError::Internal(format!("runs holds an unknown kind \"{other}\""))),
+        })
+    }
+
+    /// Whether the run records the table's row count and highest key when it starts:
+    /// the runs that walk the table (validate compares the count after). A rollback or
+    /// a release touches only rows it already knows, and counts nothing.
+    fn counts_the_table(self) -> bool {
+        !matches!(self, RunKind::Rollback | RunKind::ReleaseQuarantine)
+    }
+}
+
+/// `runs.status` (a CHECK lists these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStatus {
+    /// A dry run: what it would change is counted, nothing was written.
+    Planned,
+    Running,
+    Done,
+    Failed,
+    RolledBack,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Planned => "planned",
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+            RunStatus::RolledBack => "rolled_back",
+        }
+    }
+
+    fn parse(text: &str) -> Result<RunStatus> {
+        Ok(match text {
+            "planned" => RunStatus::Planned,
+            "running" => RunStatus::Running,
+            "done" => RunStatus::Done,
+            "failed" => RunStatus::Failed,
+            "rolled_back" => RunStatus::RolledBack,
+            other => return Err(BackfillError::Internal(format!("runs holds an unknown status \"{other}\""))),
+        })
+    }
+}
+
+/// The settings of a `CALL run`, stored in typed columns of its run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSettings {
+    pub batch_size: i32,
+    pub pause_ms: i32,
+    pub lock_timeout_ms: i32,
+}
+
+impl BatchSettings {
+    /// The defaults of `CALL run`'s signature (sql/procedures.sql), for a NULL argument.
+    pub const DEFAULT: BatchSettings = BatchSettings { batch_size: 1000, pause_ms: 0, lock_timeout_ms: 1000 };
+
+    /// Checks the arguments of `CALL run`; NULL means the default.
+    pub fn new(batch_size: Option<i32>, pause_ms: Option<i32>, lock_timeout_ms: Option<i32>) -> Result<BatchSettings> {
+        let settings = BatchSettings {
+            batch_size: batch_size.unwrap_or(Self::DEFAULT.batch_size),
+            pause_ms: pause_ms.unwrap_or(Self::DEFAULT.pause_ms),
+            lock_timeout_ms: lock_timeout_ms.unwrap_or(Self::DEFAULT.lock_timeout_ms),
+        };
+        if settings.batch_size < 1 {
+            return Err(BackfillError::BadArgument(
+                format!("batch_size {} is not a positive number", settings.batch_size),
+                "A batch holds at least one row; 1000 to 10000 suits most tables.".into(),
+            ));
+        }
+        if settings.pause_ms < 0 || settings.lock_timeout_ms < 1 {
+            return Err(BackfillError::BadArgument(
+                "pause_ms must be 0 or more and lock_timeout_ms 1 or more".into(),
+                "Both are milliseconds.".into(),
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+/// A run as stored.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub run_id: i64,
+    pub target: pg_sys::Oid,
+    pub kind: RunKind,
+    /// NULL for the kinds that do not decide (rollback, apply_decisions, ...).
+    pub mode: Option<Mode>,
+    pub dry_run: bool,
+    pub status: RunStatus,
+    /// CALL run's settings; None for the other kinds.
+    pub settings: Option<BatchSettings>,
+    pub rows_at_start: Option<i64>,
+    pub rows_changed: i64,
+    pub rows_skipped: i64,
+    /// Which walk over the key space (rows other sessions held are tried again).
+    pub pass: i32,
+    /// The keyset cursor: the last key done, and the highest key when the run started.
+    pub last_key: Option<String>,
+    pub upper_key: Option<String>,
+    pub rolled_back_by: Option<i64>,
+}
+
+const RUN_COLUMNS: &str = "run_id, target::pg_catalog.oid, kind, mode, dry_run, status, batch_size, pause_ms, \
+     lock_timeout_ms, rows_at_start, rows_changed, rows_skipped, pass, last_key, upper_key, rolled_back_by";
+
+fn decode_run(row: &pgrx::spi::SpiHeapTupleData) -> Result<Run> {
+    let mode = match get::<String>(row, 4)? {
+        Some(mode) => Some(Mode::parse(Some(&mode))?),
+        None => None,
+    };
+    let settings = match (get::<i32>(row, 7)?, get::<i32>(row, 8)?, get::<i32>(row, 9)?) {
+        (Some(batch_size), Some(pause_ms), Some(lock_timeout_ms)) => {
+            Some(BatchSettings { batch_size, pause_ms, lock_timeout_ms })
+        }
+        _ => None,
+    };
+    Ok(Run {
+        run_id: get_required(row, 1)?,
+        target: get_required(row, 2)?,
+        kind: RunKind::parse(&get_required::<String>(row, 3)?)?,
+        mode,
+        dry_run: get_required(row, 5)?,
+        status: RunStatus::parse(&get_required::<String>(row, 6)?)?,
+        settings,
+        rows_at_start: get(row, 10)?,
+        rows_changed: get_required(row, 11)?,
+        rows_skipped: get_required(row, 12)?,
+        pass: get_required(row, 13)?,
+        last_key: get(row, 14)?,
+        upper_key: get(row, 15)?,
+        rolled_back_by: get(row, 16)?,
+    })
+}
+
+/// A stored run.
+pub fn load(run_id: i64) -> Result<Run> {
+    sql::select_rows(
+        &format!("SELECT {RUN_COLUMNS} FROM tenant_backfill.runs WHERE run_id = $1"),
+        &[Value::int8(run_id)],
+        decode_run,
+    )?
+    .into_iter()
+    .next()
+    .ok_or(BackfillError::UnknownRun(run_id))
+}
+
+/// The latest run of a target that wrote something (not a dry run, not a rollback).
+pub fn latest_written(target: &Target) -> Result<Option<Run>> {
+    Ok(sql::select_rows(
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM tenant_backfill.runs\n \
+             WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND NOT dry_run AND kind <> 'rollback'\n \
+             ORDER BY run_id DESC LIMIT 1"
+        ),
+        &[Value::Oid(target.rel.oid)],
+        decode_run,
+    )?
+    .into_iter()
+    .next())
+}
+
+/// What a new run is.
+pub struct NewRun<'a> {
+    pub target: &'a Target,
+    pub kind: RunKind,
+    pub mode: Option<Mode>,
+    pub dry_run: bool,
+    pub settings: Option<BatchSettings>,
+    /// What else the kind was given, for the record: the decisions table, the run rolled back.
+    pub parameters: serde_json::Value,
+}
+
+/// Records a new run, status running, and returns its id. A run that walks the table
+/// records where the walk ends (the highest key now: rows inserted later belong to the
+/// guard trigger, so a run always ends), the table's row count, and how many rows it
+/// will examine.
+pub fn insert(new: NewRun) -> Result<i64> {
+    let (upper_key, rows_at_start, rows_total) = if new.kind.counts_the_table() {
+        let (upper, rows, total) = table_bounds(new.target, new.mode)?;
+        (upper, Some(rows), total)
+    } else {
+        (None, None, 0)
+    };
+    sql::select_value::<i64>(
+        "INSERT INTO tenant_backfill.runs\n    \
+         (target, kind, mode, dry_run, status, batch_size, pause_ms, lock_timeout_ms, parameters,\n     \
+         rows_at_start, rows_total, upper_key)\n\
+         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, 'running', $5, $6, $7, $8::pg_catalog.text::pg_catalog.jsonb,\n        \
+         $9, $10, $11)\n\
+         RETURNING run_id",
+        &[
+            Value::Oid(new.target.rel.oid),
+            Value::text(new.kind.as_str()),
+            Value::Text(new.mode.map(|m| m.as_str().into())),
+            Value::Bool(Some(new.dry_run)),
+            Value::Int4(new.settings.map(|s| s.batch_size)),
+            Value::Int4(new.settings.map(|s| s.pause_ms)),
+            Value::Int4(new.settings.map(|s| s.lock_timeout_ms)),
+            Value::text(new.parameters.to_string()),
+            Value::Int8(rows_at_start),
+            Value::int8(rows_total),
+            Value::Text(upper_key),
+        ],
+    )?
+    .ok_or_else(|| BackfillError::Internal("INSERT INTO runs returned no run_id".into()))
+}
+
+/// The unfinished `CALL run` of a target in this mode and dry-run-ness (running or
+/// failed), set running again with the new settings: a resumed run. None when there
+/// is none to resume.
+pub fn resume(target: &Target, mode: Mode, dry_run: bool, settings: BatchSettings) -> Result<Option<i64>> {
+    sql::select_value::<i64>(
+        "UPDATE tenant_backfill.runs\n   \
+         SET status = 'running', error = NULL, batch_size = $4, pause_ms = $5, lock_timeout_ms = $6,\n       \
+         updated_at = pg_catalog.clock_timestamp()\n \
+         WHERE run_id = (SELECT r.run_id FROM tenant_backfill.runs r\n                  \
+         WHERE r.target = $1::pg_catalog.oid::pg_catalog.regclass AND r.kind = 'run'\n                    \
+         AND r.status IN ('running', 'failed') AND r.mode = $2 AND r.dry_run = $3\n                  \
+         ORDER BY r.run_id DESC LIMIT 1)\n\
+         RETURNING run_id",
+        &[
+            Value::Oid(target.rel.oid),
+            Value::text(mode.as_str()),
+            Value::Bool(Some(dry_run)),
+            Value::Int4(Some(settings.batch_size)),
+            Value::Int4(Some(settings.pause_ms)),
+            Value::Int4(Some(settings.lock_timeout_ms)),
+        ],
+    )
+}
+
+/// The highest key now, the table's row count, and how many rows a run in `mode`
+/// examines (every row in reassign, the NULL ones in fill, none without a mode).
+fn table_bounds(target: &Target, mode: Option<Mode>) -> Result<(Option<String>, i64, i64)> {
+    let key = target.key.sql_name();
+    let table = target.rel.sql_name();
+    let upper = match mode {
+        Some(_) => sql::select_value::<String>(
+            &format!("SELECT t.{key}::text FROM {table} t ORDER BY t.{key} DESC LIMIT 1"),
+            &[],
+        )?,
+        None => None,
+    };
+    let examined = match mode {
+        Some(Mode::Fill) => format!("pg_catalog.count(*) FILTER (WHERE t.{} IS NULL)", target.tenant.sql_name()),
+        Some(Mode::Reassign) => "pg_catalog.count(*)".into(),
+        None => "0::pg_catalog.int8".into(),
+    };
+    let (rows, total) = sql::select_one_row(
+        &format!("SELECT pg_catalog.count(*), {examined} FROM {table} t"),
+        &[],
+        "a run's row count",
+        |row| Ok((get_required::<i64>(row, 1)?, get_required::<i64>(row, 2)?)),
+    )?;
+    Ok((upper, rows, total))
+}
+
+/// What one batch (or a one-statement write) did.
+#[derive(Clone, Debug, Default)]
+pub struct BatchCounts {
+    /// The batch's highest key: where the next batch starts (None: keep the cursor).
+    pub last_key: Option<String>,
+    /// Rows the decision examined.
+    pub scanned: i64,
+    pub changed: i64,
+    /// `{"1": 15, "override": 1}`: rows changed per phase, JSON text.
+    pub by_phase: String,
+    /// Rows to change that were not written (held by another session, or set meanwhile).
+    pub skipped: i64,
+    /// Rows left for a human: conflicts, unresolved, orphans.
+    pub for_review: i64,
+    /// How long the batch held its rows locked, in milliseconds.
+    pub locked_ms: f64,
+}
+
+/// Adds a batch's counts to its run. Examined rows and rows for review are counted in
+/// the first pass only: a later pass walks the same keys again for held rows.
+pub fn record_batch(run_id: i64, batch: &BatchCounts) -> Result<()> {
+    sql::execute(
+        "UPDATE tenant_backfill.runs r SET\n       \
+         rows_done = r.rows_done + CASE WHEN r.pass = 1 THEN $2 ELSE 0 END,\n       \
+         rows_changed = r.rows_changed + $3,\n       \
+         by_phase = (SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.n), '{}'::pg_catalog.jsonb)\n                     \
+         FROM (SELECT x.key, pg_catalog.sum(x.value::pg_catalog.int8) AS n\n                             \
+         FROM (SELECT * FROM pg_catalog.jsonb_each_text(r.by_phase)\n                                   \
+         UNION ALL SELECT * FROM pg_catalog.jsonb_each_text($4::pg_catalog.text::pg_catalog.jsonb)) x\n                            \
+         GROUP BY x.key) e),\n       \
+         left_for_review = r.left_for_review + CASE WHEN r.pass = 1 THEN $5 ELSE 0 END,\n       \
+         rows_skipped = r.rows_skipped + $6,\n       \
+         batches = r.batches + 1,\n       \
+         longest_batch_ms = GREATEST(r.longest_batch_ms, $7),\n       \
+         last_key = COALESCE($8, r.last_key),\n       \
+         updated_at = pg_catalog.clock_timestamp()\n \
+         WHERE r.run_id = $1",
+        &[
+            Value::int8(run_id),
+            Value::int8(batch.scanned),
+            Value::int8(batch.changed),
+            Value::text(batch.by_phase.clone()),
+            Value::int8(batch.for_review),
+            Value::int8(batch.skipped),
+            Value::Float8(Some(batch.locked_ms)),
+            Value::Text(batch.last_key.clone()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Starts another walk over the key space, for the rows other sessions held.
+pub fn start_next_pass(run_id: i64) -> Result<()> {
+    sql::execute(
+        "UPDATE tenant_backfill.runs SET pass = pass + 1, last_key = NULL, rows_skipped = 0 WHERE run_id = $1",
+        &[Value::int8(run_id)],
+    )?;
+    Ok(())
+}
+
+/// Ends a run: done (planned for a dry run), or failed with the error.
+pub fn finish(run_id: i64, dry_run: bool, error: Option<String>) -> Result<()> {
+    let status = match (&error, dry_run) {
+        (Some(_), _) => RunStatus::Failed,
+        (None, true) => RunStatus::Planned,
+        (None, false) => RunStatus::Done,
+    };
+    sql::execute(
+        "UPDATE tenant_backfill.runs\n   \
+         SET status = $2, error = $3, finished_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()\n \
+         WHERE run_id = $1",
+        &[Value::int8(run_id), Value::text(status.as_str()), Value::Text(error)],
+    )?;
+    Ok(())
+}
+
+/// Ends a run that wrote in one go (rollback, release_quarantine) with its counts:
+/// `changed` rows, all of phase `phase`, and `skipped` rows it left alone, when it
+/// counts those.
+pub fn finish_with_counts(run_id: i64, changed: i64, skipped: Option<i64>, phase: &str) -> Result<()> {
+    sql::execute(
+        "UPDATE tenant_backfill.runs\n   \
+         SET status = 'done', rows_changed = $2, rows_done = $2 + COALESCE($3, 0),\n       \
+         by_phase = pg_catalog.jsonb_build_object($4::pg_catalog.text, $2),\n       \
+         parameters = CASE WHEN $3 IS NULL THEN parameters\n                         \
+         ELSE parameters || pg_catalog.jsonb_build_object('skipped', $3) END,\n       \
+         finished_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()\n \
+         WHERE run_id = $1",
+        &[Value::int8(run_id), Value::int8(changed), Value::Int8(skipped), Value::text(phase)],
+    )?;
+    Ok(())
+}
+
+/// Marks a run undone by the rollback run `by`.
+pub fn mark_rolled_back(run_id: i64, by: i64) -> Result<()> {
+    sql::execute(
+        "UPDATE tenant_backfill.runs\n   \
+         SET status = 'rolled_back', rolled_back_by = $2, updated_at = pg_catalog.clock_timestamp()\n \
+         WHERE run_id = $1",
+        &[Value::int8(run_id), Value::int8(by)],
+    )?;
+    Ok(())
+}
+
+/// A run's progress, for its NOTICE.
+pub struct Progress {
+    pub rows_done: i64,
+    pub rows_total: i64,
+    pub rows_changed: i64,
+    pub left_for_review: i64,
+    pub seconds: f64,
+}
+
+impl Progress {
+    pub fn percent(&self) -> f64 {
+        if self.rows_total > 0 {
+            100.0 * self.rows_done as f64 / self.rows_total as f64
+        } else {
+            100.0
+        }
+    }
+
+    pub fn rows_per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.rows_done as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+pub fn progress(run_id: i64) -> Result<Progress> {
+    sql::select_one_row(
+        "SELECT rows_done, rows_total, rows_changed, left_for_review,\n       \
+         pg_catalog.date_part('epoch', updated_at - started_at)::pg_catalog.float8\n  \
+         FROM tenant_backfill.runs WHERE run_id = $1",
+        &[Value::int8(run_id)],
+        "a run's progress",
+        |row| {
+            Ok(Progress {
+                rows_done: get_required(row, 1)?,
+                rows_total: get_required(row, 2)?,
+                rows_changed: get_required(row, 3)?,
+                left_for_review: get_required(row, 4)?,
+                seconds: get_required(row, 5)?,
+            })
+        },
+    )
+}
+
+/// What `run_now` returns: (run_id, rows_changed, by_phase, left_for_review).
+pub fn summary(run_id: i64) -> Result<(i64, i64, pgrx::JsonB, i64)> {
+    sql::select_rows(
+        "SELECT run_id, rows_changed, by_phase, left_for_review FROM tenant_backfill.runs WHERE run_id = $1",
+        &[Value::int8(run_id)],
+        |row| Ok((get_required(row, 1)?, get_required(row, 2)?, get_required(row, 3)?, get_required(row, 4)?)),
+    )?
+    .into_iter()
+    .next()
+    .ok_or(BackfillError::UnknownRun(run_id))
+}

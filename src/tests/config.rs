@@ -1,0 +1,297 @@
+//! Describe the job: define, add_source, overrides, discover (API.md section 1).
+
+// `cargo pgrx test` calls each test as tests.<name>(), so they live in schema `tests`.
+#[pgrx::pg_schema]
+mod tests {
+    use crate::tests::support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn define_defaults_key_to_primary_key_and_soft_delete_to_deleted_at() {
+        load(&[CUSTOMERS]);
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        assert_eq!(
+            rows("SELECT target::text, tenant_column::text, key_column::text, soft_delete_column::text FROM tenant_backfill.targets"),
+            vec!["customers|company_id|id|deleted_at"]
+        );
+    }
+
+    #[pg_test]
+    fn define_again_updates_instead_of_duplicating() {
+        load(&[CUSTOMERS]);
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        run("SELECT tenant_backfill.define('customers', 'company_id', 'id', 'updated_at')");
+        assert_eq!(
+            rows("SELECT target::text, soft_delete_column::text FROM tenant_backfill.targets"),
+            vec!["customers|updated_at"]
+        );
+    }
+
+    #[pg_test]
+    fn define_rejects_bad_input_with_its_sqlstate() {
+        load(&[CUSTOMERS]);
+        run("CREATE TABLE no_pk (id int, company_id int);
+             CREATE TABLE two_col_pk (a int, b int, company_id int, PRIMARY KEY (a, b));
+             CREATE VIEW customers_view AS SELECT * FROM customers;");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('nope', 'company_id')"),
+            "42P01: relation \"nope\" does not exist"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('customers', 'Company_Id')"),
+            "42703: column \"Company_Id\" of customers does not exist"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('customers', 'company_id', 'nope')"),
+            "42703: column \"nope\" of customers does not exist"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('no_pk', 'company_id')"),
+            "22023: no_pk has no primary key"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('two_col_pk', 'company_id')"),
+            "22023: two_col_pk has a primary key of 2 columns"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('customers', 'company_id', 'email')"),
+            "22023: key column email of customers is not a usable key"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('customers', 'id')"),
+            "22023: the tenant column id of customers is also its key"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.define('customers_view', 'company_id')"),
+            "42809: customers_view is not a table"
+        );
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.targets"), 0);
+    }
+
+    #[pg_test]
+    fn define_accepts_a_unique_not_null_key_column() {
+        load(&[CUSTOMERS]);
+        run("CREATE TABLE accounts (id int PRIMARY KEY, code text NOT NULL UNIQUE, tenant int)");
+        run("SELECT tenant_backfill.define('accounts', 'tenant', 'code')");
+        assert_eq!(text("SELECT key_column::text FROM tenant_backfill.targets"), Some("code".into()));
+    }
+
+    // ---------------------------------------------------------------- add_source
+
+    #[pg_test]
+    fn add_source_defaults_tenant_column_phase_and_rule() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        assert_eq!(
+            rows("SELECT source::text, via::text, tenant_column::text, phase::text, rule FROM tenant_backfill.sources ORDER BY phase"),
+            vec![
+                "appointments|customer_id|company_id|1|unanimous",
+                "phone_numbers|customer_id|company_id|2|unanimous",
+                "calls|customer_id|company_id|3|majority",
+            ]
+        );
+    }
+
+    #[pg_test]
+    fn add_source_again_updates_and_keeps_its_phase() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id', rule => 'majority')");
+        assert_eq!(
+            rows("SELECT source::text, phase::text, rule FROM tenant_backfill.sources ORDER BY phase"),
+            vec!["appointments|1|majority", "phone_numbers|2|unanimous", "calls|3|majority"]
+        );
+        run("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', phase => 7)");
+        assert_eq!(count("SELECT phase::bigint FROM tenant_backfill.sources WHERE source = 'calls'::regclass"), 7);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.sources"), 3);
+    }
+
+    #[pg_test]
+    fn add_source_rejects_bad_input_with_its_sqlstate() {
+        load(&[CUSTOMERS]);
+        run("CREATE TABLE notes (customer_ref text, company_id int, shape point)");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id')"),
+            "42704: customers is not a tenant_backfill target"
+        );
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        run("SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id')");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'nope', 'customer_id')"),
+            "42P01: relation \"nope\" does not exist"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer')"),
+            "42703: column \"customer\" of calls does not exist"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'notes', 'customer_ref')"),
+            "42804: column customer_ref of notes is text and cannot be compared with key id of customers (integer)"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', 'called_at')"),
+            "42804: tenant column called_at of calls is timestamp with time zone and cannot be cast to integer (company_id of customers)"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', rule => 'mostly')"),
+            "22023: unknown rule \"mostly\""
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', phase => 1)"),
+            "22023: phase 1 of customers is already appointments.customer_id"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', phase => 0)"),
+            "22023: phase 0 is not a positive number"
+        );
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.sources"), 1);
+    }
+
+    #[pg_test]
+    fn add_source_accepts_comparable_and_castable_types() {
+        load(&[CUSTOMERS]);
+        // bigint via against an int key, text tenant cast to the int tenant.
+        run("CREATE TABLE invoices (customer_id bigint, company_id text)");
+        run("INSERT INTO invoices VALUES (30, '2'), (30, '2')");
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        run("SELECT tenant_backfill.add_source('customers', 'invoices', 'customer_id')");
+        assert_eq!(
+            rows("SELECT row_key, proposed_tenant, action, evidence::text FROM tenant_backfill.plan('customers') WHERE row_key = '30'"),
+            vec![r#"30|2|fill|{"invoices": {"2": 2}}"#]
+        );
+    }
+
+    #[pg_test]
+    fn a_role_without_select_on_a_source_gets_42501_naming_it() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("CREATE ROLE tb_auditor;
+             GRANT USAGE ON SCHEMA tenant_backfill TO tb_auditor;
+             GRANT SELECT ON ALL TABLES IN SCHEMA tenant_backfill TO tb_auditor;
+             GRANT SELECT ON customers, appointments, calls TO tb_auditor;
+             SET LOCAL ROLE tb_auditor;");
+        assert_eq!(
+            error_of("SELECT * FROM tenant_backfill.plan('customers')"),
+            "42501: permission denied: role tb_auditor cannot SELECT column customer_id of phone_numbers"
+        );
+        assert_eq!(
+            error_of("SELECT * FROM tenant_backfill.preflight('customers')"),
+            "42501: permission denied: role tb_auditor cannot SELECT column customer_id of phone_numbers"
+        );
+        run("RESET ROLE; GRANT SELECT (customer_id, company_id) ON phone_numbers TO tb_auditor; SET LOCAL ROLE tb_auditor;");
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.plan('customers')"), 31);
+        // review_queue shows whole rows, so it wants SELECT on the whole target.
+        run("RESET ROLE; REVOKE SELECT ON customers FROM tb_auditor; GRANT SELECT (id, company_id) ON customers TO tb_auditor; SET LOCAL ROLE tb_auditor;");
+        assert_eq!(
+            error_of("SELECT * FROM tenant_backfill.review_queue('customers')"),
+            "42501: permission denied: role tb_auditor cannot SELECT customers"
+        );
+    }
+
+    // ---------------------------------------------------------------- overrides
+
+    #[pg_test]
+    fn set_override_stores_canonical_keys_and_null_removes_it() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("SELECT tenant_backfill.set_override('customers', '0030', ' 2', 'phone call with owner')");
+        assert_eq!(
+            rows("SELECT row_key, tenant, note FROM tenant_backfill.overrides ORDER BY row_key"),
+            vec!["27|3|confirmed by support", "30|2|phone call with owner"]
+        );
+        assert_eq!(text("SELECT tenant_backfill.override_for('customers', '30')"), Some("2".into()));
+        run("SELECT tenant_backfill.set_override('customers', '30', NULL)");
+        assert_eq!(text("SELECT tenant_backfill.override_for('customers', '30')"), None);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.overrides"), 1);
+    }
+
+    #[pg_test]
+    fn set_override_rejects_bad_input_with_its_sqlstate() {
+        load(&[CUSTOMERS, SALES_OPS]);
+        run(CUSTOMERS_JOB);
+        run(r#"SELECT tenant_backfill.define('"Sales Ops"."client; DROP TABLE x--"', 'Tenant Id')"#);
+        assert_eq!(
+            error_of("SELECT tenant_backfill.set_override('customers', 'abc', '1')"),
+            "22P02: invalid value \"abc\" for column customers.id of type integer"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.set_override('customers', '30', 'Acme')"),
+            "22P02: invalid value \"Acme\" for column customers.company_id of type integer"
+        );
+        assert_eq!(
+            error_of(r#"SELECT tenant_backfill.set_override('"Sales Ops"."client; DROP TABLE x--"', 'not-a-uuid', '1')"#),
+            r#"22P02: invalid value "not-a-uuid" for column "Sales Ops"."client; DROP TABLE x--"."Account Id" of type uuid"#
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.set_override('customers', '999', '1')"),
+            "22023: customers has no row with id = 999"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.set_override('customers', NULL, '1')"),
+            "22023: row_key is NULL"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.set_override('companies', '1', '1')"),
+            "42704: companies is not a tenant_backfill target"
+        );
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.overrides"), 1);
+    }
+
+    #[pg_test]
+    fn override_tables_are_read_live_after_the_overrides_table() {
+        load(&[SHIFT_TYPES]);
+        run(SHIFT_TYPES_JOB);
+        assert_eq!(text(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', '5')"#), Some("3".into()));
+        assert_eq!(text(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', '6')"#), None);
+        // Live: a new config row counts at once.
+        run(r#"INSERT INTO "Configs" ("Key", "Value") VALUES ('ShiftTypeCompanyOverride:6', '2')"#);
+        assert_eq!(text(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', '6')"#), Some("2".into()));
+        // The extension's own overrides table wins over a config table.
+        run(r#"SELECT tenant_backfill.set_override('"ShiftTypes"', '5', '1')"#);
+        assert_eq!(text(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', '5')"#), Some("1".into()));
+        // Adding the same config table again updates it instead of adding a second copy.
+        run(r#"SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'Key', 'Value', 'ShiftTypeCompanyOverride:')"#);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.override_tables"), 1);
+    }
+
+    #[pg_test]
+    fn add_override_table_and_override_for_reject_bad_input() {
+        load(&[SHIFT_TYPES]);
+        run(SHIFT_TYPES_JOB);
+        assert_eq!(
+            error_of(r#"SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'key', 'Value')"#),
+            "42703: column \"key\" of \"Configs\" does not exist"
+        );
+        run(r#"ALTER TABLE "Configs" ADD COLUMN "Shape" point"#);
+        assert_eq!(
+            error_of(r#"SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'Key', 'Shape')"#),
+            "42804: column Shape of \"Configs\" is point and cannot be cast to integer (CompanyId of \"ShiftTypes\")"
+        );
+        assert_eq!(
+            error_of(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', 'five')"#),
+            "22P02: invalid value \"five\" for column \"ShiftTypes\".\"Id\" of type integer"
+        );
+        assert_eq!(
+            error_of(r#"SELECT tenant_backfill.override_for('"Companies"', '1')"#),
+            "42704: \"Companies\" is not a tenant_backfill target"
+        );
+    }
+
+    // ---------------------------------------------------------------- discover
+
+    #[pg_test]
+    fn discover_lists_foreign_keys_from_tables_with_the_tenant_column() {
+        load(&[CUSTOMERS]);
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        // A foreign key from a table without company_id is no candidate.
+        run("CREATE TABLE reviews (id int PRIMARY KEY, customer_id int REFERENCES customers)");
+        assert_eq!(
+            rows("SELECT source::text, via::text, tenant_column::text, has_index::text FROM tenant_backfill.discover('customers')"),
+            vec![
+                "appointments|customer_id|company_id|true",
+                "calls|customer_id|company_id|true",
+                "phone_numbers|customer_id|company_id|false",
+            ]
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! The write path: run_now, dry runs, rollback, apply_decisions, soft_delete_orphans, validate (sections 3 and 4).
+
+// `cargo pgrx test` calls each test as tests.<name>(), so they live in schema `tests`.
+#[pgrx::pg_schema]
+mod tests {
+    use crate::tests::support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn run_now_applies_the_plan_with_backup_and_audit_in_one_transaction() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        let planned = rows("SELECT row_key, proposed_tenant FROM tenant_backfill.plan('customers') WHERE action = 'fill'");
+        assert_eq!(
+            rows("SELECT rows_changed::text, by_phase::text, left_for_review::text FROM tenant_backfill.run_now('customers')"),
+            vec![r#"23|{"1": 15, "2": 5, "3": 2, "override": 1}|8"#]
+        );
+        // What changed is exactly what the plan proposed.
+        let written = rows(
+            "SELECT a.row_key, c.company_id::text FROM tenant_backfill.audit_log a JOIN customers c ON c.id = a.row_key::int ORDER BY c.id",
+        );
+        assert_eq!(written, planned);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.backup WHERE old_value IS NULL AND column_name = 'company_id'"), 23);
+        assert_eq!(count("SELECT count(*) FROM customers WHERE company_id IS NULL"), 8);
+        assert_eq!(
+            rows("SELECT kind, mode, status, rows_at_start::text, rows_total::text FROM tenant_backfill.runs"),
+            vec!["run_now|fill|done|60|31"]
+        );
+    }
+
+    #[pg_test]
+    fn run_now_memory_does_not_grow_with_the_table() {
+        // 30,000 rows to fill: six batches in one transaction. Whatever a batch leaves in
+        // the transaction's memory (pgrx copies decoded values there) piles up until commit.
+        run("CREATE TABLE companies (id int PRIMARY KEY)");
+        run("INSERT INTO companies SELECT generate_series(1, 50)");
+        run("CREATE TABLE customers (id bigint PRIMARY KEY, company_id int REFERENCES companies)");
+        run("INSERT INTO customers SELECT i, NULL FROM generate_series(1, 30000) i");
+        run("CREATE TABLE appointments (customer_id bigint REFERENCES customers, company_id int)");
+        run("INSERT INTO appointments SELECT i, i % 50 + 1 FROM generate_series(1, 30000) i");
+        run("SELECT tenant_backfill.define('customers', 'company_id')");
+        run("SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id')");
+        let before = count("SELECT total_bytes FROM pg_backend_memory_contexts WHERE name = 'TopTransactionContext'");
+        assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers')"), 30000);
+        let after = count("SELECT total_bytes FROM pg_backend_memory_contexts WHERE name = 'TopTransactionContext'");
+        assert!(after - before < 256 * 1024, "the transaction's memory grew by {} bytes", after - before);
+    }
+
+    #[pg_test]
+    fn a_dry_run_records_the_run_and_writes_nothing() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        assert_eq!(
+            rows("SELECT rows_changed::text, left_for_review::text FROM tenant_backfill.run_now('customers', dry_run => true)"),
+            vec!["23|8"]
+        );
+        assert_eq!(count("SELECT count(*) FROM customers WHERE company_id IS NULL"), 31);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.backup"), 0);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.audit_log"), 0);
+        assert_eq!(text("SELECT status FROM tenant_backfill.runs"), Some("planned".into()));
+        assert_eq!(
+            error_of("SELECT * FROM tenant_backfill.rollback((SELECT run_id FROM tenant_backfill.runs))"),
+            format!(
+                "22023: run {} was a dry run and changed nothing",
+                count("SELECT run_id FROM tenant_backfill.runs")
+            )
+        );
+    }
+
+    #[pg_test]
+    fn run_now_leaves_a_tenant_set_by_the_application_alone() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        // The application set customer 1 (evidence says 2) before the run: it wins.
+        run("UPDATE customers SET company_id = 3 WHERE id = 1");
+        run("SELECT * FROM tenant_backfill.run_now('customers')");
+        assert_eq!(count("SELECT company_id::bigint FROM customers WHERE id = 1"), 3);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.audit_log WHERE row_key = '1'"), 0);
+    }
+
+    #[pg_test]
+    fn rollback_restores_and_skips_drift_unless_forced() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        let run_id = count("SELECT run_id FROM tenant_backfill.run_now('customers')");
+        run("UPDATE customers SET company_id = 1 WHERE id = 2");
+        assert_eq!(rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")), vec!["22|1"]);
+        assert_eq!(count("SELECT count(*) FROM customers WHERE company_id IS NULL"), 30);
+        assert_eq!(count("SELECT company_id::bigint FROM customers WHERE id = 2"), 1);
+        assert_eq!(
+            error_of(&format!("SELECT * FROM tenant_backfill.rollback({run_id}, true)")),
+            format!("22023: run {run_id} was already rolled back by run {}", run_id + 1)
+        );
+        assert_eq!(
+            error_of(&format!("SELECT * FROM tenant_backfill.rollback({})", run_id + 1)),
+            format!("22023: run {} is itself a rollback", run_id + 1)
+        );
+        let second = count("SELECT run_id FROM tenant_backfill.run_now('customers')");
+        run("UPDATE customers SET company_id = 2 WHERE id = 3");
+        // Customer 2 kept the application's value, so the second run changed 22 rows;
+        // forced, the rollback also restores customer 3, which changed after the run.
+        assert_eq!(rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({second}, force => true)")), vec!["22|0"]);
+        assert_eq!(count("SELECT count(*) FROM customers WHERE company_id IS NULL"), 30);
+        assert_eq!(count("SELECT count(*) FROM customers WHERE id = 3 AND company_id IS NULL"), 1);
+        assert_eq!(error_of("SELECT * FROM tenant_backfill.rollback(424242)"), "42704: run 424242 does not exist");
+    }
+
+    #[pg_test]
+    fn apply_decisions_applies_filled_rows_and_rejects_bad_files_whole() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("CREATE TABLE decisions (row_key text, tenant text);
+             INSERT INTO decisions VALUES ('16', '1'), ('17', ' 2 '), ('18', ''), ('24', NULL);");
+        assert_eq!(count("SELECT tenant_backfill.apply_decisions('customers', 'decisions')"), 2);
+        assert_eq!(rows("SELECT id::text, coalesce(company_id::text, '-') FROM customers WHERE id IN (16, 17, 18) ORDER BY id"), vec!["16|1", "17|2", "18|-"]);
+        assert_eq!(
+            rows("SELECT row_key, new_value, phase, source, rule FROM tenant_backfill.audit_log ORDER BY row_key"),
+            vec!["16|1|manual|decisions|manual", "17|2|manual|decisions|manual"]
+        );
+        run("INSERT INTO decisions VALUES ('18', 'three')");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.apply_decisions('customers', 'decisions')"),
+            "22P02: invalid value \"three\" for column decisions.tenant of type integer"
+        );
+        run("UPDATE decisions SET tenant = '3' WHERE row_key = '18'; INSERT INTO decisions VALUES ('x9', '1'), ('777', '1')");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.apply_decisions('customers', 'decisions')"),
+            "22P02: invalid value \"x9\" for column decisions.row_key of type integer"
+        );
+        run("DELETE FROM decisions WHERE row_key = 'x9'");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.apply_decisions('customers', 'decisions')"),
+            "22023: decisions names rows that customers does not have: 777"
+        );
+        run("DELETE FROM decisions WHERE row_key = '777'; INSERT INTO decisions VALUES ('18', '2')");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.apply_decisions('customers', 'decisions')"),
+            "22023: decisions decides rows 18 more than once, differently"
+        );
+        run("CREATE TABLE wrong_shape (id int, company int)");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.apply_decisions('customers', 'wrong_shape')"),
+            "42703: column \"row_key\" of wrong_shape does not exist"
+        );
+        // None of the rejected files changed anything.
+        assert_eq!(count("SELECT count(*) FROM customers WHERE id = 18 AND company_id IS NULL"), 1);
+    }
+
+    #[pg_test]
+    fn soft_delete_orphans_marks_only_orphans_and_is_reversible() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        assert_eq!(count("SELECT tenant_backfill.soft_delete_orphans('customers', dry_run => true)"), 2);
+        assert_eq!(count("SELECT count(*) FROM customers WHERE deleted_at IS NOT NULL"), 0);
+        assert_eq!(count("SELECT tenant_backfill.soft_delete_orphans('customers')"), 2);
+        assert_eq!(rows("SELECT id::text FROM customers WHERE deleted_at IS NOT NULL ORDER BY id"), vec!["30", "31"]);
+        // Already deleted orphans are not deleted again.
+        assert_eq!(count("SELECT tenant_backfill.soft_delete_orphans('customers')"), 0);
+        let run_id = count("SELECT min(run_id) FROM tenant_backfill.runs WHERE kind = 'soft_delete_orphans' AND NOT dry_run");
+        assert_eq!(rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")), vec!["2|0"]);
+        assert_eq!(count("SELECT count(*) FROM customers WHERE deleted_at IS NOT NULL"), 0);
+        run("SELECT tenant_backfill.define('customers', 'company_id', soft_delete_column => 'archived_at')");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.soft_delete_orphans('customers')"),
+            "42703: customers has no soft-delete column \"archived_at\""
+        );
+        run("ALTER TABLE customers ADD COLUMN archived_at text");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.soft_delete_orphans('customers')"),
+            "42804: soft-delete column archived_at of customers is text"
+        );
+    }
+
+    #[pg_test]
+    fn validate_proves_a_run_and_names_what_is_left() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("SELECT * FROM tenant_backfill.run_now('customers')");
+        assert_eq!(
+            rows("SELECT check_name, ok::text, expected, actual FROM tenant_backfill.validate('customers')"),
+            vec![
+                "no_null_tenant|false|0|8",
+                "row_count_unchanged|true|60|60",
+                "sources_agree|true|0|0",
+                "audit_complete|true|23|23",
+                "backup_complete|true|23|23",
+            ]
+        );
+        // A related row that contradicts its (non-NULL) customer fails sources_agree.
+        run("INSERT INTO appointments (customer_id, company_id) VALUES (1, 3)");
+        assert_eq!(
+            rows("SELECT ok::text, detail FROM tenant_backfill.validate('customers') WHERE check_name = 'sources_agree'"),
+            vec!["false|appointments: 1 related rows disagree (customers 1); calls: not checked (majority)"]
+        );
+        // A missing audit row is found.
+        run("DELETE FROM tenant_backfill.audit_log WHERE row_key = '5'");
+        assert_eq!(
+            rows("SELECT ok::text, expected, actual FROM tenant_backfill.validate('customers') WHERE check_name = 'audit_complete'"),
+            vec!["false|23|22"]
+        );
+        run("CREATE TABLE other (id int PRIMARY KEY, company_id int); SELECT tenant_backfill.define('other', 'company_id')");
+        let run_id = count("SELECT max(run_id) FROM tenant_backfill.runs");
+        assert_eq!(
+            error_of(&format!("SELECT * FROM tenant_backfill.validate('other', {run_id})")),
+            format!("22023: run {run_id} is not a run of other")
+        );
+    }
+
+    #[pg_test]
+    fn validate_checks_isolation_under_row_level_security() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("SELECT * FROM tenant_backfill.run_now('customers')");
+        run("ALTER TABLE customers ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY by_company ON customers
+                 USING (company_id = nullif(current_setting('tenant_backfill.tenant', true), '')::int);
+             CREATE ROLE tb_app;
+             GRANT USAGE ON SCHEMA tenant_backfill TO tb_app;
+             GRANT SELECT ON ALL TABLES IN SCHEMA tenant_backfill TO tb_app;
+             GRANT SELECT ON customers, appointments, phone_numbers, calls TO tb_app;");
+        // The superuser bypasses row-level security: the check says so instead of passing.
+        assert_eq!(
+            rows("SELECT coalesce(ok::text, 'null'), detail FROM tenant_backfill.validate('customers') WHERE check_name = 'isolation'"),
+            vec!["null|skipped: role postgres is not subject to the row-level security of customers (superuser, table owner without FORCE, or BYPASSRLS); run validate as an application role"]
+        );
+        run("SET LOCAL ROLE tb_app");
+        assert_eq!(
+            rows("SELECT ok::text, detail FROM tenant_backfill.validate('customers') WHERE check_name = 'isolation'"),
+            vec!["true|3 tenants checked with tenant_backfill.tenant"]
+        );
+        // A policy that lets NULL rows through leaks them to every tenant.
+        run("RESET ROLE; CREATE POLICY nulls_leak ON customers USING (company_id IS NULL); SET LOCAL ROLE tb_app");
+        assert_eq!(
+            rows("SELECT ok::text, detail FROM tenant_backfill.validate('customers') WHERE check_name = 'isolation'"),
+            vec!["false|tenant 1 sees 8 rows of other tenants or without one; tenant 2 sees 8 rows of other tenants or without one; tenant 3 sees 8 rows of other tenants or without one"]
+        );
+    }
+
+    #[pg_test]
+    fn the_write_path_checks_privileges_before_writing() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("CREATE ROLE tb_clerk;
+             GRANT USAGE ON SCHEMA tenant_backfill TO tb_clerk;
+             GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA tenant_backfill TO tb_clerk;
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA tenant_backfill TO tb_clerk;
+             GRANT SELECT ON customers, appointments, phone_numbers, calls TO tb_clerk;
+             SET LOCAL ROLE tb_clerk;");
+        assert_eq!(
+            error_of("SELECT * FROM tenant_backfill.run_now('customers')"),
+            "42501: permission denied: role tb_clerk cannot UPDATE column company_id of customers"
+        );
+        assert_eq!(
+            error_of("SELECT tenant_backfill.soft_delete_orphans('customers')"),
+            "42501: permission denied: role tb_clerk cannot UPDATE column deleted_at of customers"
+        );
+        // A dry run needs no UPDATE.
+        assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers', dry_run => true)"), 23);
+        run("RESET ROLE");
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.audit_log"), 0);
+        assert_eq!(count("SELECT count(*) FROM customers WHERE company_id IS NULL"), 31);
+    }
+
+    #[pg_test]
+    fn undefine_forgets_the_configuration_but_keeps_history() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("SELECT * FROM tenant_backfill.run_now('customers')");
+        run("SELECT tenant_backfill.undefine('customers')");
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.targets"), 0);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.sources"), 0);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.overrides"), 0);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.audit_log"), 23);
+        assert_eq!(
+            error_of("SELECT tenant_backfill.undefine('customers')"),
+            "42704: customers is not a tenant_backfill target"
+        );
+    }
+}
