@@ -1,4 +1,9 @@
--- Keep it fixed: what the guard trigger leaves behind.
+-- Keep it fixed: the guard trigger function, and what it leaves behind.
+
+-- The guard (src/trigger.rs); tenant_backfill.enforce(target) installs it on a target.
+CREATE FUNCTION @extschema@.guard() RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'guard_wrapper';
 
 -- Every logged, assigned, quarantined or rejected write of a NULL tenant. Rejected
 -- writes (mode reject) abort their statement, so they reach this table only when

@@ -1,15 +1,22 @@
 -- Raises an error caught by a procedure below again, once it has been recorded and
--- committed: the same SQLSTATE and message, and the detail when there is one.
+-- committed: the same SQLSTATE and message, and the detail and hint when there are.
 CREATE FUNCTION @extschema@._raise(
-    err_state pg_catalog.text, err_message pg_catalog.text, err_detail pg_catalog.text)
+    err_state pg_catalog.text, err_message pg_catalog.text, err_detail pg_catalog.text, err_hint pg_catalog.text)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    has_detail pg_catalog.bool := COALESCE(err_detail, '') OPERATOR(pg_catalog.<>) '';
+    has_hint pg_catalog.bool := COALESCE(err_hint, '') OPERATOR(pg_catalog.<>) '';
 BEGIN
-    IF err_detail IS NULL OR err_detail = '' THEN
-        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message;
+    IF has_detail AND has_hint THEN
+        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail, HINT = err_hint;
+    ELSIF has_detail THEN
+        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail;
+    ELSIF has_hint THEN
+        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, HINT = err_hint;
     END IF;
-    RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail;
+    RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message;
 END
 $$;
 
@@ -54,6 +61,7 @@ DECLARE
     err_state pg_catalog.text;
     err_message pg_catalog.text;
     err_detail pg_catalog.text;
+    err_hint pg_catalog.text;
 BEGIN
     this_run := @extschema@._run_begin(target, batch_size, pause_ms, mode, dry_run, lock_timeout_ms);
     COMMIT;
@@ -69,7 +77,8 @@ BEGIN
         EXCEPTION WHEN query_canceled OR others THEN
             GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE,
                                     err_message = MESSAGE_TEXT,
-                                    err_detail = PG_EXCEPTION_DETAIL;
+                                    err_detail = PG_EXCEPTION_DETAIL,
+                                    err_hint = PG_EXCEPTION_HINT;
         END;
         IF err_state = '55P03' AND NOT skip_held_rows THEN
             -- The first try met a lock (a row another session holds, most likely): the
@@ -93,9 +102,10 @@ BEGIN
                 err_message := pg_catalog.format(
                     'run %s of %s stopped: a batch could not get its locks within %s ms, 6 times',
                     this_run, target, lock_timeout_ms);
-                err_detail := 'Its status is failed. CALL run again with the same mode to resume where it stopped.';
+                err_detail := 'Its status is failed.';
+                err_hint := 'CALL run again with the same mode to resume where it stopped.';
             END IF;
-            PERFORM @extschema@._raise(err_state, err_message, err_detail);
+            PERFORM @extschema@._raise(err_state, err_message, err_detail, err_hint);
         END IF;
         lock_failures := 0;
         skip_held_rows := false;
@@ -124,6 +134,7 @@ DECLARE
     err_state pg_catalog.text;
     err_message pg_catalog.text;
     err_detail pg_catalog.text;
+    err_hint pg_catalog.text;
 BEGIN
     IF @extschema@._finalize_check(target) = 'already' THEN
         RETURN;
@@ -139,7 +150,8 @@ BEGIN
         EXCEPTION WHEN query_canceled OR others THEN
             GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE,
                                     err_message = MESSAGE_TEXT,
-                                    err_detail = PG_EXCEPTION_DETAIL;
+                                    err_detail = PG_EXCEPTION_DETAIL,
+                                    err_hint = PG_EXCEPTION_HINT;
         END;
         IF err_state = '55P03' THEN
             sleep_seconds := @extschema@._lock_retry(
@@ -156,9 +168,10 @@ BEGIN
                 err_message := pg_catalog.format(
                     'finalize of %s stopped: step %s could not get its lock within %s ms, 6 times; no constraint was left behind',
                     target, step, lock_timeout_ms);
-                err_detail := 'Other sessions held locks on the table. CALL finalize again when it is quieter.';
+                err_detail := 'Other sessions held locks on the table.';
+                err_hint := 'CALL finalize again when it is quieter.';
             END IF;
-            PERFORM @extschema@._raise(err_state, err_message, err_detail);
+            PERFORM @extschema@._raise(err_state, err_message, err_detail, err_hint);
         END IF;
         lock_failures := 0;
         sleep_seconds := 0;

@@ -125,10 +125,15 @@ pub fn relation(oid: pg_sys::Oid) -> Result<Relation> {
         ));
     }
     let rows = sql::select_rows(
-        "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.oid::pg_catalog.regclass::text \
-           FROM pg_catalog.pg_class c \
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-          WHERE c.oid = $1",
+        "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.oid::pg_catalog.regclass::text,\n       \
+         n.nspname IN ('pg_catalog', 'information_schema', 'pg_toast'),\n       \
+         EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid\n                \
+         WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid\n                  \
+         AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e'\n                  \
+         AND e.extname = 'tenant_backfill')\n  \
+         FROM pg_catalog.pg_class c\n  \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace\n \
+         WHERE c.oid = $1",
         &[Value::Oid(oid)],
         |row| {
             Ok((
@@ -136,14 +141,28 @@ pub fn relation(oid: pg_sys::Oid) -> Result<Relation> {
                 get_required::<String>(row, 2)?,
                 get_required::<String>(row, 3)?,
                 get_required::<String>(row, 4)?,
+                get_required::<bool>(row, 5)?,
+                get_required::<bool>(row, 6)?,
             ))
         },
     )?;
-    let Some((schema, name, kind, display)) = rows.into_iter().next() else {
+    let Some((schema, name, kind, display, system, own)) = rows.into_iter().next() else {
         return Err(BackfillError::UnknownTable(format!("with OID {}", u32::from(oid))));
     };
-    if kind != "r" && kind != "p" {
-        return Err(BackfillError::NotATable { relation: display });
+    let why = match kind.as_str() {
+        "r" | "p" if system => Some(": it is a system catalog".to_string()),
+        "r" | "p" if own => Some(": it is one of tenant_backfill's own tables".to_string()),
+        "r" | "p" => None,
+        "v" => Some(" (it is a view)".into()),
+        "m" => Some(" (it is a materialized view)".into()),
+        "f" => Some(" (it is a foreign table)".into()),
+        "S" => Some(" (it is a sequence)".into()),
+        "i" | "I" => Some(" (it is an index)".into()),
+        "c" => Some(" (it is a composite type)".into()),
+        _ => Some(String::new()),
+    };
+    if let Some(why) = why {
+        return Err(BackfillError::NotATable { relation: display, why });
     }
     Ok(Relation { oid, schema, name, display })
 }

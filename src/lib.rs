@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 /// Settings always; shared memory and the violations writer when preloaded.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    trigger::init();
     rejections::init();
 }
 

@@ -4,9 +4,11 @@
 //!
 //! - `CALL run` holds it at session level, across the commits of its batches, and
 //!   releases it on every way out of the procedure (`release_session`).
-//! - `run_now`, `rollback` (and anything else that writes a target in one transaction)
-//!   hold it at transaction level: it conflicts with a run's session lock and ends
-//!   with the transaction, whatever happens.
+//! - `run_now` and `rollback` hold it at transaction level: it conflicts with a run's
+//!   session lock and ends with the transaction, whatever happens. (`apply_decisions`,
+//!   `soft_delete_orphans` and `release_quarantine` write rows a run does not decide
+//!   the same way, and take no run lock: their guarded UPDATE leaves a row alone when
+//!   a run set it first.)
 
 use crate::catalog::Relation;
 use crate::error::{BackfillError, Result};

@@ -346,7 +346,8 @@ pub fn record_batch(run_id: i64, batch: &BatchCounts) -> Result<()> {
             Value::text(batch.by_phase.clone()),
             Value::int8(batch.for_review),
             Value::int8(batch.skipped),
-            Value::Float8(Some(batch.locked_ms)),
+            // Microseconds are all a lock time needs (and all it stored before).
+            Value::Float8(Some((batch.locked_ms * 1000.0).round() / 1000.0)),
             Value::Text(batch.last_key.clone()),
         ],
     )?;

@@ -237,3 +237,22 @@ pub fn get_required<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData, ordinal: u
         crate::error::BackfillError::Internal(format!("column {ordinal} of an internal query was NULL"))
     })
 }
+
+/// Checks that the procedure calling this (`CALL tenant_backfill.run`, `finalize`) can
+/// COMMIT: it was called on its own, not inside a transaction block, a function, or a
+/// CALL that a function made. Called first, before anything is taken or written, so a
+/// procedure that cannot commit leaves nothing behind (a run's session lock, once
+/// taken, outlives a failed COMMIT).
+pub fn require_nonatomic(procedure: &str) -> Result<()> {
+    // SAFETY: both only read the state of the current transaction and of the SPI
+    // connection of the PL/pgSQL procedure that called this function.
+    let (nonatomic, in_block) = unsafe { (pg_sys::SPI_inside_nonatomic_context(), pg_sys::IsTransactionBlock()) };
+    if nonatomic {
+        return Ok(());
+    }
+    Err(BackfillError::CannotCommit {
+        procedure: format!("CALL tenant_backfill.{procedure}"),
+        context: if in_block { "a transaction block" } else { "a function or a CALL made by one" },
+        in_block,
+    })
+}

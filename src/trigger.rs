@@ -1,7 +1,8 @@
 //! The guard trigger that stops new NULL tenants (API.md section 5; `enforce` installs
-//! it, src/api/guard.rs), and what it leaves behind: `violations` and `quarantine`,
-//! which only this file writes (rejected writes reach `violations` through
-//! src/rejections.rs).
+//! it, src/api/guard.rs), and the rows it leaves behind: a logged, assigned or
+//! quarantined write is recorded in `violations` and a quarantined row is kept in
+//! `quarantine` from here; rejected writes reach `violations` through
+//! src/rejections.rs, and `release_quarantine` (src/writer.rs) puts rows back.
 //!
 //! The trigger is BEFORE INSERT OR UPDATE OF the tenant column, FOR EACH ROW. Its
 //! arguments are (mode, tenant column, key column, parent column or ''). The hot path
@@ -11,13 +12,31 @@ use crate::catalog;
 use crate::error::{BackfillError, OrRaise};
 use crate::rejections;
 use crate::sql::{self, Value};
+use crate::writer;
 use pgrx::prelude::*;
 use pgrx::heap_tuple::PgHeapTuple;
-use pgrx::{AllocatedByPostgres, PgTupleDesc};
+use pgrx::{AllocatedByPostgres, GucContext, GucFlags, GucRegistry, GucSetting, PgTupleDesc};
 
 // Not named `Result`: #[pg_trigger]'s expansion needs std's two-parameter Result.
 type GuardResult<T> = crate::error::Result<T>;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
+
+/// `tenant_backfill.tenant`: the tenant `assign` gives a row that has no parent to take
+/// it from (and the setting `validate` sets for its isolation check by default).
+/// Registered so `SHOW` and `current_setting` know it once the library is loaded.
+pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Called from `_PG_init`.
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"tenant_backfill.tenant",
+        c"The current tenant: what the guard's assign mode gives a row without one.",
+        c"Set it per transaction (SET LOCAL, or set_config(..., true)): behind a transaction pooler a session-level SET reaches other clients' transactions.",
+        &TENANT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
 
 pub const TRIGGER_NAME: &str = "tenant_backfill_guard";
 
@@ -56,8 +75,40 @@ impl GuardMode {
 
 // ------------------------------------------------------------------ the trigger
 
-/// The guard trigger function.
-#[pg_trigger]
+/// Postgres' version-1 calling convention for `guard_wrapper`.
+#[no_mangle]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_guard_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1_API
+}
+
+/// The guard trigger function as Postgres calls it (`tenant_backfill.guard()`, declared
+/// in sql/guard.sql). Written out rather than by `#[pg_trigger]`, whose wrapper answers
+/// a direct call (`SELECT tenant_backfill.guard()`) with pgrx's panic text: here it is
+/// a 39P01 that says what the function is for.
+///
+/// # Safety
+/// Called by Postgres' function manager with a valid `fcinfo`.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn guard_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the function manager passes a valid fcinfo; from_fcinfo checks that the
+    // call comes from the trigger manager.
+    let trigger = match unsafe { fcinfo.as_ref() }.map(|f| unsafe { PgTrigger::from_fcinfo(f) }) {
+        Some(Ok(trigger)) => trigger,
+        _ => BackfillError::NotCalledAsTrigger.raise(),
+    };
+    // A BEFORE trigger returns the row to write, or a null pointer to skip the write.
+    let datum = match guard(&trigger) {
+        Ok(Some(row)) => row.into_trigger_datum().unwrap_or(pg_sys::Datum::from(0)),
+        Ok(None) => pg_sys::Datum::from(0),
+        Err(err) => err.raise(),
+    };
+    datum
+}
+
+/// The guard: the new row's tenant is read, and only a NULL one goes further.
 fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BackfillError> {
     let Some(row) = trigger.new() else {
         return Ok(None);
@@ -87,6 +138,10 @@ fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTup
     // The hot path: one attribute, one NULL test.
     // SAFETY: tuple belongs to the relation described by tupdesc.
     if unsafe { !pg_sys::heap_attisnull(tuple, attnum as i32, tupdesc) } {
+        return Ok(Some(row));
+    }
+    // A rollback puts back the NULLs a run replaced: its own writes pass.
+    if writer::guard_bypassed_for(relid) {
         return Ok(Some(row));
     }
     on_null_tenant(data, args, attnum, row).or_raise_ok()
@@ -233,6 +288,7 @@ fn reject(v: &Violation) -> BackfillError {
             v.column, v.table
         ),
         detail: format!("Failing row has key {}.", v.key),
+        hint: None,
     }
 }
 
@@ -336,4 +392,13 @@ fn with_tenant(data: &pg_sys::TriggerData, attnum: i16, tenant: &str) -> GuardRe
             nulls.as_mut_ptr(),
         ))
     }
+}
+
+/// Whether the table has the guard trigger.
+pub fn guard_installed(rel: &catalog::Relation) -> GuardResult<bool> {
+    Ok(sql::select_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::text::pg_catalog.name)",
+        &[Value::Oid(rel.oid), Value::text(TRIGGER_NAME)],
+    )?
+    .unwrap_or(false))
 }

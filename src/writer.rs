@@ -1,14 +1,15 @@
 //! The only code that changes user rows, and the only code that writes `backup` and
-//! `audit_log`. Four ways in, one shape of statement:
+//! `audit_log`. Four ways in:
 //!
 //! - `write_batch`: a batch of `CALL run` or `run_now`, decided beforehand (without
 //!   locks) and handed over as arrays;
 //! - `write_selected`: rows chosen by a query of the caller (apply_decisions,
-//!   soft_delete_orphans), written in one statement;
+//!   soft_delete_orphans, and `restore` below), written in one statement;
 //! - `restore`: a rollback, from a run's backup;
-//! - `release_quarantined`: rows the guard kept out, put back.
+//! - `release_quarantined`: rows the guard kept out, inserted or updated back from
+//!   `quarantine`, logged from what they became (`done`) with the same log CTEs.
 //!
-//! Each describes the rows to change as a CTE named `changes` with columns
+//! The first three describe the rows to change as a CTE named `changes` with columns
 //! `(key, old, new, phase text, source text, rule text, evidence jsonb)`, followed by
 //! CTEs that in one statement:
 //!
@@ -34,6 +35,8 @@
 use crate::catalog::{Column, Target};
 use crate::error::{BackfillError, Result};
 use crate::sql::{self, get, get_required, Statement, Value};
+use pgrx::pg_sys;
+use std::cell::Cell;
 use std::time::Instant;
 
 /// The rows a decision changes, column by column, in key order, as text (every key
@@ -88,7 +91,7 @@ pub struct WriteSpec<'a> {
 /// What a write did.
 #[derive(Clone, Debug)]
 pub struct Written {
-    /// Rows `changes` named.
+    /// Rows `changes` named (0 from `write_selected` unless counted).
     pub planned: i64,
     pub changed: i64,
     /// `{"1": 15, "override": 1}`: rows changed per phase, JSON text.
@@ -116,22 +119,52 @@ pub fn write_batch(spec: &WriteSpec, changes: Changes) -> Result<Written> {
     let changes_cte = changes_from_arrays(spec, changes, &mut st);
     let write = write_ctes(spec, key_range.as_ref(), &mut st);
     st.sql = format!("WITH {changes_cte}{write}");
-    let mut written = run_and_count(st)?;
-    written.locked_ms = started.elapsed().as_secs_f64() * 1000.0;
-    Ok(written)
+    let written = run_and_count(st, false)?;
+    Ok(Written { planned, locked_ms: started.elapsed().as_secs_f64() * 1000.0, ..written })
 }
 
 /// Writes the rows that `select` (a query whose columns are those of `changes`, its
-/// values already in the statement) returns, in one statement.
-pub fn write_selected(spec: &WriteSpec, mut select: Statement) -> Result<Written> {
+/// values already in the statement) returns, in one statement. `planned` is counted
+/// only when asked (`count_planned`): counting reads `changes` a second time, which
+/// makes Postgres materialize it instead of joining it into the UPDATE.
+pub fn write_selected(spec: &WriteSpec, mut select: Statement, count_planned: bool) -> Result<Written> {
     let write = write_ctes(spec, None, &mut select);
     select.sql = format!("WITH changes AS (\n{}){write}", select.sql);
-    run_and_count(select)
+    run_and_count(select, count_planned)
+}
+
+thread_local! {
+    /// The table whose guard trigger lets this backend's own write through: set by
+    /// `restore` for its one statement only, so nothing a client can run (no setting,
+    /// no function) opens the guard.
+    static GUARD_BYPASS: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+}
+
+/// Whether the guard of `table` is to let the current write through (trigger.rs).
+pub fn guard_bypassed_for(table: pg_sys::Oid) -> bool {
+    table != pg_sys::InvalidOid && GUARD_BYPASS.with(|b| b.get()) == table
+}
+
+/// Opens the guard of a table until dropped, also when an error unwinds.
+struct GuardBypass;
+
+impl GuardBypass {
+    fn open(table: pg_sys::Oid) -> GuardBypass {
+        GUARD_BYPASS.with(|b| b.set(table));
+        GuardBypass
+    }
+}
+
+impl Drop for GuardBypass {
+    fn drop(&mut self) {
+        GUARD_BYPASS.with(|b| b.set(pg_sys::InvalidOid));
+    }
 }
 
 /// Puts back the values of `column` that run `original` replaced, as run `spec.run_id`
 /// (phase `rollback`): from what the run wrote to what it found, only where the row
 /// still holds what the run wrote (unless `spec.guard` is off, a forced rollback).
+/// The target's guard lets these writes through: a rollback of a fill puts NULLs back.
 pub fn restore(spec: &WriteSpec, original: i64) -> Result<Written> {
     let mut st = Statement::new();
     let original_param = st.param(Value::int8(original));
@@ -145,7 +178,8 @@ pub fn restore(spec: &WriteSpec, original: i64) -> Result<Written> {
         kt = spec.target.key.type_sql,
         ct = spec.column.type_sql,
     );
-    write_selected(spec, st)
+    let _bypass = GuardBypass::open(spec.target.rel.oid);
+    write_selected(spec, st, true)
 }
 
 /// Puts the quarantined rows of the target that now carry a tenant back into the table
@@ -187,11 +221,11 @@ pub fn release_quarantined(spec: &WriteSpec, columns: &[String]) -> Result<i64> 
     Ok(sql::select_value::<i64>(&st.sql, &st.params)?.unwrap_or(0))
 }
 
-/// Runs a write (its `changes` CTE and the write's CTEs in `st`) and counts what it did.
-fn run_and_count(mut st: Statement) -> Result<Written> {
-    st.sql.push_str(&format!(
-        "\nSELECT (SELECT pg_catalog.count(*) FROM changes), (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text"
-    ));
+/// Runs a write (its `changes` CTE and the write's CTEs in `st`) and counts what it
+/// did; `planned` is left 0 unless `count_planned`.
+fn run_and_count(mut st: Statement, count_planned: bool) -> Result<Written> {
+    let planned = if count_planned { "(SELECT pg_catalog.count(*) FROM changes)" } else { "0::pg_catalog.int8" };
+    st.sql.push_str(&format!("\nSELECT {planned}, (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text"));
     sql::select_one_row(&st.sql, &st.params, "a write", |row| {
         Ok(Written {
             planned: get_required(row, 1)?,

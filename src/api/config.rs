@@ -4,7 +4,7 @@
 
 use crate::catalog::{self, Column, Relation, Rule, Target};
 use crate::engine;
-use crate::error::{BackfillError, OrRaise, Result};
+use crate::error::{required, BackfillError, OrRaise, Result};
 use crate::sql::{self, get_required, Value};
 use crate::types::{RegClass, SqlName};
 use pgrx::prelude::*;
@@ -12,12 +12,20 @@ use pgrx::prelude::*;
 /// Registers (or updates) a target table.
 #[pg_extern]
 fn define(
-    target: RegClass,
-    tenant_column: SqlName,
+    target: Option<RegClass>,
+    tenant_column: Option<SqlName>,
     key_column: default!(Option<SqlName>, "NULL"),
     soft_delete_column: default!(Option<SqlName>, "'deleted_at'"),
 ) {
-    define_target(target, &tenant_column, key_column.as_ref(), soft_delete_column.as_ref()).or_raise()
+    (|| {
+        define_target(
+            required(target, "target")?,
+            &required(tenant_column, "tenant_column")?,
+            key_column.as_ref(),
+            soft_delete_column.as_ref(),
+        )
+    })()
+    .or_raise()
 }
 
 fn define_target(
@@ -63,8 +71,8 @@ fn define_target(
 /// Removes a target's configuration (its sources, overrides and override tables with
 /// it). Its runs, backups and audit log stay: they are history.
 #[pg_extern]
-fn undefine(target: RegClass) {
-    undefine_target(target).or_raise()
+fn undefine(target: Option<RegClass>) {
+    required(target, "target").and_then(undefine_target).or_raise()
 }
 
 fn undefine_target(target: RegClass) -> Result<()> {
@@ -82,14 +90,24 @@ fn undefine_target(target: RegClass) -> Result<()> {
 /// Adds (or updates) a related table whose `via` column points at the target's key.
 #[pg_extern]
 fn add_source(
-    target: RegClass,
-    source: RegClass,
-    via: SqlName,
+    target: Option<RegClass>,
+    source: Option<RegClass>,
+    via: Option<SqlName>,
     tenant_column: default!(Option<SqlName>, "NULL"),
     phase: default!(Option<i32>, "NULL"),
     rule: default!(Option<String>, "'unanimous'"),
 ) {
-    add_source_impl(target, source, &via, tenant_column.as_ref(), phase, rule.as_deref()).or_raise()
+    (|| {
+        add_source_impl(
+            required(target, "target")?,
+            required(source, "source")?,
+            &required(via, "via")?,
+            tenant_column.as_ref(),
+            phase,
+            rule.as_deref(),
+        )
+    })()
+    .or_raise()
 }
 
 fn add_source_impl(
@@ -190,12 +208,14 @@ fn source_phases(target: &Relation) -> Result<Vec<(pgrx::pg_sys::Oid, String, i3
 /// A DBA's decision for one row; beats every phase. A NULL tenant removes the override.
 #[pg_extern]
 fn set_override(
-    target: RegClass,
+    target: Option<RegClass>,
     row_key: Option<String>,
     tenant: Option<String>,
     note: default!(Option<String>, "NULL"),
 ) {
-    set_override_impl(target, row_key.as_deref(), tenant.as_deref(), note).or_raise()
+    required(target, "target")
+        .and_then(|target| set_override_impl(target, row_key.as_deref(), tenant.as_deref(), note))
+        .or_raise()
 }
 
 fn set_override_impl(target: RegClass, row_key: Option<&str>, tenant: Option<&str>, note: Option<String>) -> Result<()> {
@@ -241,13 +261,22 @@ fn set_override_impl(target: RegClass, row_key: Option<&str>, tenant: Option<&st
 /// `ShiftTypeCompanyOverride:<id>`, `"Value"` = the tenant).
 #[pg_extern]
 fn add_override_table(
-    target: RegClass,
-    config_table: RegClass,
-    key_column: SqlName,
-    value_column: SqlName,
+    target: Option<RegClass>,
+    config_table: Option<RegClass>,
+    key_column: Option<SqlName>,
+    value_column: Option<SqlName>,
     key_prefix: default!(Option<String>, "''"),
 ) {
-    add_override_table_impl(target, config_table, &key_column, &value_column, key_prefix).or_raise()
+    (|| {
+        add_override_table_impl(
+            required(target, "target")?,
+            required(config_table, "config_table")?,
+            &required(key_column, "key_column")?,
+            &required(value_column, "value_column")?,
+            key_prefix,
+        )
+    })()
+    .or_raise()
 }
 
 fn add_override_table_impl(
@@ -289,8 +318,8 @@ fn add_override_table_impl(
 
 /// The override in force for one row (own table first, then config tables), or NULL.
 #[pg_extern]
-fn override_for(target: RegClass, row_key: String) -> Option<String> {
-    override_for_impl(target, &row_key).or_raise()
+fn override_for(target: Option<RegClass>, row_key: Option<String>) -> Option<String> {
+    (|| override_for_impl(required(target, "target")?, &required(row_key, "row_key")?))().or_raise()
 }
 
 fn override_for_impl(target: RegClass, row_key: &str) -> Result<Option<String>> {
@@ -305,12 +334,12 @@ fn override_for_impl(target: RegClass, row_key: &str) -> Result<Option<String>> 
 /// like the target's tenant column: candidates for `add_source`.
 #[pg_extern]
 fn discover(
-    target: RegClass,
+    target: Option<RegClass>,
 ) -> TableIterator<
     'static,
     (name!(source, RegClass), name!(via, SqlName), name!(tenant_column, SqlName), name!(has_index, bool)),
 > {
-    TableIterator::new(discover_impl(target).or_raise())
+    TableIterator::new(required(target, "target").and_then(discover_impl).or_raise())
 }
 
 fn discover_impl(target: RegClass) -> Result<Vec<(RegClass, SqlName, SqlName, bool)>> {

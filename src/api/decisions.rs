@@ -4,7 +4,7 @@
 
 use crate::catalog::{self, Column, Relation};
 use crate::engine::{self, Detail, Mode, Scope};
-use crate::error::{BackfillError, OrRaise, Result};
+use crate::error::{required, BackfillError, OrRaise, Result};
 use crate::runs::{self, BatchCounts, NewRun, RunKind};
 use crate::sql::{self, get, Statement, Value};
 use crate::types::RegClass;
@@ -18,8 +18,8 @@ use pgrx::prelude::*;
 /// decided); unknown keys, uncastable values or a key decided twice are an error and
 /// nothing is applied.
 #[pg_extern]
-fn apply_decisions(target: RegClass, decisions: RegClass) -> i64 {
-    apply_decisions_impl(target, decisions).or_raise()
+fn apply_decisions(target: Option<RegClass>, decisions: Option<RegClass>) -> i64 {
+    (|| apply_decisions_impl(required(target, "target")?, required(decisions, "decisions")?))().or_raise()
 }
 
 /// The condition for a decided row of the decisions table `d`.
@@ -127,7 +127,7 @@ fn invalid_values(rel: &Relation, column: &str, values: &[String], target_col: &
 
 /// Writes the selected rows and closes the run with the counts; returns the rows changed.
 fn write_and_finish(spec: &WriteSpec, select: Statement) -> Result<i64> {
-    let written = writer::write_selected(spec, select)?;
+    let written = writer::write_selected(spec, select, false)?;
     runs::record_batch(
         spec.run_id,
         &BatchCounts {
@@ -146,8 +146,12 @@ fn write_and_finish(spec: &WriteSpec, select: Statement) -> Result<i64> {
 /// Sets the target's soft-delete column on orphans only (rows with no related row in
 /// any source), audited and reversible with `rollback`.
 #[pg_extern]
-fn soft_delete_orphans(target: RegClass, dry_run: default!(Option<bool>, "false")) -> i64 {
-    sql::without_jit(|| soft_delete_orphans_impl(target, dry_run.unwrap_or(false))).or_raise()
+fn soft_delete_orphans(target: Option<RegClass>, dry_run: default!(Option<bool>, "false")) -> i64 {
+    (|| {
+        let (target, dry_run) = (required(target, "target")?, required(dry_run, "dry_run")?);
+        sql::without_jit(|| soft_delete_orphans_impl(target, dry_run))
+    })()
+    .or_raise()
 }
 
 fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {

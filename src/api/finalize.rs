@@ -9,7 +9,7 @@
 
 use crate::catalog::{self, Target};
 use crate::checks;
-use crate::error::{BackfillError, OrRaise, Result};
+use crate::error::{required, BackfillError, OrRaise, Result};
 use crate::rejections;
 use crate::sql::{self, get_required, Value};
 use crate::types::RegClass;
@@ -43,21 +43,20 @@ fn remaining_nulls(target: &Target) -> Result<Option<BackfillError>> {
             "{} still has {} rows with NULL {}; finalize added no constraint",
             target.rel.display, nulls.count, target.tenant.name
         ),
-        detail: format!(
-            "First keys: {}. Backfill, review or soft-delete them first (tenant_backfill.review_queue).",
-            nulls.key_list()
-        ),
+        detail: format!("First keys: {}.", nulls.key_list()),
+        hint: Some("Backfill, review or soft-delete them first (tenant_backfill.review_queue).".into()),
     }))
 }
 
 /// Step 0 of `CALL finalize`: 'already' when the column is NOT NULL, an error when NULL
 /// rows remain, else 'ready'.
 #[pg_extern]
-fn _finalize_check(target: RegClass) -> String {
-    finalize_check(target).or_raise()
+fn _finalize_check(target: Option<RegClass>) -> String {
+    required(target, "target").and_then(finalize_check).or_raise()
 }
 
 fn finalize_check(target: RegClass) -> Result<String> {
+    sql::require_nonatomic("finalize")?;
     let target = catalog::target(target.0)?;
     catalog::require_table_privilege(&target.rel, "SELECT")?;
     if target.tenant.not_null {
@@ -151,10 +150,10 @@ fn drop_constraint(target: &Target) -> Result<()> {
 /// guard violations and quarantined rows in the window.
 #[pg_extern]
 fn monitor(
-    target: RegClass,
+    target: Option<RegClass>,
     since: default!(Option<Interval>, "'1 hour'"),
 ) -> TableIterator<'static, (name!(check_name, String), name!(rows, i64), name!(detail, Option<String>))> {
-    TableIterator::new(monitor_impl(target, since).or_raise())
+    TableIterator::new(required(target, "target").and_then(|target| monitor_impl(target, since)).or_raise())
 }
 
 fn monitor_impl(target: RegClass, since: Option<Interval>) -> Result<Vec<(String, i64, Option<String>)>> {

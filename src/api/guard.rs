@@ -2,11 +2,11 @@
 //! (src/trigger.rs), and release what it quarantined.
 
 use crate::catalog::{self, Target};
-use crate::error::{BackfillError, OrRaise, Result};
+use crate::error::{report_with_hint, required, BackfillError, OrRaise, Result};
 use crate::rejections;
 use crate::runs::{self, NewRun, RunKind};
 use crate::sql::{self, get_required, Value};
-use crate::trigger::{GuardMode, TRIGGER_NAME};
+use crate::trigger::{self, GuardMode, TRIGGER_NAME};
 use crate::types::{RegClass, SqlName};
 use crate::writer::{self, WriteSpec};
 use pgrx::prelude::*;
@@ -15,8 +15,12 @@ use pgrx::prelude::*;
 
 /// Installs (or re-installs with another mode) the guard trigger on a target.
 #[pg_extern]
-fn enforce(target: RegClass, mode: default!(Option<String>, "'reject'"), parent_column: default!(Option<SqlName>, "NULL")) {
-    enforce_impl(target, mode.as_deref(), parent_column.as_ref()).or_raise()
+fn enforce(
+    target: Option<RegClass>,
+    mode: default!(Option<String>, "'reject'"),
+    parent_column: default!(Option<SqlName>, "NULL"),
+) {
+    required(target, "target").and_then(|target| enforce_impl(target, mode.as_deref(), parent_column.as_ref())).or_raise()
 }
 
 fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&SqlName>) -> Result<()> {
@@ -39,7 +43,7 @@ fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&Sql
     };
     let table = target.rel.sql_name();
     let trigger = sql::ident(TRIGGER_NAME);
-    if guard_installed(&target.rel)? {
+    if trigger::guard_installed(&target.rel)? {
         sql::execute(&format!("DROP TRIGGER {trigger} ON {table}"), &[])?;
     }
     // DDL takes no parameters: the arguments are quoted literals.
@@ -56,34 +60,26 @@ fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&Sql
         &[],
     )?;
     if mode == GuardMode::Reject && !rejections::preloaded() {
-        ereport!(
-            NOTICE,
-            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        report_with_hint(
+            PgLogLevel::NOTICE,
             format!("tenant_backfill: rejected writes to {} are recorded in the server log", target.rel.display),
-            "Add tenant_backfill to shared_preload_libraries to record them in tenant_backfill.violations as well."
+            "Add tenant_backfill to shared_preload_libraries to record them in tenant_backfill.violations as well.".into(),
         );
     }
     Ok(())
 }
 
-fn guard_installed(rel: &catalog::Relation) -> Result<bool> {
-    Ok(sql::select_value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::text::pg_catalog.name)",
-        &[Value::Oid(rel.oid), Value::text(TRIGGER_NAME)],
-    )?
-    .unwrap_or(false))
-}
 
 /// Removes the guard trigger.
 #[pg_extern]
-fn unenforce(target: RegClass) {
-    unenforce_impl(target).or_raise()
+fn unenforce(target: Option<RegClass>) {
+    required(target, "target").and_then(unenforce_impl).or_raise()
 }
 
 fn unenforce_impl(target: RegClass) -> Result<()> {
     let rel = catalog::relation(target.0)?;
     catalog::require_table_privilege(&rel, "TRIGGER")?;
-    if !guard_installed(&rel)? {
+    if !trigger::guard_installed(&rel)? {
         return Err(BackfillError::BadArgument(
             format!("{} has no tenant_backfill guard", rel.display),
             "tenant_backfill.enforce(target) installs one.".into(),
@@ -100,8 +96,8 @@ fn unenforce_impl(target: RegClass) -> Result<()> {
 /// run of kind `release_quarantine`. Give the tenant in `quarantine.row_data` first, or
 /// pass `tenant` to give it to every waiting row of the target.
 #[pg_extern]
-fn release_quarantine(target: RegClass, tenant: default!(Option<String>, "NULL")) -> i64 {
-    release_impl(target, tenant.as_deref()).or_raise()
+fn release_quarantine(target: Option<RegClass>, tenant: default!(Option<String>, "NULL")) -> i64 {
+    required(target, "target").and_then(|target| release_impl(target, tenant.as_deref())).or_raise()
 }
 
 fn release_impl(target: RegClass, tenant: Option<&str>) -> Result<i64> {

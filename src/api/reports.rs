@@ -2,7 +2,7 @@
 
 use crate::catalog::{self, Job};
 use crate::engine::{self, Detail, Mode, Scope};
-use crate::error::{OrRaise, Result};
+use crate::error::{required, OrRaise, Result};
 use crate::sql::{self, get, get_required, Statement, Value};
 use crate::types::RegClass;
 use pgrx::prelude::*;
@@ -14,8 +14,8 @@ fn over_decisions(mut st: Statement, job: &Job, mode: Mode, detail: Detail, oute
     st
 }
 
-fn load(target: RegClass) -> Result<Job> {
-    let job = catalog::job(target.0)?;
+fn load(target: Option<RegClass>) -> Result<Job> {
+    let job = catalog::job(required(target, "target")?.0)?;
     job.require_read_access()?;
     Ok(job)
 }
@@ -27,13 +27,13 @@ fn load(target: RegClass) -> Result<Job> {
 /// its values from one `text[]`.
 #[pg_extern]
 fn _plan_statement(
-    target: RegClass,
+    target: Option<RegClass>,
     mode: default!(Option<String>, "'fill'"),
 ) -> TableIterator<'static, (name!(sql, String), name!(params, Vec<Option<String>>))> {
     TableIterator::once(plan_statement(target, mode.as_deref()).or_raise())
 }
 
-fn plan_statement(target: RegClass, mode: Option<&str>) -> Result<(String, Vec<Option<String>>)> {
+fn plan_statement(target: Option<RegClass>, mode: Option<&str>) -> Result<(String, Vec<Option<String>>)> {
     let mode = Mode::parse(mode)?;
     let job = load(target)?;
     let st = over_decisions(
@@ -77,7 +77,7 @@ impl Group {
 /// The counts a DBA reads first.
 #[pg_extern]
 fn preflight(
-    target: RegClass,
+    target: Option<RegClass>,
     mode: default!(Option<String>, "'fill'"),
 ) -> TableIterator<'static, (name!(check_name, String), name!(rows, i64), name!(detail, Option<String>))> {
     TableIterator::new(sql::without_jit(|| preflight_rows(target, mode.as_deref())).or_raise())
@@ -125,7 +125,7 @@ fn decision_groups(job: &Job, mode: Mode) -> Result<Vec<Group>> {
     Ok(groups)
 }
 
-fn preflight_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(String, i64, Option<String>)>> {
+fn preflight_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<(String, i64, Option<String>)>> {
     let mode = Mode::parse(mode)?;
     let job = load(target)?;
     let t = &job.target;
@@ -221,13 +221,13 @@ fn joined(parts: Vec<String>) -> Option<String> {
 /// The rows `unanimous` refuses, with their candidates.
 #[pg_extern]
 fn conflicts(
-    target: RegClass,
+    target: Option<RegClass>,
     mode: default!(Option<String>, "'fill'"),
 ) -> TableIterator<'static, (name!(row_key, Option<String>), name!(evidence, Option<pgrx::JsonB>))> {
     TableIterator::new(sql::without_jit(|| conflict_rows(target, mode.as_deref())).or_raise())
 }
 
-fn conflict_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<(Option<String>, Option<pgrx::JsonB>)>> {
+fn conflict_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<(Option<String>, Option<pgrx::JsonB>)>> {
     let mode = Mode::parse(mode)?;
     let job = load(target)?;
     let st = over_decisions(
@@ -247,7 +247,7 @@ type ReviewRow = (Option<String>, Option<String>, Option<pgrx::JsonB>, Option<pg
 /// back into a table that `apply_decisions` reads.
 #[pg_extern]
 fn review_queue(
-    target: RegClass,
+    target: Option<RegClass>,
     mode: default!(Option<String>, "'fill'"),
 ) -> TableIterator<
     'static,
@@ -262,7 +262,7 @@ fn review_queue(
     TableIterator::new(sql::without_jit(|| review_rows(target, mode.as_deref())).or_raise())
 }
 
-fn review_rows(target: RegClass, mode: Option<&str>) -> Result<Vec<ReviewRow>> {
+fn review_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<ReviewRow>> {
     let mode = Mode::parse(mode)?;
     let job = load(target)?;
     // row_data shows the whole row, so the reviewer needs to read all of it.

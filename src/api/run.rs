@@ -6,7 +6,7 @@
 use crate::batch;
 use crate::catalog::{self, Job};
 use crate::engine::{Mode, Scope};
-use crate::error::{BackfillError, OrRaise, Result};
+use crate::error::{report_with_hint, required, BackfillError, OrRaise, Result};
 use crate::locks;
 use crate::runs::{self, BatchSettings, NewRun, RunKind, RunStatus};
 use crate::sql::{self, Value};
@@ -47,14 +47,24 @@ fn tenant_spec<'a>(job: &'a Job, run_id: i64, skip_locked: bool, dry_run: bool) 
 /// it stopped.
 #[pg_extern]
 fn _run_begin(
-    target: RegClass,
+    target: Option<RegClass>,
     batch_size: Option<i32>,
     pause_ms: Option<i32>,
     mode: Option<String>,
     dry_run: Option<bool>,
     lock_timeout_ms: Option<i32>,
 ) -> i64 {
-    run_begin(target, batch_size, pause_ms, mode.as_deref(), dry_run.unwrap_or(false), lock_timeout_ms).or_raise()
+    (|| {
+        run_begin(
+            required(target, "target")?,
+            batch_size,
+            pause_ms,
+            mode.as_deref(),
+            required(dry_run, "dry_run")?,
+            lock_timeout_ms,
+        )
+    })()
+    .or_raise()
 }
 
 fn run_begin(
@@ -65,8 +75,11 @@ fn run_begin(
     dry_run: bool,
     lock_timeout_ms: Option<i32>,
 ) -> Result<i64> {
-    let settings = BatchSettings::new(batch_size, pause_ms, lock_timeout_ms)?;
+    sql::require_nonatomic("run")?;
+    // The batch size is checked first, then the mode, then the times.
+    BatchSettings::new(batch_size, None, None)?;
     let mode = Mode::parse(mode)?;
+    let settings = BatchSettings::new(batch_size, pause_ms, lock_timeout_ms)?;
     let job = load_job_for_writing(target, dry_run)?;
     locks::take_for_session(&job.target.rel)?;
     let started = (|| match runs::resume(&job.target, mode, dry_run, settings)? {
@@ -106,10 +119,15 @@ fn _run_batch(run_id: i64, skip_held_rows: bool) -> bool {
 
 fn run_one_batch(run_id: i64, skip_held_rows: bool) -> Result<bool> {
     let run = runs::load(run_id)?;
-    if run.kind != RunKind::Run || run.status != RunStatus::Running {
-        let what = if run.kind == RunKind::Run { run.status.as_str() } else { run.kind.as_str() };
+    if run.status != RunStatus::Running {
         return Err(BackfillError::BadArgument(
-            format!("run {run_id} is {what}, not a running CALL run"),
+            format!("run {run_id} is {}, not running", run.status.as_str()),
+            "Start or resume a run with CALL tenant_backfill.run(target).".into(),
+        ));
+    }
+    if run.kind != RunKind::Run {
+        return Err(BackfillError::BadArgument(
+            format!("run {run_id} is a {} run, not a CALL run", run.kind.as_str()),
             "Start or resume a run with CALL tenant_backfill.run(target).".into(),
         ));
     }
@@ -118,7 +136,7 @@ fn run_one_batch(run_id: i64, skip_held_rows: bool) -> Result<bool> {
         return Ok(true);
     }
     let settings = run.settings.unwrap_or(BatchSettings::DEFAULT);
-    let mode = run.mode.unwrap_or(Mode::Fill);
+    let mode = run.mode.ok_or_else(|| BackfillError::Internal(format!("run {run_id} has no mode")))?;
     let job = catalog::job(run.target)?;
     // Only this batch's transaction waits at most lock_timeout for a lock.
     let lock_wait_ms =
@@ -156,14 +174,13 @@ fn run_one_batch(run_id: i64, skip_held_rows: bool) -> Result<bool> {
         return Ok(false);
     }
     if run.rows_skipped > 0 {
-        ereport!(
-            WARNING,
-            PgSqlErrorCode::ERRCODE_WARNING,
+        report_with_hint(
+            PgLogLevel::WARNING,
             format!(
                 "tenant_backfill: {} rows of {} stayed locked by other sessions through {} passes and were not changed",
                 run.rows_skipped, job.target.rel.display, run.pass
             ),
-            "CALL run again later to pick them up."
+            "CALL run again later to pick them up.".into(),
         );
     }
     Ok(true)
@@ -207,7 +224,7 @@ fn run_end(run_id: i64, error_state: Option<String>, error_message: Option<Strin
 /// The whole job in the caller's transaction, for migrations and small tables.
 #[pg_extern]
 fn run_now(
-    target: RegClass,
+    target: Option<RegClass>,
     mode: default!(Option<String>, "'fill'"),
     dry_run: default!(Option<bool>, "false"),
 ) -> TableIterator<
@@ -219,7 +236,11 @@ fn run_now(
         name!(left_for_review, i64),
     ),
 > {
-    TableIterator::once(sql::without_jit(|| run_now_impl(target, mode.as_deref(), dry_run.unwrap_or(false))).or_raise())
+    let run = || {
+        let (target, dry_run) = (required(target, "target")?, required(dry_run, "dry_run")?);
+        sql::without_jit(|| run_now_impl(target, mode.as_deref(), dry_run))
+    };
+    TableIterator::once(run().or_raise())
 }
 
 fn run_now_impl(target: RegClass, mode: Option<&str>, dry_run: bool) -> Result<(i64, i64, pgrx::JsonB, i64)> {

@@ -3,10 +3,11 @@
 
 use crate::catalog::{self, Job, Target};
 use crate::checks::{self, NullRows};
-use crate::error::{BackfillError, OrRaise, Result};
+use crate::error::{report_with_hint, required, BackfillError, OrRaise, Result};
 use crate::locks;
 use crate::runs::{self, NewRun, Run, RunKind, RunStatus};
 use crate::sql::{self, get_required, Value};
+use crate::trigger;
 use crate::types::RegClass;
 use crate::writer::{self, WriteSpec};
 use pgrx::prelude::*;
@@ -51,7 +52,7 @@ impl Check {
 /// every changed row, and, where the target has row-level security, isolation.
 #[pg_extern]
 fn validate(
-    target: RegClass,
+    target: Option<RegClass>,
     run_id: default!(Option<i64>, "NULL"),
     tenant_setting: default!(Option<String>, "'tenant_backfill.tenant'"),
 ) -> TableIterator<
@@ -65,7 +66,7 @@ fn validate(
     ),
 > {
     let setting = tenant_setting.unwrap_or_else(|| "tenant_backfill.tenant".into());
-    let checks = validate_impl(target, run_id, &setting).or_raise();
+    let checks = required(target, "target").and_then(|target| validate_impl(target, run_id, &setting)).or_raise();
     TableIterator::new(checks.into_iter().map(Check::into_row))
 }
 
@@ -126,7 +127,15 @@ fn no_null_tenant(target: &Target) -> Result<Check> {
         None => ("true".to_string(), "false".to_string()),
     };
     let nulls: NullRows = checks::null_tenant_rows(target, &live, &[])?;
-    let exceptions = checks::null_tenant_rows(target, &excepted, &[])?.count;
+    let exceptions = sql::select_value::<i64>(
+        &format!(
+            "SELECT pg_catalog.count(*) FROM {} t WHERE t.{} IS NULL AND {excepted}",
+            target.rel.sql_name(),
+            target.tenant.sql_name()
+        ),
+        &[],
+    )?
+    .unwrap_or(0);
     let mut detail = Vec::new();
     if nulls.count > 0 {
         detail.push(format!("still NULL: {} (see review_queue)", nulls.key_list()));
@@ -231,14 +240,34 @@ fn isolation(job: &Job, tenant_setting: &str) -> Result<Option<Check>> {
 
 // ------------------------------------------------------------------ rollback
 
+/// Whether the run replaced NULLs of `column` (its backup holds NULL old values).
+fn replaced_nulls(run_id: i64, column: &catalog::Column) -> Result<bool> {
+    Ok(sql::select_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM tenant_backfill.backup\n \
+         WHERE run_id = $1 AND column_name = $2::text::pg_catalog.name AND old_value IS NULL)",
+        &[Value::int8(run_id), Value::text(column.name.clone())],
+    )?
+    .unwrap_or(false))
+}
+
+/// How many rows a rollback run set back to a NULL tenant.
+fn rows_set_to_null(rollback_run: i64, target: &Target) -> Result<i64> {
+    Ok(sql::select_value::<i64>(
+        "SELECT pg_catalog.count(*) FROM tenant_backfill.audit_log\n \
+         WHERE run_id = $1 AND column_name = $2::text::pg_catalog.name AND new_value IS NULL",
+        &[Value::int8(rollback_run), Value::text(target.tenant.name.clone())],
+    )?
+    .unwrap_or(0))
+}
+
 /// Restores a run's rows from its backup in one transaction. A row whose value is no
 /// longer what the run wrote is skipped and counted (drift), unless `force`.
 #[pg_extern]
 fn rollback(
-    run_id: i64,
+    run_id: Option<i64>,
     force: default!(Option<bool>, "false"),
 ) -> TableIterator<'static, (name!(restored, i64), name!(skipped, i64))> {
-    TableIterator::once(rollback_impl(run_id, force.unwrap_or(false)).or_raise())
+    TableIterator::once((|| rollback_impl(required(run_id, "run_id")?, required(force, "force")?))().or_raise())
 }
 
 fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
@@ -276,6 +305,18 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
     .collect::<Result<Vec<_>>>()?;
     for column in &columns {
         catalog::require_update(&target.rel, column)?;
+        if column.not_null && replaced_nulls(run_id, column)? {
+            return Err(BackfillError::WrongState(
+                format!("run {run_id} cannot be rolled back: column {} of {} is NOT NULL now", column.name, target.rel.display),
+                format!("The run filled NULLs of {}, and rolling it back would put them back.", column.name),
+                format!(
+                    "Nothing was changed. To undo the run anyway, drop the constraint first \
+                     (ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL), then roll back.",
+                    target.rel.sql_name(),
+                    column.sql_name()
+                ),
+            ));
+        }
     }
     let rollback_run = runs::insert(NewRun {
         target: &target,
@@ -296,12 +337,24 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
     }
     runs::finish_with_counts(rollback_run, restored, Some(skipped), "rollback")?;
     runs::mark_rolled_back(run_id, rollback_run)?;
+    let back_to_null = rows_set_to_null(rollback_run, &target)?;
+    if back_to_null > 0 && trigger::guard_installed(&target.rel)? {
+        report_with_hint(
+            PgLogLevel::NOTICE,
+            format!(
+                "tenant_backfill: {back_to_null} rows of {} are NULL in {} again, although its guard is enforced",
+                target.rel.display, target.tenant.name
+            ),
+            "The guard let this rollback through; new writes of a NULL tenant are still stopped. \
+             Backfill the rows again, or leave them for review."
+                .into(),
+        );
+    }
     if skipped > 0 {
-        ereport!(
-            NOTICE,
-            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        report_with_hint(
+            PgLogLevel::NOTICE,
             format!("tenant_backfill: {skipped} rows of {} changed since run {run_id} and were left as they are", target.rel.display),
-            format!("SELECT * FROM tenant_backfill.rollback({run_id}, force => true) would restore them too; this rollback is run {rollback_run}.")
+            format!("SELECT * FROM tenant_backfill.rollback({run_id}, force => true) would restore them too; this rollback is run {rollback_run}."),
         );
     }
     Ok((restored, skipped))

@@ -63,7 +63,7 @@ mod tests {
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.define('customers_view', 'company_id')"),
-            "42809: customers_view is not a table"
+            "42809: customers_view is not a table (it is a view)"
         );
         assert_eq!(count("SELECT count(*) FROM tenant_backfill.targets"), 0);
     }

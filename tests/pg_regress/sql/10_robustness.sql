@@ -1,0 +1,111 @@
+-- Robustness: what an operator gets for a call in the wrong place, a NULL argument, a
+-- name with `$` in it, and a rollback under the guard; nothing is left behind.
+CREATE SCHEMA robust;
+SET search_path = robust, public;
+\set ECHO none
+\getenv abs_srcdir PG_ABS_SRCDIR
+\set fixture :abs_srcdir '/../fixtures/customers.sql'
+\i :fixture
+\set ECHO all
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+SELECT tenant_backfill.define('customers', 'company_id');
+SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id');
+
+-- CALL run commits between batches: inside a transaction block it refuses before it
+-- takes anything, with the ways to call it outside one.
+BEGIN;
+CALL tenant_backfill.run('customers');
+ROLLBACK;
+-- Several statements in one query string are one implicit transaction block too.
+SELECT 1 AS first \; CALL tenant_backfill.run('customers');
+-- From a function (or a CALL a function makes) it cannot commit either.
+CREATE FUNCTION run_from_a_function() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    CALL tenant_backfill.run('customers');
+END $$;
+SELECT run_from_a_function();
+BEGIN;
+CALL tenant_backfill.finalize('customers');
+ROLLBACK;
+-- Nothing was started and no run lock is held: the next CALL runs.
+SELECT count(*) AS runs FROM tenant_backfill.runs WHERE target = 'customers'::regclass;
+SELECT count(*) AS run_locks_held FROM pg_locks WHERE locktype = 'advisory' AND classid = 1952804450;
+SET client_min_messages = warning;
+CALL tenant_backfill.run('customers', batch_size => 100);
+RESET client_min_messages;
+SELECT status, rows_changed FROM tenant_backfill.runs WHERE target = 'customers'::regclass;
+
+-- A NULL where a value is needed is 22004, naming the argument; a NULL flag is never
+-- taken for "do it".
+SELECT * FROM tenant_backfill.rollback(NULL);
+SELECT * FROM tenant_backfill.rollback(1, force => NULL);
+SELECT tenant_backfill.undefine(NULL);
+SELECT tenant_backfill.unenforce(NULL);
+SELECT tenant_backfill.apply_decisions(NULL, NULL);
+SELECT tenant_backfill.define('customers', NULL);
+SELECT tenant_backfill.add_source('customers', NULL, 'customer_id');
+SELECT tenant_backfill.override_for('customers', NULL);
+SELECT * FROM tenant_backfill.plan(NULL);
+SELECT * FROM tenant_backfill.preflight(NULL);
+SELECT * FROM tenant_backfill.validate(NULL);
+SELECT * FROM tenant_backfill.monitor(NULL);
+CALL tenant_backfill.finalize(NULL);
+CALL tenant_backfill.run(NULL);
+SELECT tenant_backfill.soft_delete_orphans('customers', dry_run => NULL);
+SELECT * FROM tenant_backfill.run_now('customers', dry_run => NULL);
+CALL tenant_backfill.run('customers', dry_run => NULL);
+SELECT count(*) AS deleted FROM customers WHERE deleted_at IS NOT NULL;
+-- The guard is a trigger function, and says so when called as a plain one.
+SELECT tenant_backfill.guard();
+-- Only your own tables: not a system catalog, not the extension's, not a view.
+SELECT tenant_backfill.define('pg_catalog.pg_class', 'relname');
+SELECT tenant_backfill.define('tenant_backfill.runs', 'target');
+CREATE VIEW customers_view AS SELECT * FROM customers;
+SELECT tenant_backfill.define('customers_view', 'company_id');
+SELECT tenant_backfill.add_source('customers', 'tenant_backfill.audit_log', 'run_id', 'row_key');
+-- The tenant setting is known once the library is loaded.
+SHOW tenant_backfill.tenant;
+BEGIN;
+SET LOCAL tenant_backfill.tenant = '3';
+SHOW tenant_backfill.tenant;
+COMMIT;
+SHOW tenant_backfill.tenant;
+
+-- Names with `$`, quotes and non-ASCII letters, everywhere a name goes. A `$1` inside
+-- a quoted identifier is SQL text, never a placeholder.
+CREATE SCHEMA "robust$1";
+CREATE TABLE "robust$1"."acct$1" ("id$2" int PRIMARY KEY, "org$1" int, "naïve ""name""" text);
+CREATE TABLE "robust$1"."pièce$1" (id int PRIMARY KEY, "acct$1_id" int REFERENCES "robust$1"."acct$1", "org$1" int);
+INSERT INTO "robust$1"."acct$1" SELECT g, NULL, 'a' || g FROM generate_series(1, 6) g;
+INSERT INTO "robust$1"."pièce$1" SELECT g, (g - 1) % 6 + 1, ((g - 1) % 6) % 2 + 1 FROM generate_series(1, 18) g;
+SELECT tenant_backfill.define('"robust$1"."acct$1"', 'org$1');
+SELECT tenant_backfill.add_source('"robust$1"."acct$1"', '"robust$1"."pièce$1"', 'acct$1_id');
+SELECT * FROM tenant_backfill.discover('"robust$1"."acct$1"');
+SELECT row_key, proposed_tenant, action, source, evidence FROM tenant_backfill.plan('"robust$1"."acct$1"');
+SELECT check_name, rows, detail FROM tenant_backfill.preflight('"robust$1"."acct$1"')
+ WHERE check_name IN ('null_tenant', 'by_phase_1', 'orphans');
+SELECT tenant_backfill.set_override('"robust$1"."acct$1"', '6', '2', 'a $1 in a note');
+SELECT tenant_backfill.override_for('"robust$1"."acct$1"', '6');
+SELECT run_id, rows_changed, by_phase, left_for_review FROM tenant_backfill.run_now('"robust$1"."acct$1"') \gset
+SELECT "id$2", "org$1" FROM "robust$1"."acct$1" ORDER BY 1;
+SELECT check_name, ok, expected, actual FROM tenant_backfill.validate('"robust$1"."acct$1"');
+
+-- A rollback passes the target's own guard (its writes put NULLs back), says so, and
+-- the guard goes on stopping everyone else's NULLs.
+SELECT tenant_backfill.enforce('"robust$1"."acct$1"');
+SELECT * FROM tenant_backfill.rollback(:run_id);
+SELECT count(*) AS null_again FROM "robust$1"."acct$1" WHERE "org$1" IS NULL;
+INSERT INTO "robust$1"."acct$1" VALUES (7, NULL, 'new');
+UPDATE "robust$1"."acct$1" SET "org$1" = 1 WHERE "id$2" = 1;
+UPDATE "robust$1"."acct$1" SET "org$1" = NULL WHERE "id$2" = 1;
+-- Filled again, then made NOT NULL: a rollback that would put NULLs back now refuses,
+-- before it writes anything.
+SET client_min_messages = warning;
+CALL tenant_backfill.run('"robust$1"."acct$1"');
+RESET client_min_messages;
+SELECT max(run_id) AS fill_run FROM tenant_backfill.runs WHERE kind = 'run' AND target = '"robust$1"."acct$1"'::regclass \gset
+CALL tenant_backfill.finalize('"robust$1"."acct$1"');
+SELECT * FROM tenant_backfill.rollback(:fill_run);
+SELECT count(*) AS still_null FROM "robust$1"."acct$1" WHERE "org$1" IS NULL;
+SELECT status FROM tenant_backfill.runs WHERE run_id = :fill_run;
