@@ -7,10 +7,10 @@ AS 'MODULE_PATHNAME', 'guard_wrapper';
 
 -- Every logged, assigned, quarantined or rejected write of a NULL tenant. Rejected
 -- writes (mode reject) abort their statement, so they reach this table only when
--- tenant_backfill is in shared_preload_libraries: a background worker writes them here
--- from a shared-memory queue, within about a second, in the database named by the
--- setting tenant_backfill.database. Without preloading they are written to the server
--- log at LOG level instead (tenant_backfill.enforce says so).
+-- tenant_backfill is in shared_preload_libraries: a background worker of this database
+-- writes them here from a shared-memory queue, within about a second (src/rejections.rs).
+-- Without preloading they are written to the server log at LOG level instead
+-- (tenant_backfill.enforce says so).
 CREATE TABLE @extschema@.violations (
     violation_id     bigserial PRIMARY KEY,
     occurred_at      pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),

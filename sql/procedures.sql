@@ -211,3 +211,70 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.plan(pg_catalog.regclass, pg_catalog.text) IS
     'What would happen to each row that needs a decision: fill, reassign, conflict, orphan or unresolved, with the evidence.';
+
+-- A table created (or altered) to inherit from a guarded table gets the same guard:
+-- triggers are not inherited by legacy inheritance children, and a NULL written to the
+-- child would be seen through the parent.
+CREATE FUNCTION @extschema@._on_ddl_command_end()
+RETURNS event_trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    command record;
+BEGIN
+    FOR command IN
+        SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+         WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+           AND c.objsubid OPERATOR(pg_catalog.=) 0 AND c.object_type OPERATOR(pg_catalog.=) 'table'
+    LOOP
+        PERFORM @extschema@._guard_inheritors(command.objid::pg_catalog.regclass);
+    END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER tenant_backfill_inheritors ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION @extschema@._on_ddl_command_end();
+
+-- A dropped target, source or override table leaves the configuration with a NOTICE;
+-- runs, backups and the audit log stay (runs keep the target's name as text). As the
+-- extension's owner, since the role that drops a table may not write the
+-- configuration: what it may do is shown by the DROP it just did.
+CREATE FUNCTION @extschema@._on_sql_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    dropped record;
+    forgotten record;
+BEGIN
+    FOR dropped IN
+        SELECT d.objid, d.object_identity FROM pg_catalog.pg_event_trigger_dropped_objects() d
+         WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+           AND d.objsubid OPERATOR(pg_catalog.=) 0 AND d.object_type OPERATOR(pg_catalog.=) 'table'
+    LOOP
+        FOR forgotten IN
+            DELETE FROM @extschema@.targets t WHERE t.target::pg_catalog.oid OPERATOR(pg_catalog.=) dropped.objid
+            RETURNING t.target
+        LOOP
+            RAISE NOTICE 'tenant_backfill: % was dropped: its configuration is removed; its runs, backups and audit log stay',
+                dropped.object_identity;
+        END LOOP;
+        FOR forgotten IN
+            DELETE FROM @extschema@.sources s WHERE s.source::pg_catalog.oid OPERATOR(pg_catalog.=) dropped.objid
+            RETURNING s.target
+        LOOP
+            RAISE NOTICE 'tenant_backfill: % was dropped and is no longer a source of %', dropped.object_identity, forgotten.target;
+        END LOOP;
+        FOR forgotten IN
+            DELETE FROM @extschema@.override_tables o WHERE o.config_table::pg_catalog.oid OPERATOR(pg_catalog.=) dropped.objid
+            RETURNING o.target
+        LOOP
+            RAISE NOTICE 'tenant_backfill: % was dropped and no longer gives overrides to %', dropped.object_identity, forgotten.target;
+        END LOOP;
+    END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER tenant_backfill_drops ON sql_drop
+    EXECUTE FUNCTION @extschema@._on_sql_drop();

@@ -6,6 +6,10 @@ CREATE TABLE @extschema@.targets (
     tenant_column      pg_catalog.name NOT NULL,
     key_column         pg_catalog.name NOT NULL,
     soft_delete_column pg_catalog.name NOT NULL DEFAULT 'deleted_at',
+    -- the columns' numbers when defined: a rename keeps them, so a column renamed
+    -- since (or another one added under the old name) is noticed, never used by mistake
+    tenant_attnum      pg_catalog.int2,
+    key_attnum         pg_catalog.int2,
     defined_at         pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
     defined_by         pg_catalog.name NOT NULL DEFAULT CURRENT_USER
 );
@@ -58,7 +62,9 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.overrides', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.override_tables', '');
 
 -- Whether a text value casts to a type, without failing: the exception block is a
--- subtransaction, the one safe way to try an input function on Postgres 15.
+-- subtransaction, the one safe way to try an input function on Postgres 15. A domain's
+-- CHECK or NOT NULL fails with an integrity error (class 23), a bad value with a data
+-- exception (class 22).
 CREATE FUNCTION @extschema@._casts_to(value pg_catalog.text, type_name pg_catalog.regtype)
 RETURNS pg_catalog.bool
 LANGUAGE plpgsql STABLE
@@ -66,7 +72,21 @@ AS $$
 BEGIN
     EXECUTE pg_catalog.format('SELECT $1::%s', type_name) USING value;
     RETURN true;
-EXCEPTION WHEN data_exception THEN
+EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+    RETURN false;
+END
+$$;
+
+-- The same for a value of any type, cast the way the decision query casts it (a
+-- numeric's cast to an integer rounds, where its text would not parse).
+CREATE FUNCTION @extschema@._casts_from(value anyelement, type_name pg_catalog.regtype)
+RETURNS pg_catalog.bool
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    EXECUTE pg_catalog.format('SELECT $1::%s', type_name) USING value;
+    RETURN true;
+EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
     RETURN false;
 END
 $$;

@@ -4,6 +4,9 @@
 CREATE TABLE @extschema@.runs (
     run_id           bigserial PRIMARY KEY,
     target           pg_catalog.regclass NOT NULL,
+    -- the target's schema-qualified name when the run started: history keeps it after a
+    -- DROP TABLE, when target reads as a bare number
+    target_name      pg_catalog.text,
     -- what made it (src/runs.rs, RunKind)
     kind             pg_catalog.text NOT NULL
                      CHECK (kind IN ('run', 'run_now', 'apply_decisions', 'soft_delete_orphans',

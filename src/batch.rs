@@ -2,7 +2,8 @@
 //! by a statement that locks nothing, then the rows it changes handed to the writer.
 //! `CALL run` does one batch per transaction; `run_now` loops over them in the caller's.
 
-use crate::catalog::Job;
+use crate::job::Job;
+use crate::checks;
 use crate::engine::{self, Detail, Mode, Scope};
 use crate::error::Result;
 use crate::runs::BatchCounts;
@@ -36,29 +37,27 @@ fn decide(job: &Job, mode: Mode, scope: &Scope) -> Result<Decision> {
          FROM (SELECT * FROM d WHERE d.action IN {actions} ORDER BY d.key) c",
         actions = mode.writing_actions(),
     );
-    let array = |row: &pgrx::spi::SpiHeapTupleData, ordinal| -> Result<Vec<Option<String>>> {
-        Ok(get::<Vec<Option<String>>>(row, ordinal)?.unwrap_or_default())
-    };
     sql::select_one_row(&st.sql, &st.params, "a batch's decision", |row| {
-        Ok(Decision {
-            last_key: get(row, 1)?,
-            scanned: get_required(row, 2)?,
-            for_review: get_required(row, 3)?,
-            changes: Changes {
-                key: array(row, 4)?,
-                old: array(row, 5)?,
-                new: array(row, 6)?,
-                phase: array(row, 7)?,
-                source: array(row, 8)?,
-                rule: array(row, 9)?,
-                evidence: array(row, 10)?,
-            },
-        })
+        // Columns 4 to 10: the seven arrays of the rows to change, in `Changes` order.
+        let mut arrays =
+            (4..=10).map(|i| -> Result<Vec<Option<String>>> { Ok(get::<Vec<Option<String>>>(row, i)?.unwrap_or_default()) });
+        let mut next = || arrays.next().unwrap_or_else(|| Ok(Vec::new()));
+        let changes = Changes {
+            key: next()?,
+            old: next()?,
+            new: next()?,
+            phase: next()?,
+            source: next()?,
+            rule: next()?,
+            evidence: next()?,
+        };
+        Ok(Decision { last_key: get(row, 1)?, scanned: get_required(row, 2)?, for_review: get_required(row, 3)?, changes })
     })
 }
 
 /// One batch: decide, then update, back up and audit the rows that change.
 pub fn run_batch(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Result<BatchCounts> {
+    checks::require_castable_sources(job, mode, scope)?;
     let Decision { last_key, scanned, for_review, changes } = decide(job, mode, scope)?;
     let written = writer::write_batch(spec, changes)?;
     Ok(BatchCounts {

@@ -1,9 +1,9 @@
-//! Reads what the engine needs from Postgres' catalog and from the extension's own
-//! configuration tables into plain structs, checking as it goes that every table and
-//! column the configuration names still exists and that the caller may read it.
+//! Reads what the extension needs from Postgres' catalog into plain structs: tables,
+//! columns and their types, keys and indexes, foreign keys; and checks the caller's
+//! rights. The configuration built on them is src/job.rs.
 
 use crate::error::{BackfillError, Result};
-use crate::sql::{self, get, get_required, qualified, Value};
+use crate::sql::{self, get_required, qualified, Value};
 use pgrx::pg_sys;
 
 /// A table, resolved from its OID.
@@ -40,80 +40,15 @@ pub struct Column {
     /// The type's text form never holds a character JSON must escape (integers,
     /// numeric, uuid), so it can be quoted as it is.
     pub prints_json_safe: bool,
+    /// A string type (text, varchar, char): a cast from it is the target type's input
+    /// function.
+    pub text_like: bool,
 }
 
 impl Column {
     pub fn sql_name(&self) -> String {
         sql::ident(&self.name)
     }
-}
-
-/// The rule of a source: API.md's `unanimous` or `majority`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rule {
-    Unanimous,
-    Majority,
-}
-
-impl Rule {
-    pub fn parse(text: Option<&str>) -> Result<Rule> {
-        match text {
-            Some("unanimous") => Ok(Rule::Unanimous),
-            Some("majority") => Ok(Rule::Majority),
-            other => Err(BackfillError::BadArgument(
-                format!("unknown rule \"{}\"", other.unwrap_or("NULL")),
-                "A source's rule is 'unanimous' (every related row with a tenant agrees) or 'majority' (most related rows; ties go to the lowest tenant).".into(),
-            )),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::Unanimous => "unanimous",
-            Rule::Majority => "majority",
-        }
-    }
-}
-
-/// A configured target table.
-#[derive(Clone, Debug)]
-pub struct Target {
-    pub rel: Relation,
-    pub key: Column,
-    pub tenant: Column,
-    pub soft_delete_column: String,
-}
-
-/// A configured source of evidence.
-#[derive(Clone, Debug)]
-pub struct Source {
-    pub rel: Relation,
-    pub via: Column,
-    pub tenant: Column,
-    pub phase: i32,
-    pub rule: Rule,
-    /// How the source is named in `plan.source` and in evidence: the table's name,
-    /// made unique among the target's sources when two would read the same.
-    pub label: String,
-}
-
-/// A config table read live for overrides (the `"Configs"` adapter).
-#[derive(Clone, Debug)]
-pub struct OverrideTable {
-    pub rel: Relation,
-    pub key: Column,
-    pub value: Column,
-    pub prefix: String,
-}
-
-/// Everything configured for one target: what the decision engine is built from.
-#[derive(Clone, Debug)]
-pub struct Job {
-    pub target: Target,
-    /// In phase order.
-    pub sources: Vec<Source>,
-    /// In the order they were added, which is their precedence.
-    pub override_tables: Vec<OverrideTable>,
 }
 
 /// Resolves a table OID; only ordinary and partitioned tables are accepted.
@@ -182,7 +117,8 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
                   AND pg_catalog.to_regprocedure(pg_catalog.format('pg_catalog.max(%I.%I)', tn.nspname, t.typname)) IS NOT NULL, \
                 a.atttypid IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype, \
                                'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.numeric'::pg_catalog.regtype, \
-                               'pg_catalog.uuid'::pg_catalog.regtype) \
+                               'pg_catalog.uuid'::pg_catalog.regtype), \
+                t.typcategory = 'S' \
            FROM pg_catalog.pg_attribute a \
            JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
            JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
@@ -199,6 +135,7 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
                 not_null: get_required::<bool>(row, 6)?,
                 has_min_max: get_required::<bool>(row, 7)?,
                 prints_json_safe: get_required::<bool>(row, 8)?,
+                text_like: get_required::<bool>(row, 9)?,
             })
         },
     )?;
@@ -357,114 +294,6 @@ pub fn canonical_value(value: &str, col: &Column, rel: &Relation) -> Result<Stri
     let cast = format!("SELECT ($1::text)::{}::text", col.type_sql);
     sql::select_value::<String>(&cast, &[Value::text(value)])?
         .ok_or_else(|| BackfillError::Internal("a cast of a non-NULL value returned NULL".into()))
-}
-
-/// The configured target, with its key and tenant columns re-resolved.
-pub fn target(oid: pg_sys::Oid) -> Result<Target> {
-    let rel = relation(oid)?;
-    let rows = sql::select_rows(
-        "SELECT tenant_column::text, key_column::text, soft_delete_column::text \
-           FROM tenant_backfill.targets WHERE target = $1::pg_catalog.regclass",
-        &[Value::Oid(oid)],
-        |row| {
-            Ok((
-                get_required::<String>(row, 1)?,
-                get_required::<String>(row, 2)?,
-                get_required::<String>(row, 3)?,
-            ))
-        },
-    )?;
-    let Some((tenant, key, soft_delete_column)) = rows.into_iter().next() else {
-        return Err(BackfillError::NotDefined(rel.display));
-    };
-    Ok(Target { key: column(&rel, &key)?, tenant: column(&rel, &tenant)?, rel, soft_delete_column })
-}
-
-/// The whole configuration of a target, every table and column re-resolved.
-pub fn job(oid: pg_sys::Oid) -> Result<Job> {
-    let target = target(oid)?;
-    let source_rows = sql::select_rows(
-        "SELECT source::pg_catalog.oid, via::text, tenant_column::text, phase, rule \
-           FROM tenant_backfill.sources WHERE target = $1::pg_catalog.regclass ORDER BY phase",
-        &[Value::Oid(oid)],
-        |row| {
-            Ok((
-                get_required::<pg_sys::Oid>(row, 1)?,
-                get_required::<String>(row, 2)?,
-                get_required::<String>(row, 3)?,
-                get_required::<i32>(row, 4)?,
-                get::<String>(row, 5)?,
-            ))
-        },
-    )?;
-    let mut sources = Vec::with_capacity(source_rows.len());
-    for (source_oid, via, tenant, phase, rule) in source_rows {
-        let rel = relation(source_oid)?;
-        sources.push(Source {
-            via: column(&rel, &via)?,
-            tenant: column(&rel, &tenant)?,
-            phase,
-            rule: Rule::parse(rule.as_deref())?,
-            label: rel.name.clone(),
-            rel,
-        });
-    }
-    label_sources(&mut sources);
-
-    let table_rows = sql::select_rows(
-        "SELECT config_table::pg_catalog.oid, key_column::text, value_column::text, key_prefix \
-           FROM tenant_backfill.override_tables WHERE target = $1::pg_catalog.regclass ORDER BY position",
-        &[Value::Oid(oid)],
-        |row| {
-            Ok((
-                get_required::<pg_sys::Oid>(row, 1)?,
-                get_required::<String>(row, 2)?,
-                get_required::<String>(row, 3)?,
-                get_required::<String>(row, 4)?,
-            ))
-        },
-    )?;
-    let mut override_tables = Vec::with_capacity(table_rows.len());
-    for (table_oid, key, value, prefix) in table_rows {
-        let rel = relation(table_oid)?;
-        override_tables.push(OverrideTable { key: column(&rel, &key)?, value: column(&rel, &value)?, rel, prefix });
-    }
-    Ok(Job { target, sources, override_tables })
-}
-
-/// Sources are labelled by table name; where two share a name (the same table through
-/// two columns, or same-named tables in two schemas) the label grows until it is unique.
-fn label_sources(sources: &mut [Source]) {
-    relabel(sources, |s| format!("{}.{}", s.rel.name, s.via.name));
-    relabel(sources, |s| format!("{}.{}.{}", s.rel.schema, s.rel.name, s.via.name));
-}
-
-/// Gives every source whose label is shared by another a longer label.
-fn relabel(sources: &mut [Source], longer: impl Fn(&Source) -> String) {
-    let shared: Vec<bool> = sources
-        .iter()
-        .map(|s| sources.iter().filter(|o| o.label == s.label).count() > 1)
-        .collect();
-    for (source, shared) in sources.iter_mut().zip(shared) {
-        if shared {
-            source.label = longer(source);
-        }
-    }
-}
-
-impl Job {
-    /// Checks that the caller can read everything the decision query reads.
-    pub fn require_read_access(&self) -> Result<()> {
-        let t = &self.target;
-        require_select(&t.rel, &[&t.key, &t.tenant])?;
-        for s in &self.sources {
-            require_select(&s.rel, &[&s.via, &s.tenant])?;
-        }
-        for o in &self.override_tables {
-            require_select(&o.rel, &[&o.key, &o.value])?;
-        }
-        Ok(())
-    }
 }
 
 /// The parent row a guarded table's row points at, for mode `assign`.

@@ -1,10 +1,11 @@
 //! Checks that several capabilities share: the rows still without a tenant (validate,
-//! finalize, monitor) and the related rows whose tenant disagrees with their target row
-//! (validate, monitor).
+//! finalize, monitor), the related rows whose tenant disagrees with their target row
+//! (validate, monitor), and source tenants that do not cast to the target's type
+//! (preflight reports them, everything that decides stops at them first).
 
-use crate::catalog::{Job, Rule, Target};
-use crate::engine;
-use crate::error::Result;
+use crate::job::{Job, Rule, Source, Target};
+use crate::engine::{self, Mode, Scope};
+use crate::error::{BackfillError, Result};
 use crate::sql::{self, get, get_required, Statement, Value};
 
 /// How many offending keys a message names.
@@ -57,6 +58,7 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
     let t = &job.target;
     let mut total = 0;
     let mut detail = Vec::new();
+    let bad = bad_source_values(job, Mode::Reassign, &Scope::All)?;
     for s in &job.sources {
         if s.rule == Rule::Majority {
             detail.push(format!("{}: not checked (majority)", s.label));
@@ -64,10 +66,20 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
         }
         let mut st = Statement::new();
         let overridden = engine::overridden_keys(job, &mut st);
+        // Values that do not cast cannot be compared: they are left out, and named.
+        let castable = match bad.iter().find(|b| std::ptr::eq(b.source, s)) {
+            Some(b) => {
+                detail.push(format!("{} (not compared)", b.describe(job)));
+                let casts = engine::tenant_casts(&mut st, &format!("s.{}", s.tenant.sql_name()), &s.tenant, &t.tenant);
+                casts
+            }
+            None => "true".into(),
+        };
         st.sql = format!(
             "WITH bad AS (\n    SELECT t.{key} AS key FROM {source} s JOIN {target} t ON t.{key} = s.{via}\n     \
              WHERE s.{stenant} IS NOT NULL AND t.{tenant} IS NOT NULL\n       \
-             AND s.{stenant}::{tt} <> t.{tenant} AND t.{key}::text NOT IN ({overridden}))\n\
+             AND t.{key}::text NOT IN ({overridden})\n       \
+             AND CASE WHEN {castable} THEN s.{stenant}::{tt} <> t.{tenant} ELSE false END)\n\
              SELECT (SELECT pg_catalog.count(*) FROM bad),\n       \
              (SELECT pg_catalog.string_agg(x.key::text, ', ' ORDER BY x.key)\n          \
              FROM (SELECT DISTINCT b.key FROM bad b ORDER BY b.key LIMIT {FIRST_KEYS}) x),\n       \
@@ -95,4 +107,78 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
         }
     }
     Ok((total, (!detail.is_empty()).then(|| detail.join("; "))))
+}
+
+/// A source's tenants that do not cast to the target's tenant type.
+pub struct BadValues<'a> {
+    pub source: &'a Source,
+    pub count: i64,
+    /// The first (key, value) pairs, in key order.
+    pub first: Vec<(String, String)>,
+}
+
+impl BadValues<'_> {
+    /// `calls.tenant: 2 values do not cast to integer (key 3: "abc", key 4: "x")`
+    pub fn describe(&self, job: &Job) -> String {
+        let first: Vec<String> = self.first.iter().map(|(k, v)| format!("key {k}: \"{v}\"")).collect();
+        format!(
+            "{}.{}: {} value{} {} not cast to {} ({}{})",
+            self.source.label,
+            self.source.tenant.name,
+            self.count,
+            if self.count == 1 { "" } else { "s" },
+            if self.count == 1 { "does" } else { "do" },
+            job.target.tenant.type_display,
+            first.join(", "),
+            if self.count > self.first.len() as i64 { ", …" } else { "" }
+        )
+    }
+}
+
+/// For every source whose tenant type differs from the target's, its related rows (of
+/// the target rows in `scope`) whose tenant does not cast: any statement that reads one
+/// of them as evidence stops with a bare cast error, so they are found first.
+pub fn bad_source_values<'a>(job: &'a Job, mode: Mode, scope: &Scope) -> Result<Vec<BadValues<'a>>> {
+    let mut out = Vec::new();
+    for source in job.sources.iter().filter(|s| engine::casts_tenant(job, s)) {
+        let mut st = Statement::new();
+        let (with_scope, keys) = engine::scope_keys(&mut st, job, mode, scope);
+        let stenant = source.tenant.sql_name();
+        let casts = engine::tenant_casts(&mut st, &format!("s.{stenant}"), &source.tenant, &job.target.tenant);
+        st.sql = format!(
+            "{with_scope}\n\
+             SELECT pg_catalog.count(*) OVER (), s.{via}::text, s.{stenant}::text\n  \
+             FROM {table} s\n \
+             WHERE s.{via} IN ({keys}) AND s.{stenant} IS NOT NULL AND NOT {casts}\n \
+             ORDER BY s.{via} LIMIT {FIRST_KEYS}",
+            via = source.via.sql_name(),
+            table = source.rel.sql_name(),
+        );
+        let rows = sql::select_rows(&st.sql, &st.params, |row| {
+            Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?, get_required::<String>(row, 3)?))
+        })?;
+        if let Some((count, _, _)) = rows.first() {
+            let count = *count;
+            out.push(BadValues { source, count, first: rows.into_iter().map(|(_, k, v)| (k, v)).collect() });
+        }
+    }
+    Ok(out)
+}
+
+/// Stops before a decision over `scope` reads a source tenant that does not cast, with
+/// an error naming the source, the column, the key and the value.
+pub fn require_castable_sources(job: &Job, mode: Mode, scope: &Scope) -> Result<()> {
+    let Some(bad) = bad_source_values(job, mode, scope)?.into_iter().next() else {
+        return Ok(());
+    };
+    let (key, value) = bad.first.first().cloned().unwrap_or_default();
+    Err(BackfillError::BadSourceValue {
+        table: bad.source.rel.display.clone(),
+        column: bad.source.tenant.name.clone(),
+        key,
+        value,
+        target: job.target.rel.display.clone(),
+        type_name: job.target.tenant.type_display.clone(),
+        count: bad.count,
+    })
 }

@@ -28,7 +28,8 @@
 //! The statement is laid out over lines, one clause or CTE a line, so that what a DBA
 //! sees in an error, in `auto_explain` or in `pg_stat_activity` can be read.
 
-use crate::catalog::{Column, Job, Rule, Source};
+use crate::catalog::Column;
+use crate::job::{Job, Rule, Source};
 use crate::error::{BackfillError, Result};
 use crate::sql::{Statement, Value};
 
@@ -97,12 +98,50 @@ pub fn decision_query(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope, 
     let mut labels = Vec::with_capacity(job.sources.len());
     for (i, source) in job.sources.iter().enumerate() {
         let label = st.param(Value::text(source.label.clone()));
-        ctes.push(source_ctes(i + 1, source, &job.target.tenant, &label, &keys, detail));
+        // preflight counts as if values that do not cast were not there (it reports
+        // them on a row of their own); everything else stops at them first (checks.rs).
+        let castable_only = (detail == Detail::Counts && casts_tenant(job, source)).then(|| {
+            ["s", "r"].map(|alias| {
+                let casts = tenant_casts(st, &format!("{alias}.{}", source.tenant.sql_name()), &source.tenant, &job.target.tenant);
+                format!(" AND ({alias}.{} IS NULL OR {casts})", source.tenant.sql_name())
+            })
+        });
+        ctes.push(source_ctes(i + 1, source, &job.target.tenant, &label, &keys, detail, castable_only.as_ref()));
         labels.push(label);
     }
     ctes.push(overrides_cte(st, job));
     ctes.push(decided_cte(job.sources.len(), detail));
     format!("WITH {}\n{}", ctes.join("\n, "), cascade(st, job, &labels))
+}
+
+/// The CTE `scope` and a subquery of its keys, for a statement that reads the same
+/// rows a decision query over `scope` reads (checks.rs).
+pub fn scope_keys(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> (String, String) {
+    (format!("WITH {}", scope_cte(st, job, mode, scope)), keys_in_scope(job, mode, scope))
+}
+
+/// Whether a source's tenants are cast to the target's tenant type (so a value that
+/// does not cast stops any statement that reads it).
+pub fn casts_tenant(job: &Job, source: &Source) -> bool {
+    source.tenant.type_oid != job.target.tenant.type_oid
+}
+
+/// A SQL condition: `expr`, a value of the source column `from`, casts to the type of
+/// `to` as the decision query casts it. From a string type the cast is `to`'s input
+/// function, which Postgres 16 and later try without raising (`pg_input_is_valid`);
+/// otherwise (and on 15) each value is cast in a subtransaction of its own (`_casts_to`,
+/// `_casts_from`), which is why this is used only where a source's type differs.
+pub fn tenant_casts(st: &mut Statement, expr: &str, from: &Column, to: &Column) -> String {
+    if from.text_like && !cfg!(feature = "pg15") {
+        let type_name = st.param(Value::text(to.type_display.clone()));
+        return format!("pg_catalog.pg_input_is_valid({expr}::text, {type_name}::text)");
+    }
+    let type_oid = st.param(Value::Oid(to.type_oid));
+    if from.text_like {
+        format!("tenant_backfill._casts_to({expr}::text, {type_oid}::pg_catalog.oid::pg_catalog.regtype)")
+    } else {
+        format!("tenant_backfill._casts_from({expr}, {type_oid}::pg_catalog.oid::pg_catalog.regtype)")
+    }
 }
 
 /// `scope`: the rows to decide, with their current tenant.
@@ -177,7 +216,20 @@ fn keys_in_scope(job: &Job, mode: Mode, scope: &Scope) -> String {
 /// inside this statement) for their per-tenant counts. Grouping every key by (key,
 /// tenant) instead, as this engine first did, doubled the cost of a whole-table plan
 /// (BENCHMARKS.md).
-fn source_ctes(i: usize, source: &Source, tenant: &Column, label: &str, keys: &str, detail: Detail) -> String {
+fn source_ctes(
+    i: usize,
+    source: &Source,
+    tenant: &Column,
+    label: &str,
+    keys: &str,
+    detail: Detail,
+    castable_only: Option<&[String; 2]>,
+) -> String {
+    // The filter that leaves out values that do not cast, for alias s and alias r.
+    let (castable_s, castable_r) = match castable_only {
+        Some([s, r]) => (s.as_str(), r.as_str()),
+        None => ("", ""),
+    };
     let via = source.via.sql_name();
     let stenant = source.tenant.sql_name();
     let source_table = source.rel.sql_name();
@@ -195,7 +247,7 @@ fn source_ctes(i: usize, source: &Source, tenant: &Column, label: &str, keys: &s
     // A conflicting key's related rows with a tenant, counted per tenant.
     let per_tenant = format!(
         "SELECT {tenant} AS tenant, pg_catalog.count(*) AS n FROM {source_table} r \
-         WHERE r.{via} = e.key AND r.{stenant} IS NOT NULL GROUP BY 1",
+         WHERE r.{via} = e.key AND r.{stenant} IS NOT NULL{castable_r} GROUP BY 1",
         tenant = tenant_of("r"),
     );
     // Several tenants: a unanimous phase stops at a conflict and proposes nothing; a
@@ -220,7 +272,7 @@ fn source_ctes(i: usize, source: &Source, tenant: &Column, label: &str, keys: &s
     format!(
         "ev_{i} AS (\n    SELECT s.{via} AS key, pg_catalog.count(s.{stenant}) AS n,\n           \
          pg_catalog.count(*) - pg_catalog.count(s.{stenant}) AS n_null, {lo} AS lo, {hi} AS hi\n      \
-         FROM {source_table} s WHERE s.{via} IN ({keys}) GROUP BY 1)\n\
+         FROM {source_table} s WHERE s.{via} IN ({keys}){castable_s} GROUP BY 1)\n\
          , cand_{i} AS (\n    SELECT e.key,\n           \
          CASE WHEN e.n = 0 THEN 0 WHEN e.lo = e.hi THEN 1 ELSE 2 END AS ntenants,\n           \
          CASE WHEN e.n = 0 THEN NULL WHEN e.lo = e.hi THEN e.lo ELSE {top_of_several} END AS top,\n           \

@@ -47,6 +47,19 @@ pub enum BackfillError {
     #[error("invalid value \"{value}\" for column {column} of type {type_name}")]
     InvalidValue { value: String, column: String, type_name: String },
 
+    /// 22P02: a source tenant that does not cast to the target's tenant type.
+    #[error("source {table} holds {column} = \"{value}\" for key {key} of {target}, which is not a valid {type_name}")]
+    BadSourceValue {
+        table: String,
+        column: String,
+        key: String,
+        value: String,
+        target: String,
+        type_name: String,
+        /// How many such values the statement's rows have.
+        count: i64,
+    },
+
     /// 22023
     #[error("{0}")]
     BadArgument(String, String),
@@ -100,7 +113,9 @@ impl BackfillError {
             BackfillError::NullTenant { .. } => ERRCODE_NOT_NULL_VIOLATION,
             BackfillError::NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             BackfillError::NotAllowed(..) => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            BackfillError::InvalidValue { .. } => ERRCODE_INVALID_TEXT_REPRESENTATION,
+            BackfillError::InvalidValue { .. } | BackfillError::BadSourceValue { .. } => {
+                ERRCODE_INVALID_TEXT_REPRESENTATION
+            }
             BackfillError::BadArgument(..) => ERRCODE_INVALID_PARAMETER_VALUE,
             BackfillError::NotDefined(_) => ERRCODE_UNDEFINED_OBJECT,
             BackfillError::UnknownRun(_) => ERRCODE_UNDEFINED_OBJECT,
@@ -118,6 +133,11 @@ impl BackfillError {
         match self {
             BackfillError::NullTenant { detail, .. } => Some(detail.clone()),
             BackfillError::WrongState(_, detail, _) => Some(detail.clone()),
+            BackfillError::BadSourceValue { count, .. } => Some(format!(
+                "{count} related {} of these target rows {} such a value. Nothing was written.",
+                if *count == 1 { "row" } else { "rows" },
+                if *count == 1 { "holds" } else { "hold" }
+            )),
             BackfillError::CannotCommit { .. } => Some(
                 "It commits after each step, which is not possible there. Nothing was started and no lock is held."
                     .into(),
@@ -153,6 +173,11 @@ impl BackfillError {
                 Some("Keys and tenants cross the API as text and must cast to the column's type.".into())
             }
             BackfillError::NotDefined(_) => Some("Call tenant_backfill.define(target, tenant_column) first.".into()),
+            BackfillError::BadSourceValue { .. } => Some(
+                "Correct those values in the source (or set them NULL, which is no evidence); \
+                 tenant_backfill.preflight(target) lists every source that has some."
+                    .into(),
+            ),
             BackfillError::CannotCommit { .. } => Some(
                 "Call it on its own, with autocommit: in psql outside BEGIN and not among other statements of one -c \
                  string; in Alembic inside op.get_context().autocommit_block(); in Django in a migration with \

@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 /// Settings always; shared memory and the violations writer when preloaded.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    trigger::init();
+    guard::init();
     rejections::init();
 }
 
@@ -18,6 +18,7 @@ mod error;
 mod types;
 mod sql;
 mod catalog;
+mod job;
 mod engine;
 mod evidence;
 mod checks;
@@ -27,6 +28,7 @@ mod writer;
 mod batch;
 // The SQL functions, one file per API section; the guard trigger and its queue.
 mod api;
+mod guard;
 mod trigger;
 mod rejections;
 
@@ -47,8 +49,8 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        // Preloaded, so the guard's rejections go through shared memory and the
-        // background worker into violations of the test database.
-        vec!["shared_preload_libraries = 'tenant_backfill'", "tenant_backfill.database = 'pgrx_tests'"]
+        // Preloaded, so the guard's rejections go through shared memory and a writer
+        // of the test database into its violations.
+        vec!["shared_preload_libraries = 'tenant_backfill'"]
     }
 }

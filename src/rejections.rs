@@ -1,17 +1,27 @@
 //! Durable records of rejected writes. In `reject` mode the guard aborts the writer's
 //! statement, so a row it wrote to `violations` would vanish with it. When the library is
 //! in `shared_preload_libraries`, each rejection goes into a bounded shared-memory queue
-//! instead, and a background worker writes the queue to `violations` about every 250 ms.
-//! The writer only takes a lightweight lock for a few instructions and never waits for the
-//! worker; when the queue is full, the rejection is counted as dropped. Without
-//! preloading, rejections are written to the server log at LOG level.
+//! instead, with the database it happened in, and reaches that database's `violations`
+//! within about a second:
+//!
+//! - a launcher (a background worker started with the server, connected to no database)
+//!   looks at the queue every 250 ms and starts a writer for each database that has
+//!   rejections waiting and no writer yet (a dynamic background worker, connected to it);
+//! - a writer moves its database's rejections into `violations` with one INSERT, and
+//!   stops once its database has had none for a while. In a database without the
+//!   extension they are dropped, counted, with one WARNING in the server log.
+//!
+//! The rejecting backend only takes a lightweight lock for a few instructions and never
+//! waits for a worker; when the queue is full, the rejection is counted as dropped. No
+//! setting names a database, so none can name a wrong one. Without preloading,
+//! rejections are written to the server log at LOG level.
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, GucContext, GucFlags, GucRegistry, GucSetting, PGRXSharedMemory, PgLwLock};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How many rejections wait for the worker at most.
 const QUEUE_CAPACITY: usize = 1024;
@@ -22,8 +32,14 @@ const FIELD: usize = 64;
 /// Set in the postmaster when the library is preloaded; backends inherit it.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
-/// The database the worker writes `violations` in.
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Kept so a postgresql.conf that still sets it loads cleanly; nothing reads it.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// A writer stops after this long without rejections for its database.
+const WRITER_IDLE: Duration = Duration::from_secs(30);
+/// The launcher starts a writer for a database at most this often (a writer that keeps
+/// failing is not restarted in a loop).
+const WRITER_RESTART: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -55,6 +71,8 @@ impl Text {
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct Rejection {
+    /// Unique in the queue: what a writer removes once it has written the rejection.
+    id: u64,
     database: u32,
     target: u32,
     /// Microseconds since the Unix epoch.
@@ -68,6 +86,7 @@ struct Rejection {
 
 impl Rejection {
     const EMPTY: Rejection = Rejection {
+        id: 0,
         database: 0,
         target: 0,
         at_us: 0,
@@ -83,13 +102,37 @@ impl Rejection {
 #[repr(C)]
 pub struct RejectionQueue {
     len: usize,
+    next_id: u64,
+    /// Rejections the full queue could not keep.
     dropped: u64,
+    /// Rejections in databases without the extension (or dropped meanwhile).
+    unrecorded: u64,
     items: [Rejection; QUEUE_CAPACITY],
 }
 
 impl Default for RejectionQueue {
     fn default() -> Self {
-        RejectionQueue { len: 0, dropped: 0, items: [Rejection::EMPTY; QUEUE_CAPACITY] }
+        RejectionQueue { len: 0, next_id: 1, dropped: 0, unrecorded: 0, items: [Rejection::EMPTY; QUEUE_CAPACITY] }
+    }
+}
+
+impl RejectionQueue {
+    fn waiting(&self) -> &[Rejection] {
+        &self.items[..self.len]
+    }
+
+    /// Removes the rejections `keep` refuses, keeping the others in order.
+    fn retain(&mut self, keep: impl Fn(&Rejection) -> bool) -> usize {
+        let mut kept = 0;
+        for i in 0..self.len {
+            if keep(&self.items[i]) {
+                self.items[kept] = self.items[i];
+                kept += 1;
+            }
+        }
+        let removed = self.len - kept;
+        self.len = kept;
+        removed
     }
 }
 
@@ -102,8 +145,8 @@ static QUEUE: PgLwLock<RejectionQueue> = unsafe { PgLwLock::new(c"tenant_backfil
 pub fn init() {
     GucRegistry::define_string_guc(
         c"tenant_backfill.database",
-        c"Database whose tenant_backfill.violations the background worker writes rejected writes to.",
-        c"Only used when tenant_backfill is in shared_preload_libraries; read when the worker starts.",
+        c"No longer used: rejected writes are recorded in the violations table of their own database.",
+        c"Kept so that a configuration that still sets it loads without a warning.",
         &DATABASE,
         GucContext::Sighup,
         GucFlags::default(),
@@ -114,9 +157,9 @@ pub fn init() {
     }
     PRELOADED.store(true, Ordering::Relaxed);
     pg_shmem_init!(QUEUE);
-    BackgroundWorkerBuilder::new("tenant_backfill violations writer")
+    BackgroundWorkerBuilder::new("tenant_backfill rejections launcher")
         .set_type("tenant_backfill")
-        .set_function("tenant_backfill_violations_worker")
+        .set_function("tenant_backfill_rejections_launcher")
         .set_library("tenant_backfill")
         .enable_spi_access()
         .set_restart_time(Some(Duration::from_secs(5)))
@@ -140,6 +183,7 @@ pub fn record(target: pg_sys::Oid, table: &str, column: &str, key: &str, operati
         return;
     }
     let rejection = Rejection {
+        id: 0,
         // SAFETY: MyDatabaseId is set for every backend connected to a database.
         database: u32::from(unsafe { pg_sys::MyDatabaseId }),
         target: u32::from(target),
@@ -156,20 +200,24 @@ pub fn record(target: pg_sys::Oid, table: &str, column: &str, key: &str, operati
     let mut queue = QUEUE.exclusive();
     if queue.len < QUEUE_CAPACITY {
         let at = queue.len;
-        queue.items[at] = rejection;
+        let id = queue.next_id;
+        queue.items[at] = Rejection { id, ..rejection };
+        queue.next_id += 1;
         queue.len += 1;
     } else {
         queue.dropped += 1;
     }
 }
 
-/// (waiting, dropped) of the queue, or None without preloading.
+/// (waiting, dropped) of the queue, or None without preloading. Dropped counts the
+/// rejections the full queue could not keep and those of databases without the
+/// extension, since the server started.
 pub fn queue_state() -> Option<(i64, i64)> {
     if !preloaded() {
         return None;
     }
     let queue = QUEUE.share();
-    Some((queue.len as i64, queue.dropped as i64))
+    Some((queue.len as i64, (queue.dropped + queue.unrecorded) as i64))
 }
 
 /// The state of the rejection queue: whether rejected writes are recorded in
@@ -183,56 +231,123 @@ fn rejection_queue() -> TableIterator<
     TableIterator::once((preloaded(), state.map(|s| s.0), state.map(|s| s.1)))
 }
 
-/// The background worker: wakes about every 250 ms and moves queued rejections into
-/// `violations` with one INSERT.
+/// The launcher: connected to no database, it starts a writer for every database with
+/// rejections waiting (and forgets those of a database dropped meanwhile).
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn tenant_backfill_violations_worker(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn tenant_backfill_rejections_launcher(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = DATABASE.get().and_then(|d| d.into_string().ok()).unwrap_or_else(|| "postgres".into());
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    // SAFETY: set once connected.
-    let my_database = u32::from(unsafe { pg_sys::MyDatabaseId });
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let mut writers: Vec<(u32, DynamicBackgroundWorker, Instant)> = Vec::new();
+    let mut last_start: Vec<(u32, Instant)> = Vec::new();
     while BackgroundWorker::wait_latch(Some(Duration::from_millis(250))) {
+        // A writer that stopped (idle, or failed) is forgotten; a new one starts if needed.
+        writers.retain(|(_, worker, _)| worker.pid().is_ok());
+        let mut waiting: Vec<u32> = QUEUE.share().waiting().iter().map(|r| r.database).collect();
+        waiting.sort_unstable();
+        waiting.dedup();
+        for database in waiting {
+            if writers.iter().any(|(db, _, _)| *db == database) {
+                continue;
+            }
+            if last_start.iter().any(|(db, at)| *db == database && at.elapsed() < WRITER_RESTART) {
+                continue;
+            }
+            if !database_exists(database) {
+                let mut queue = QUEUE.exclusive();
+                let forgotten = queue.retain(|r| r.database != database);
+                queue.unrecorded += forgotten as u64;
+                continue;
+            }
+            last_start.retain(|(db, _)| *db != database);
+            last_start.push((database, Instant::now()));
+            match start_writer(database) {
+                Ok(worker) => writers.push((database, worker, Instant::now())),
+                Err(err) => ereport!(
+                    WARNING,
+                    PgSqlErrorCode::ERRCODE_WARNING,
+                    format!("tenant_backfill: could not start a writer for the rejected writes of database {database}: {err:?}"),
+                    "Raise max_worker_processes; the rejections wait in the queue meanwhile."
+                ),
+            }
+        }
+    }
+}
+
+/// Whether a database (by OID) still exists: the launcher reads the shared catalog.
+fn database_exists(database: u32) -> bool {
+    BackgroundWorker::transaction(|| {
+        // SAFETY: a catalog lookup inside a transaction; NULL when there is no such database.
+        !unsafe { pg_sys::get_database_name(pg_sys::Oid::from(database)) }.is_null()
+    })
+}
+
+fn start_writer(database: u32) -> Result<DynamicBackgroundWorker, pgrx::bgworkers::DynamicBackgroundWorkerLoadError> {
+    BackgroundWorkerBuilder::new("tenant_backfill violations writer")
+        .set_type("tenant_backfill")
+        .set_function("tenant_backfill_violations_writer")
+        .set_library("tenant_backfill")
+        .set_argument(Some(pg_sys::Datum::from(database as usize)))
+        .enable_spi_access()
+        .set_restart_time(None)
+        // SAFETY: the launcher's pid, so it hears when the writer starts and stops.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+}
+
+/// A writer: connected to one database, it moves that database's rejections into its
+/// `violations` about every 250 ms, and stops after `WRITER_IDLE` without any.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn tenant_backfill_violations_writer(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = arg.value() as u32;
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    let mut idle_since = Instant::now();
+    let mut warned = false;
+    while BackgroundWorker::wait_latch(Some(Duration::from_millis(250))) {
+        // Copy, write, and only then remove: if writing fails (the writer exits on an
+        // error and the launcher starts another), the rejections are still queued.
+        let batch: Vec<Rejection> =
+            QUEUE.share().waiting().iter().filter(|r| r.database == database).copied().collect();
+        if batch.is_empty() {
+            if idle_since.elapsed() > WRITER_IDLE {
+                return;
+            }
+            continue;
+        }
+        idle_since = Instant::now();
         let installed = BackgroundWorker::transaction(|| {
             Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'tenant_backfill')")
                 .ok()
                 .flatten()
                 .unwrap_or(false)
         });
-        if !installed {
+        if installed && !write_violations(&batch) {
+            // Kept in the queue for the next try.
             continue;
         }
-        // Copy, write, and only then remove: if writing fails (the worker exits on an
-        // error and is restarted), the rejections are still queued for the next try.
-        let batch: Vec<Rejection> = {
-            let queue = QUEUE.share();
-            queue.items[..queue.len].to_vec()
-        };
-        if batch.is_empty() {
-            continue;
-        }
-        let taken = batch.len();
-        let (here, elsewhere): (Vec<Rejection>, Vec<Rejection>) =
-            batch.into_iter().partition(|r| r.database == my_database);
-        write_violations(&here);
-        {
-            let mut queue = QUEUE.exclusive();
-            let len = queue.len;
-            queue.items.copy_within(taken..len, 0);
-            queue.len = len - taken;
-            queue.dropped += elsewhere.len() as u64;
-        }
-        if !elsewhere.is_empty() {
+        if !installed && !warned {
+            warned = true;
             ereport!(
                 WARNING,
                 PgSqlErrorCode::ERRCODE_WARNING,
                 format!(
-                    "tenant_backfill: {} rejected writes in other databases than {database} were not recorded",
-                    elsewhere.len()
+                    "tenant_backfill: {} rejected writes in database {} were not recorded: the extension is not installed there",
+                    batch.len(),
+                    BackgroundWorker::transaction(|| Spi::get_one::<String>("SELECT pg_catalog.current_database()::text")
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default())
                 ),
-                "Set tenant_backfill.database to the database where tenant_backfill is used."
+                "CREATE EXTENSION tenant_backfill in that database to record them in its tenant_backfill.violations."
             );
+        }
+        let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
+        let mut queue = QUEUE.exclusive();
+        queue.retain(|r| !ids.contains(&r.id));
+        if !installed {
+            queue.unrecorded += ids.len() as u64;
         }
     }
 }
@@ -247,9 +362,10 @@ const INSERT_VIOLATIONS: &str = "INSERT INTO tenant_backfill.violations \
                        pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::text[])) \
             AS v(at, target, key, col, role, app, op)";
 
-fn write_violations(rows: &[Rejection]) {
+/// Writes rejections to `violations`; whether they were written.
+fn write_violations(rows: &[Rejection]) -> bool {
     if rows.is_empty() {
-        return;
+        return true;
     }
     let at: Vec<f64> = rows.iter().map(|r| r.at_us as f64 / 1_000_000.0).collect();
     let target: Vec<i64> = rows.iter().map(|r| i64::from(r.target)).collect();
@@ -259,7 +375,7 @@ fn write_violations(rows: &[Rejection]) {
     let application: Vec<String> = rows.iter().map(|r| r.application.as_string()).collect();
     let operation: Vec<String> =
         rows.iter().map(|r| if r.operation == b'U' { "UPDATE".to_string() } else { "INSERT".to_string() }).collect();
-    // A Postgres error here ends the worker; the postmaster restarts it and the
+    // A Postgres error here ends the writer; the launcher starts another, and the
     // rejections, still queued, are written then.
     let result = BackgroundWorker::transaction(|| {
         Spi::connect_mut(|client| {
@@ -280,11 +396,12 @@ fn write_violations(rows: &[Rejection]) {
                 .map(|_| ())
         })
     });
-    if let Err(err) = result {
+    if let Err(err) = &result {
         ereport!(
             WARNING,
             PgSqlErrorCode::ERRCODE_WARNING,
             format!("tenant_backfill: could not record {} rejected writes: {err}", rows.len())
         );
     }
+    result.is_ok()
 }

@@ -5,7 +5,7 @@
 //! release_quarantine) is a run, so `progress`, `validate` and `rollback` see them all
 //! the same way.
 
-use crate::catalog::Target;
+use crate::job::Target;
 use crate::engine::Mode;
 use crate::error::{BackfillError, Result};
 use crate::sql::{self, get, get_required, Value};
@@ -230,10 +230,10 @@ pub fn insert(new: NewRun) -> Result<i64> {
     };
     sql::select_value::<i64>(
         "INSERT INTO tenant_backfill.runs\n    \
-         (target, kind, mode, dry_run, status, batch_size, pause_ms, lock_timeout_ms, parameters,\n     \
+         (target, target_name, kind, mode, dry_run, status, batch_size, pause_ms, lock_timeout_ms, parameters,\n     \
          rows_at_start, rows_total, upper_key)\n\
-         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, 'running', $5, $6, $7, $8::pg_catalog.text::pg_catalog.jsonb,\n        \
-         $9, $10, $11)\n\
+         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $12, $2, $3, $4, 'running', $5, $6, $7,\n        \
+         $8::pg_catalog.text::pg_catalog.jsonb, $9, $10, $11)\n\
          RETURNING run_id",
         &[
             Value::Oid(new.target.rel.oid),
@@ -247,6 +247,7 @@ pub fn insert(new: NewRun) -> Result<i64> {
             Value::Int8(rows_at_start),
             Value::int8(rows_total),
             Value::Text(upper_key),
+            Value::text(new.target.rel.sql_name()),
         ],
     )?
     .ok_or_else(|| BackfillError::Internal("INSERT INTO runs returned no run_id".into()))

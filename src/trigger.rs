@@ -1,77 +1,22 @@
-//! The guard trigger that stops new NULL tenants (API.md section 5; `enforce` installs
-//! it, src/api/guard.rs), and the rows it leaves behind: a logged, assigned or
-//! quarantined write is recorded in `violations` and a quarantined row is kept in
-//! `quarantine` from here; rejected writes reach `violations` through
-//! src/rejections.rs, and `release_quarantine` (src/writer.rs) puts rows back.
-//!
-//! The trigger is BEFORE INSERT OR UPDATE OF the tenant column, FOR EACH ROW. Its
-//! arguments are (mode, tenant column, key column, parent column or ''). The hot path
-//! reads one attribute and tests it for NULL; everything else happens only on a violation.
+//! The guard trigger function (`tenant_backfill.guard()`, installed by src/guard.rs),
+//! and the rows it leaves behind: a logged, assigned or quarantined write is recorded in
+//! `violations` and a quarantined row is kept in `quarantine` from here; rejected writes
+//! reach `violations` through src/rejections.rs, and `release_quarantine`
+//! (src/writer.rs) puts rows back.
 
 use crate::catalog;
 use crate::error::{BackfillError, OrRaise};
+use crate::guard::GuardMode;
 use crate::rejections;
 use crate::sql::{self, Value};
 use crate::writer;
 use pgrx::prelude::*;
 use pgrx::heap_tuple::PgHeapTuple;
-use pgrx::{AllocatedByPostgres, GucContext, GucFlags, GucRegistry, GucSetting, PgTupleDesc};
+use pgrx::{AllocatedByPostgres, PgTupleDesc};
 
 // Not named `Result`: #[pg_trigger]'s expansion needs std's two-parameter Result.
 type GuardResult<T> = crate::error::Result<T>;
-use std::ffi::{CStr, CString};
-
-/// `tenant_backfill.tenant`: the tenant `assign` gives a row that has no parent to take
-/// it from (and the setting `validate` sets for its isolation check by default).
-/// Registered so `SHOW` and `current_setting` know it once the library is loaded.
-pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-
-/// Called from `_PG_init`.
-pub fn init() {
-    GucRegistry::define_string_guc(
-        c"tenant_backfill.tenant",
-        c"The current tenant: what the guard's assign mode gives a row without one.",
-        c"Set it per transaction (SET LOCAL, or set_config(..., true)): behind a transaction pooler a session-level SET reaches other clients' transactions.",
-        &TENANT,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
-}
-
-pub const TRIGGER_NAME: &str = "tenant_backfill_guard";
-
-/// The guard's modes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GuardMode {
-    Reject,
-    Quarantine,
-    Assign,
-    Log,
-}
-
-impl GuardMode {
-    pub fn parse(text: Option<&str>) -> GuardResult<GuardMode> {
-        match text {
-            Some("reject") => Ok(GuardMode::Reject),
-            Some("quarantine") => Ok(GuardMode::Quarantine),
-            Some("assign") => Ok(GuardMode::Assign),
-            Some("log") => Ok(GuardMode::Log),
-            other => Err(BackfillError::BadArgument(
-                format!("unknown guard mode \"{}\"", other.unwrap_or("NULL")),
-                "mode is 'reject', 'quarantine', 'assign' or 'log'.".into(),
-            )),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GuardMode::Reject => "reject",
-            GuardMode::Quarantine => "quarantine",
-            GuardMode::Assign => "assign",
-            GuardMode::Log => "log",
-        }
-    }
-}
+use std::ffi::CStr;
 
 // ------------------------------------------------------------------ the trigger
 
@@ -126,11 +71,11 @@ fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTup
     let args = unsafe { std::slice::from_raw_parts(tg.tgargs, tg.tgnargs as usize) };
     // SAFETY: tg_relation is the open relation the trigger fires on.
     let (relid, tupdesc) = unsafe { ((*data.tg_relation).rd_id, (*data.tg_relation).rd_att) };
-    let attnum = tenant_attnum(tg.tgoid, relid, args[1]);
+    let attnum = tenant_attnum(tg, relid, args[1]);
     if attnum == pg_sys::InvalidAttrNumber as i16 {
         BackfillError::BadArgument(
             format!("the guard's tenant column {} no longer exists", arg(args, 1)),
-            "Call tenant_backfill.enforce(target) again after renaming the column.".into(),
+            "Install the guard again: tenant_backfill.enforce(target).".into(),
         )
         .raise();
     }
@@ -144,28 +89,48 @@ fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTup
     if writer::guard_bypassed_for(relid) {
         return Ok(Some(row));
     }
+    if fired_after(data) {
+        return after_null_tenant(data, args, attnum).map(|_| None).or_raise_ok();
+    }
     on_null_tenant(data, args, attnum, row).or_raise_ok()
 }
 
-thread_local! {
-    /// The last guard trigger's (trigger OID, relation OID, tenant attribute number): a
-    /// bulk INSERT fires the same trigger for every row, and an attribute keeps its number
-    /// when renamed, so the name is looked up once per statement rather than per row.
-    static LAST_ATTNUM: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid, i16)> =
-        const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid, 0)) };
+fn fired_after(data: &pg_sys::TriggerData) -> bool {
+    (data.tg_event & pg_sys::TRIGGER_EVENT_TIMINGMASK) == pg_sys::TRIGGER_EVENT_AFTER
 }
 
-fn tenant_attnum(trigger: pg_sys::Oid, relid: pg_sys::Oid, column: *const std::ffi::c_char) -> i16 {
+/// The tenant column's number, which a rename does not change: the first column of the
+/// BEFORE trigger's `UPDATE OF` list, else the fifth argument (the AFTER triggers have
+/// no column list), both written for this very table by `install`. A guard installed
+/// without them looks the column up by name, once per statement and trigger.
+fn tenant_attnum(tg: &pg_sys::Trigger, relid: pg_sys::Oid, column: *const std::ffi::c_char) -> i16 {
+    if tg.tgnattr >= 1 && !tg.tgattr.is_null() {
+        // SAFETY: tgattr holds tgnattr attribute numbers.
+        return unsafe { *tg.tgattr };
+    }
+    if tg.tgnargs >= 5 {
+        // SAFETY: tgargs holds tgnargs NUL-terminated strings.
+        let text = unsafe { CStr::from_ptr(*tg.tgargs.add(4)) };
+        if let Some(attnum) = text.to_str().ok().and_then(|t| t.parse::<i16>().ok()) {
+            return attnum;
+        }
+    }
     let (cached_trigger, cached_rel, cached_attnum) = LAST_ATTNUM.with(|c| c.get());
-    if cached_trigger == trigger && cached_rel == relid && trigger != pg_sys::InvalidOid {
+    if cached_trigger == tg.tgoid && cached_rel == relid && tg.tgoid != pg_sys::InvalidOid {
         return cached_attnum;
     }
     // SAFETY: column is the trigger's NUL-terminated argument; get_attnum is a syscache lookup.
     let attnum = unsafe { pg_sys::get_attnum(relid, column) };
     if attnum != pg_sys::InvalidAttrNumber as i16 {
-        LAST_ATTNUM.with(|c| c.set((trigger, relid, attnum)));
+        LAST_ATTNUM.with(|c| c.set((tg.tgoid, relid, attnum)));
     }
     attnum
+}
+
+thread_local! {
+    /// The last AFTER trigger's (trigger OID, relation OID, tenant attribute number).
+    static LAST_ATTNUM: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid, i16)> =
+        const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid, 0)) };
 }
 
 trait OrRaiseOk<T> {
@@ -228,15 +193,21 @@ struct Violation {
     application: String,
 }
 
-fn describe(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char]) -> GuardResult<Violation> {
+fn describe(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char], attnum: i16) -> GuardResult<Violation> {
     // SAFETY: tg_relation is valid while the trigger fires.
     let target = unsafe { (*data.tg_relation).rd_id };
     let rel = catalog::relation(target)?;
+    // The column's name now (a rename since enforce changes it), from its number.
+    let column = sql::select_value::<String>(
+        "SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum = $2",
+        &[Value::Oid(target), Value::Int4(Some(attnum.into()))],
+    )?
+    .unwrap_or_else(|| arg(args, 1));
     let application = sql::select_value::<String>("SELECT pg_catalog.current_setting('application_name')", &[])?;
     Ok(Violation {
         target,
         table: rel.sql_name(),
-        column: arg(args, 1),
+        column,
         key: column_text(data, &arg(args, 2)).unwrap_or_else(|| "NULL".into()),
         operation: if is_update(data) { "UPDATE" } else { "INSERT" },
         role: sql::select_value::<String>("SELECT CURRENT_USER::text", &[])?.unwrap_or_default(),
@@ -252,7 +223,7 @@ fn on_null_tenant<'a>(
     row: PgHeapTuple<'a, AllocatedByPostgres>,
 ) -> GuardResult<Option<PgHeapTuple<'a, AllocatedByPostgres>>> {
     let mode = GuardMode::parse(Some(arg(args, 0).as_str()))?;
-    let v = describe(data, args)?;
+    let v = describe(data, args, attnum)?;
     match mode {
         GuardMode::Reject => Err(reject(&v)),
         GuardMode::Log => {
@@ -277,6 +248,19 @@ fn on_null_tenant<'a>(
             None => Err(reject(&v)),
         },
     }
+}
+
+/// The backstop: a row that ends NULL although the guard ran before it (a BEFORE
+/// trigger that fires after the guard set the tenant to NULL, or an UPDATE that does not
+/// name the column, which the guard does not see). Rejected (mode `log` has no backstop).
+fn after_null_tenant(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char], attnum: i16) -> GuardResult<()> {
+    let v = describe(data, args, attnum)?;
+    let mut err = reject(&v);
+    if let BackfillError::NullTenant { detail, hint, .. } = &mut err {
+        *detail = format!("Failing row has key {}; a trigger that fired after the guard set {} to NULL.", v.key, v.column);
+        *hint = Some("Triggers fire in name order: a BEFORE trigger named after tenant_backfill_guard must keep the tenant.".into());
+    }
+    Err(err)
 }
 
 /// The rejection error, like Postgres' own NOT NULL message, recorded durably first.
@@ -392,13 +376,4 @@ fn with_tenant(data: &pg_sys::TriggerData, attnum: i16, tenant: &str) -> GuardRe
             nulls.as_mut_ptr(),
         ))
     }
-}
-
-/// Whether the table has the guard trigger.
-pub fn guard_installed(rel: &catalog::Relation) -> GuardResult<bool> {
-    Ok(sql::select_value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::text::pg_catalog.name)",
-        &[Value::Oid(rel.oid), Value::text(TRIGGER_NAME)],
-    )?
-    .unwrap_or(false))
 }

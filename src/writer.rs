@@ -32,7 +32,8 @@
 //! first waits briefly for rows other sessions hold; when that wait runs out, the
 //! procedure does the batch again, skipping them (sql/procedures.sql).
 
-use crate::catalog::{Column, Target};
+use crate::catalog::Column;
+use crate::job::Target;
 use crate::error::{BackfillError, Result};
 use crate::sql::{self, get, get_required, Statement, Value};
 use pgrx::pg_sys;

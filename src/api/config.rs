@@ -2,7 +2,8 @@
 //! Everything is validated up front, so a mistake is a clear error here rather than a
 //! failed query in the middle of a run.
 
-use crate::catalog::{self, Column, Relation, Rule, Target};
+use crate::catalog::{self, Column, Relation};
+use crate::job::{self, Rule};
 use crate::engine;
 use crate::error::{required, BackfillError, OrRaise, Result};
 use crate::sql::{self, get_required, Value};
@@ -58,12 +59,22 @@ fn define_target(
     catalog::require_select(&rel, &[&key, &tenant])?;
     let soft_delete = soft_delete_column.map(SqlName::as_str).unwrap_or("deleted_at");
     sql::execute(
-        "INSERT INTO tenant_backfill.targets (target, tenant_column, key_column, soft_delete_column) \
-         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::text::pg_catalog.name, $3::text::pg_catalog.name, $4::text::pg_catalog.name) \
-         ON CONFLICT (target) DO UPDATE SET tenant_column = EXCLUDED.tenant_column, \
-             key_column = EXCLUDED.key_column, soft_delete_column = EXCLUDED.soft_delete_column, \
-             defined_at = pg_catalog.now(), defined_by = CURRENT_USER",
-        &[Value::Oid(rel.oid), Value::text(tenant.name), Value::text(key.name), Value::text(soft_delete)],
+        "INSERT INTO tenant_backfill.targets\n    \
+         (target, tenant_column, key_column, soft_delete_column, tenant_attnum, key_attnum)\n\
+         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::text::pg_catalog.name, $3::text::pg_catalog.name,\n        \
+         $4::text::pg_catalog.name, $5::pg_catalog.int2, $6::pg_catalog.int2)\n\
+         ON CONFLICT (target) DO UPDATE SET tenant_column = EXCLUDED.tenant_column,\n    \
+         key_column = EXCLUDED.key_column, soft_delete_column = EXCLUDED.soft_delete_column,\n    \
+         tenant_attnum = EXCLUDED.tenant_attnum, key_attnum = EXCLUDED.key_attnum,\n    \
+         defined_at = pg_catalog.now(), defined_by = CURRENT_USER",
+        &[
+            Value::Oid(rel.oid),
+            Value::text(tenant.name),
+            Value::text(key.name),
+            Value::text(soft_delete),
+            Value::Int4(Some(tenant.attnum.into())),
+            Value::Int4(Some(key.attnum.into())),
+        ],
     )?;
     Ok(())
 }
@@ -118,28 +129,13 @@ fn add_source_impl(
     phase: Option<i32>,
     rule: Option<&str>,
 ) -> Result<()> {
-    let target = catalog::target(target.0)?;
+    let target = job::target(target.0)?;
     let rel = catalog::relation(source.0)?;
     let via = catalog::column(&rel, via.as_str())?;
     let tenant_name = tenant_column.map(SqlName::as_str).unwrap_or(&target.tenant.name);
     let tenant = catalog::column(&rel, tenant_name)?;
     let rule = Rule::parse(rule)?;
-    if !catalog::types_comparable(via.type_oid, target.key.type_oid)? {
-        return Err(BackfillError::TypeMismatch(
-            format!(
-                "column {} of {} is {} and cannot be compared with key {} of {} ({})",
-                via.name, rel.display, via.type_display, target.key.name, target.rel.display, target.key.type_display
-            ),
-            "via must hold values of the target's key type (or one comparable with it).".into(),
-        ));
-    }
-    require_tenant_cast(
-        &target,
-        &rel,
-        &tenant,
-        "tenant column",
-        "A source's tenant column must hold the target's tenant type or one that casts to it.",
-    )?;
+    job::require_source_types(&target, &rel, &via, &tenant)?;
     catalog::require_select(&rel, &[&via, &tenant])?;
 
     let existing = source_phases(&target.rel)?;
@@ -180,21 +176,6 @@ fn add_source_impl(
     Ok(())
 }
 
-/// Checks that a column holding tenants (`what`: a source's tenant column, a config
-/// table's value column) casts to the target's tenant type; `todo` says what to do if not.
-fn require_tenant_cast(target: &Target, rel: &Relation, column: &Column, what: &str, todo: &str) -> Result<()> {
-    if catalog::castable(column.type_oid, target.tenant.type_oid)? {
-        return Ok(());
-    }
-    Err(BackfillError::TypeMismatch(
-        format!(
-            "{what} {} of {} is {} and cannot be cast to {} ({} of {})",
-            column.name, rel.display, column.type_display, target.tenant.type_display, target.tenant.name, target.rel.display
-        ),
-        todo.into(),
-    ))
-}
-
 /// (source, via, phase) of every source of a target.
 fn source_phases(target: &Relation) -> Result<Vec<(pgrx::pg_sys::Oid, String, i32)>> {
     sql::select_rows(
@@ -219,7 +200,7 @@ fn set_override(
 }
 
 fn set_override_impl(target: RegClass, row_key: Option<&str>, tenant: Option<&str>, note: Option<String>) -> Result<()> {
-    let target = catalog::target(target.0)?;
+    let target = job::target(target.0)?;
     let Some(row_key) = row_key else {
         return Err(BackfillError::BadArgument(
             "row_key is NULL".into(),
@@ -286,11 +267,11 @@ fn add_override_table_impl(
     value_column: &SqlName,
     key_prefix: Option<String>,
 ) -> Result<()> {
-    let target = catalog::target(target.0)?;
+    let target = job::target(target.0)?;
     let rel = catalog::relation(config_table.0)?;
     let key = catalog::column(&rel, key_column.as_str())?;
     let value = catalog::column(&rel, value_column.as_str())?;
-    require_tenant_cast(
+    job::require_tenant_cast(
         &target,
         &rel,
         &value,
@@ -323,7 +304,7 @@ fn override_for(target: Option<RegClass>, row_key: Option<String>) -> Option<Str
 }
 
 fn override_for_impl(target: RegClass, row_key: &str) -> Result<Option<String>> {
-    let job = catalog::job(target.0)?;
+    let job = job::job(target.0)?;
     job.require_read_access()?;
     let key = catalog::canonical_value(row_key, &job.target.key, &job.target.rel)?;
     let st = engine::override_query(&job, &key);
@@ -343,7 +324,7 @@ fn discover(
 }
 
 fn discover_impl(target: RegClass) -> Result<Vec<(RegClass, SqlName, SqlName, bool)>> {
-    let target = catalog::target(target.0)?;
+    let target = job::target(target.0)?;
     let candidates = sql::select_rows(
         "SELECT con.conrelid, a.attname::text \
            FROM pg_catalog.pg_constraint con \

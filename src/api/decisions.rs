@@ -2,7 +2,9 @@
 //! orphans soft-deleted, both through the writer's backup and audit path as runs of
 //! their own, so `rollback` undoes them.
 
+use crate::job;
 use crate::catalog::{self, Column, Relation};
+use crate::checks;
 use crate::engine::{self, Detail, Mode, Scope};
 use crate::error::{required, BackfillError, OrRaise, Result};
 use crate::runs::{self, BatchCounts, NewRun, RunKind};
@@ -31,7 +33,7 @@ fn first_values(sql_text: &str, params: &[Value]) -> Result<Vec<String>> {
 }
 
 fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
-    let target = catalog::target(target.0)?;
+    let target = job::target(target.0)?;
     let rel = catalog::relation(decisions.0)?;
     let row_key = catalog::column(&rel, "row_key")?;
     let tenant = catalog::column(&rel, "tenant")?;
@@ -155,7 +157,7 @@ fn soft_delete_orphans(target: Option<RegClass>, dry_run: default!(Option<bool>,
 }
 
 fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
-    let job = catalog::job(target.0)?;
+    let job = job::job(target.0)?;
     job.require_read_access()?;
     let t = &job.target;
     let column = catalog::column(&t.rel, &t.soft_delete_column).map_err(|_| BackfillError::NoSoftDeleteColumn {
@@ -177,6 +179,7 @@ fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
     if !dry_run {
         catalog::require_update(&t.rel, &column)?;
     }
+    checks::require_castable_sources(&job, Mode::Fill, &Scope::All)?;
     let run_id = runs::insert(NewRun {
         target: t,
         kind: RunKind::SoftDeleteOrphans,

@@ -7,7 +7,8 @@
 //! 3. `ALTER COLUMN ... SET NOT NULL`, which uses the validated check instead of a
 //!    scan, then drops the check.
 
-use crate::catalog::{self, Target};
+use crate::catalog;
+use crate::job::{self, Target};
 use crate::checks;
 use crate::error::{required, BackfillError, OrRaise, Result};
 use crate::rejections;
@@ -57,7 +58,7 @@ fn _finalize_check(target: Option<RegClass>) -> String {
 
 fn finalize_check(target: RegClass) -> Result<String> {
     sql::require_nonatomic("finalize")?;
-    let target = catalog::target(target.0)?;
+    let target = job::target(target.0)?;
     catalog::require_table_privilege(&target.rel, "SELECT")?;
     if target.tenant.not_null {
         ereport!(
@@ -83,7 +84,7 @@ fn _finalize_step(target: RegClass, step: i32, lock_timeout_ms: i32) {
 }
 
 fn finalize_step(target: RegClass, step: i32, lock_timeout_ms: i32) -> Result<()> {
-    let target = catalog::target(target.0)?;
+    let target = job::target(target.0)?;
     sql::execute(
         "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
         &[Value::text(format!("{}ms", lock_timeout_ms.max(1)))],
@@ -125,7 +126,7 @@ fn _finalize_abort(target: RegClass) {
 }
 
 fn finalize_abort(target: RegClass) -> Result<()> {
-    let target = catalog::target(target.0)?;
+    let target = job::target(target.0)?;
     if has_constraint(&target)? {
         drop_constraint(&target)?;
     }
@@ -157,7 +158,7 @@ fn monitor(
 }
 
 fn monitor_impl(target: RegClass, since: Option<Interval>) -> Result<Vec<(String, i64, Option<String>)>> {
-    let job = catalog::job(target.0)?;
+    let job = job::job(target.0)?;
     job.require_read_access()?;
     let t = &job.target;
     let since_value = match since.and_then(|s| pgrx::IntoDatum::into_datum(s)) {

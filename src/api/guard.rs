@@ -1,12 +1,13 @@
 //! Keep it fixed (API.md section 5): install and remove the guard trigger
 //! (src/trigger.rs), and release what it quarantined.
 
-use crate::catalog::{self, Target};
+use crate::catalog;
+use crate::job::{self, Target};
 use crate::error::{report_with_hint, required, BackfillError, OrRaise, Result};
 use crate::rejections;
 use crate::runs::{self, NewRun, RunKind};
 use crate::sql::{self, get_required, Value};
-use crate::trigger::{self, GuardMode, TRIGGER_NAME};
+use crate::guard::{self, GuardArgs, GuardMode};
 use crate::types::{RegClass, SqlName};
 use crate::writer::{self, WriteSpec};
 use pgrx::prelude::*;
@@ -25,7 +26,7 @@ fn enforce(
 
 fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&SqlName>) -> Result<()> {
     let mode = GuardMode::parse(mode)?;
-    let target = catalog::target(target.0)?;
+    let target = job::target(target.0)?;
     catalog::require_table_privilege(&target.rel, "TRIGGER")?;
     let parent = match parent_column {
         Some(name) => {
@@ -41,24 +42,15 @@ fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&Sql
         }
         None => String::new(),
     };
-    let table = target.rel.sql_name();
-    let trigger = sql::ident(TRIGGER_NAME);
-    if trigger::guard_installed(&target.rel)? {
-        sql::execute(&format!("DROP TRIGGER {trigger} ON {table}"), &[])?;
+    // The target and its legacy inheritance children, each checked before any is changed.
+    let family = guard::family(&target.rel)?;
+    for table in &family {
+        catalog::require_table_privilege(table, "TRIGGER")?;
     }
-    // DDL takes no parameters: the arguments are quoted literals.
-    sql::execute(
-        &format!(
-            "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE OF {tenant} ON {table} FOR EACH ROW \
-             EXECUTE FUNCTION tenant_backfill.guard({mode}, {tenant_arg}, {key_arg}, {parent_arg})",
-            tenant = target.tenant.sql_name(),
-            mode = pgrx::spi::quote_literal(mode.as_str()),
-            tenant_arg = pgrx::spi::quote_literal(&target.tenant.name),
-            key_arg = pgrx::spi::quote_literal(&target.key.name),
-            parent_arg = pgrx::spi::quote_literal(&parent),
-        ),
-        &[],
-    )?;
+    let args = GuardArgs { mode, tenant: target.tenant.name.clone(), key: target.key.name.clone(), parent };
+    for table in &family {
+        guard::install(table, &args)?;
+    }
     if mode == GuardMode::Reject && !rejections::preloaded() {
         report_with_hint(
             PgLogLevel::NOTICE,
@@ -79,13 +71,19 @@ fn unenforce(target: Option<RegClass>) {
 fn unenforce_impl(target: RegClass) -> Result<()> {
     let rel = catalog::relation(target.0)?;
     catalog::require_table_privilege(&rel, "TRIGGER")?;
-    if !trigger::guard_installed(&rel)? {
+    if !guard::guard_installed(&rel)? {
         return Err(BackfillError::BadArgument(
             format!("{} has no tenant_backfill guard", rel.display),
             "tenant_backfill.enforce(target) installs one.".into(),
         ));
     }
-    sql::execute(&format!("DROP TRIGGER {} ON {}", sql::ident(TRIGGER_NAME), rel.sql_name()), &[])?;
+    let family = guard::family(&rel)?;
+    for table in &family {
+        catalog::require_table_privilege(table, "TRIGGER")?;
+    }
+    for table in &family {
+        guard::remove(table)?;
+    }
     Ok(())
 }
 
@@ -101,7 +99,7 @@ fn release_quarantine(target: Option<RegClass>, tenant: default!(Option<String>,
 }
 
 fn release_impl(target: RegClass, tenant: Option<&str>) -> Result<i64> {
-    let target = catalog::target(target.0)?;
+    let target = job::target(target.0)?;
     catalog::require_table_privilege(&target.rel, "INSERT")?;
     catalog::require_update(&target.rel, &target.tenant)?;
     if let Some(tenant) = tenant {

@@ -1,6 +1,8 @@
 //! Look before you leap (API.md section 2): read-only reports over the decision query.
 
-use crate::catalog::{self, Job};
+use crate::catalog;
+use crate::job::{self, Job};
+use crate::checks;
 use crate::engine::{self, Detail, Mode, Scope};
 use crate::error::{required, OrRaise, Result};
 use crate::sql::{self, get, get_required, Statement, Value};
@@ -15,7 +17,7 @@ fn over_decisions(mut st: Statement, job: &Job, mode: Mode, detail: Detail, oute
 }
 
 fn load(target: Option<RegClass>) -> Result<Job> {
-    let job = catalog::job(required(target, "target")?.0)?;
+    let job = job::job(required(target, "target")?.0)?;
     job.require_read_access()?;
     Ok(job)
 }
@@ -36,6 +38,7 @@ fn _plan_statement(
 fn plan_statement(target: Option<RegClass>, mode: Option<&str>) -> Result<(String, Vec<Option<String>>)> {
     let mode = Mode::parse(mode)?;
     let job = load(target)?;
+    checks::require_castable_sources(&job, mode, &Scope::All)?;
     let st = over_decisions(
         Statement::with_text_array(),
         &job,
@@ -183,6 +186,14 @@ fn preflight_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<(S
         joined(unattributed.iter().map(|(l, n)| format!("{l}: {n}")).collect()),
     ));
 
+    // Counted above as if they were not there; a run stops at the first.
+    let bad = checks::bad_source_values(&job, mode, &Scope::All)?;
+    out.push((
+        "source_bad_tenant".into(),
+        bad.iter().map(|b| b.count).sum(),
+        joined(bad.iter().map(|b| b.describe(&job)).collect()),
+    ));
+
     let mut missing = Vec::new();
     for s in &job.sources {
         if !catalog::has_leading_index(&s.rel, &s.via)? {
@@ -230,6 +241,7 @@ fn conflicts(
 fn conflict_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<(Option<String>, Option<pgrx::JsonB>)>> {
     let mode = Mode::parse(mode)?;
     let job = load(target)?;
+    checks::require_castable_sources(&job, mode, &Scope::All)?;
     let st = over_decisions(
         Statement::new(),
         &job,
@@ -265,6 +277,7 @@ fn review_queue(
 fn review_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<ReviewRow>> {
     let mode = Mode::parse(mode)?;
     let job = load(target)?;
+    checks::require_castable_sources(&job, mode, &Scope::All)?;
     // row_data shows the whole row, so the reviewer needs to read all of it.
     catalog::require_table_privilege(&job.target.rel, "SELECT")?;
     let st = over_decisions(

@@ -4,7 +4,8 @@
 //! in the caller's transaction.
 
 use crate::batch;
-use crate::catalog::{self, Job};
+use crate::catalog;
+use crate::job::{self, Job};
 use crate::engine::{Mode, Scope};
 use crate::error::{report_with_hint, required, BackfillError, OrRaise, Result};
 use crate::locks;
@@ -28,7 +29,7 @@ const FIRST_TRY_WAIT_MS: i32 = 50;
 /// Checks what a run needs: read access to everything the decision reads, and UPDATE
 /// on the tenant column unless nothing is written.
 fn load_job_for_writing(target: RegClass, dry_run: bool) -> Result<Job> {
-    let job = catalog::job(target.0)?;
+    let job = job::job(target.0)?;
     job.require_read_access()?;
     if !dry_run {
         catalog::require_update(&job.target.rel, &job.target.tenant)?;
@@ -137,7 +138,7 @@ fn run_one_batch(run_id: i64, skip_held_rows: bool) -> Result<bool> {
     }
     let settings = run.settings.unwrap_or(BatchSettings::DEFAULT);
     let mode = run.mode.ok_or_else(|| BackfillError::Internal(format!("run {run_id} has no mode")))?;
-    let job = catalog::job(run.target)?;
+    let job = job::job(run.target)?;
     // Only this batch's transaction waits at most lock_timeout for a lock.
     let lock_wait_ms =
         if skip_held_rows { settings.lock_timeout_ms } else { settings.lock_timeout_ms.min(FIRST_TRY_WAIT_MS) };

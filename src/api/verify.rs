@@ -1,13 +1,14 @@
 //! Check and undo (API.md section 4): prove the result of a run, and restore a run's
 //! rows from its backup.
 
-use crate::catalog::{self, Job, Target};
+use crate::catalog;
+use crate::job::{self, Job, Target};
 use crate::checks::{self, NullRows};
 use crate::error::{report_with_hint, required, BackfillError, OrRaise, Result};
 use crate::locks;
 use crate::runs::{self, NewRun, Run, RunKind, RunStatus};
 use crate::sql::{self, get_required, Value};
-use crate::trigger;
+use crate::guard;
 use crate::types::RegClass;
 use crate::writer::{self, WriteSpec};
 use pgrx::prelude::*;
@@ -71,7 +72,7 @@ fn validate(
 }
 
 fn validate_impl(target: RegClass, run_id: Option<i64>, tenant_setting: &str) -> Result<Vec<Check>> {
-    let job = catalog::job(target.0)?;
+    let job = job::job(target.0)?;
     job.require_read_access()?;
     let run = find_run(&job.target, run_id)?;
     let mut checks = vec![no_null_tenant(&job.target)?];
@@ -293,7 +294,7 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
             "There is nothing to roll back.".into(),
         ));
     }
-    let target = catalog::target(run.target)?;
+    let target = job::target(run.target)?;
     locks::take_for_transaction(&target.rel, locks::Purpose::Rollback)?;
     let columns = sql::select_rows(
         "SELECT DISTINCT column_name::text FROM tenant_backfill.backup WHERE run_id = $1 ORDER BY 1",
@@ -338,7 +339,7 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
     runs::finish_with_counts(rollback_run, restored, Some(skipped), "rollback")?;
     runs::mark_rolled_back(run_id, rollback_run)?;
     let back_to_null = rows_set_to_null(rollback_run, &target)?;
-    if back_to_null > 0 && trigger::guard_installed(&target.rel)? {
+    if back_to_null > 0 && guard::guard_installed(&target.rel)? {
         report_with_hint(
             PgLogLevel::NOTICE,
             format!(

@@ -73,6 +73,7 @@ mod tests {
                 "orphans|2|no related rows in any source",
                 "unresolved|2|related rows exist but none carries a tenant",
                 "source_null_tenant|4|appointments: 2, phone_numbers: 1, calls: 1",
+                "source_bad_tenant|0|",
                 "missing_index|1|phone_numbers.customer_id",
             ]
         );
@@ -241,7 +242,7 @@ mod tests {
     fn batch(after: Option<&str>, up_to: Option<&str>, limit: Option<i64>) -> Vec<String> {
         use crate::engine::{decision_query, Mode, Scope};
         let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'customers'::regclass::oid").unwrap().unwrap();
-        let job = crate::catalog::job(oid).unwrap();
+        let job = crate::job::job(oid).unwrap();
         let scope = Scope::Batch { after: after.map(Into::into), up_to: up_to.map(Into::into), limit };
         let mut st = crate::sql::Statement::new();
         let decision = decision_query(&mut st, &job, Mode::Fill, &scope, crate::engine::Detail::Full);

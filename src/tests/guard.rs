@@ -53,6 +53,50 @@ mod tests {
     }
 
     #[pg_test]
+    fn rejections_in_another_database_reach_that_databases_violations() {
+        load(&[]);
+        run("CREATE EXTENSION IF NOT EXISTS dblink");
+        // CREATE DATABASE cannot run in the test's transaction: through dblink each
+        // statement runs in a session and transaction of its own.
+        let server = text(
+            "SELECT pg_catalog.format('host=%s port=%s user=%s', \
+                 pg_catalog.split_part(pg_catalog.current_setting('unix_socket_directories'), ',', 1), \
+                 pg_catalog.current_setting('port'), CURRENT_USER)",
+        )
+        .expect("connection string");
+        let (postgres, other) = (format!("{server} dbname=postgres"), format!("{server} dbname=tenant_backfill_other"));
+        let exec = |conninfo: &str, sql: &str| {
+            Spi::get_one_with_args::<String>("SELECT dblink_exec($1, $2, false)", &[conninfo.into(), sql.into()])
+                .expect("dblink_exec failed")
+                .unwrap_or_default()
+        };
+        exec(&postgres, "DROP DATABASE IF EXISTS tenant_backfill_other WITH (FORCE)");
+        assert_eq!(exec(&postgres, "CREATE DATABASE tenant_backfill_other"), "CREATE DATABASE");
+        exec(
+            &other,
+            "CREATE EXTENSION tenant_backfill; CREATE TABLE t (id int PRIMARY KEY, org int); \
+             DO $$BEGIN PERFORM tenant_backfill.define('t', 'org'); PERFORM tenant_backfill.enforce('t'); END$$",
+        );
+        assert_eq!(exec(&other, "INSERT INTO t VALUES (1, NULL)"), "ERROR");
+        // A writer for that database starts and records it there: poll for ten seconds.
+        let recorded = |sql: &str| {
+            Spi::get_one_with_args::<i64>("SELECT n FROM dblink($1, $2) AS x(n int8)", &[other.as_str().into(), sql.into()])
+                .expect("dblink failed")
+                .unwrap_or(0)
+        };
+        let found = (0..100).any(|_| {
+            let n = recorded("SELECT count(*) FROM tenant_backfill.violations WHERE row_key = '1' AND action = 'rejected'");
+            if n == 0 {
+                run("SELECT pg_sleep(0.1)");
+            }
+            n > 0
+        });
+        assert!(found, "the rejected insert never reached the other database's violations");
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.violations WHERE row_key = '1'"), 0);
+        exec(&postgres, "DROP DATABASE tenant_backfill_other WITH (FORCE)");
+    }
+
+    #[pg_test]
     fn log_mode_lets_the_row_through_and_records_it() {
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
@@ -130,7 +174,8 @@ mod tests {
         run(CUSTOMERS_JOB);
         run("SELECT tenant_backfill.enforce('customers', 'log')");
         run("SELECT tenant_backfill.enforce('customers', 'reject')");
-        assert_eq!(count("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'customers'::regclass AND NOT tgisinternal"), 1);
+        // Mode reject: the guard and its two AFTER backstops, once each.
+        assert_eq!(count("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'customers'::regclass AND NOT tgisinternal"), 3);
         assert!(error_of("INSERT INTO customers (id, name) VALUES (100, 'x')").starts_with("23502"));
         run("SELECT tenant_backfill.unenforce('customers')");
         run("INSERT INTO customers (id, name) VALUES (100, 'x')");

@@ -10,6 +10,9 @@ SELECT p.proname, pg_get_function_arguments(p.oid) AS arguments
   FROM pg_proc p
  WHERE p.pronamespace = 'tenant_backfill'::regnamespace AND p.proname IN ('define', 'add_source', 'plan')
  ORDER BY p.proname;
--- Every function runs with the caller's rights.
-SELECT count(*) AS security_definer_functions
+-- Every function runs with the caller's rights, but the event trigger that forgets a
+-- dropped table's configuration, which pins its search_path.
+SELECT p.proname AS security_definer_function, p.proconfig
   FROM pg_proc p WHERE p.pronamespace = 'tenant_backfill'::regnamespace AND p.prosecdef;
+-- The event triggers: dropped tables leave the configuration, inheriting tables get the guard.
+SELECT evtname, evtevent, evttags, evtfoid::regproc FROM pg_event_trigger ORDER BY 1;

@@ -109,3 +109,101 @@ CALL tenant_backfill.finalize('"robust$1"."acct$1"');
 SELECT * FROM tenant_backfill.rollback(:fill_run);
 SELECT count(*) AS still_null FROM "robust$1"."acct$1" WHERE "org$1" IS NULL;
 SELECT status FROM tenant_backfill.runs WHERE run_id = :fill_run;
+
+-- The guard holds against a trigger that fires after it, even on an UPDATE that does
+-- not name the tenant column.
+CREATE TABLE gx (id int PRIMARY KEY, org int, note text);
+SELECT tenant_backfill.define('gx', 'org');
+SET client_min_messages = warning;
+SELECT tenant_backfill.enforce('gx');
+RESET client_min_messages;
+CREATE FUNCTION wipe_the_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.note = 'wipe' THEN
+        NEW.org := NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER zz_wipe BEFORE INSERT OR UPDATE ON gx FOR EACH ROW EXECUTE FUNCTION wipe_the_tenant();
+INSERT INTO gx VALUES (1, 1, 'keep');
+INSERT INTO gx VALUES (2, 1, 'wipe');
+UPDATE gx SET note = 'wipe' WHERE id = 1;
+SELECT * FROM gx ORDER BY id;
+DROP TRIGGER zz_wipe ON gx;
+-- Legacy inheritance children get the guard: those there when enforce runs, and those
+-- created or attached later.
+CREATE TABLE gy (id int PRIMARY KEY, org int);
+CREATE TABLE gy_child () INHERITS (gy);
+SELECT tenant_backfill.define('gy', 'org');
+SET client_min_messages = warning;
+SELECT tenant_backfill.enforce('gy');
+RESET client_min_messages;
+INSERT INTO gy_child VALUES (1, NULL);
+CREATE TABLE gx_child (extra text) INHERITS (gx);
+INSERT INTO gx_child VALUES (10, NULL, 'x', 'y');
+CREATE TABLE gx_adopted (id int NOT NULL, org int, note text);
+ALTER TABLE gx_adopted INHERIT gx;
+INSERT INTO gx_adopted VALUES (11, NULL, 'x');
+INSERT INTO gx_adopted VALUES (12, 3, 'x');
+SELECT tgrelid::regclass AS guarded, pg_catalog.count(*) AS triggers
+  FROM pg_trigger WHERE tgname LIKE 'tenant_backfill_guard%' AND tgrelid::regclass::text LIKE 'g%'
+ GROUP BY 1 ORDER BY 1::text;
+SELECT tenant_backfill.unenforce('gy');
+SELECT count(*) AS triggers_left_on_gy FROM pg_trigger WHERE tgname LIKE 'tenant_backfill_guard%' AND tgrelid IN ('gy'::regclass, 'gy_child'::regclass);
+-- A renamed tenant column stays guarded: the guard follows it by number, also when
+-- another column takes its old name, and names it as it is called now.
+ALTER TABLE gx RENAME org TO tenant_id;
+ALTER TABLE gx ADD COLUMN org int;
+INSERT INTO gx (id, tenant_id, org, note) VALUES (3, NULL, 5, 'x');
+INSERT INTO gx (id, tenant_id, org, note) VALUES (4, 7, NULL, 'x');
+-- The configuration notices it too, rather than guard or fill the new column, and
+-- says what to do.
+SELECT tenant_backfill.enforce('gx');
+SELECT * FROM tenant_backfill.plan('gx');
+SELECT tenant_backfill.define('gx', 'tenant_id');
+SET client_min_messages = warning;
+SELECT tenant_backfill.enforce('gx');
+RESET client_min_messages;
+INSERT INTO gx (id, tenant_id, org, note) VALUES (5, NULL, 5, 'x');
+
+-- Dropped tables leave the configuration with a NOTICE; the runs keep the name.
+DROP TABLE "robust$1"."pièce$1";
+SELECT count(*) AS sources_left FROM tenant_backfill.sources WHERE target = '"robust$1"."acct$1"'::regclass;
+DROP TABLE "robust$1"."acct$1";
+SELECT count(*) AS targets_named_acct FROM tenant_backfill.targets WHERE target::text LIKE '%acct%';
+SELECT DISTINCT target_name FROM tenant_backfill.runs WHERE target_name LIKE '%acct%';
+DROP TABLE gx CASCADE;
+
+-- Source tenants that do not cast to the target's type: preflight counts them (and
+-- everything else as if they were not there); what decides stops at them first, naming
+-- source, column, key and value, and writes nothing.
+CREATE DOMAIN small_org AS int CHECK (VALUE < 100);
+CREATE TABLE bx (id int PRIMARY KEY, org small_org);
+CREATE TABLE bx_notes (id int PRIMARY KEY, bx_id int, org text);
+CREATE TABLE bx_moves (id int PRIMARY KEY, bx_id int, org bigint);
+INSERT INTO bx SELECT g, NULL FROM generate_series(1, 5) g;
+INSERT INTO bx_notes VALUES (1, 1, '1'), (2, 2, '2'), (3, 3, 'abc'), (4, 4, ' 7 '), (5, 5, NULL);
+INSERT INTO bx_moves VALUES (1, 1, 1), (2, 5, 5000000000), (3, 4, 150);
+SELECT tenant_backfill.define('bx', 'org');
+SELECT tenant_backfill.add_source('bx', 'bx_notes', 'bx_id');
+SELECT tenant_backfill.add_source('bx', 'bx_moves', 'bx_id', rule => 'majority');
+SELECT check_name, rows, detail FROM tenant_backfill.preflight('bx')
+ WHERE check_name IN ('by_phase_1', 'by_phase_2', 'source_bad_tenant');
+SELECT * FROM tenant_backfill.plan('bx');
+SELECT * FROM tenant_backfill.run_now('bx');
+SET client_min_messages = warning;
+CALL tenant_backfill.run('bx');
+RESET client_min_messages;
+SELECT status, rows_changed, error FROM tenant_backfill.runs WHERE target = 'bx'::regclass;
+SELECT count(*) AS still_null FROM bx WHERE org IS NULL;
+SELECT check_name, ok, actual, detail FROM tenant_backfill.validate('bx') WHERE check_name = 'sources_agree';
+-- Once corrected, the same run resumes and fills what the evidence decides.
+UPDATE bx_notes SET org = '3' WHERE id = 3;
+UPDATE bx_moves SET org = NULL WHERE id IN (2, 3);
+SET client_min_messages = warning;
+CALL tenant_backfill.run('bx');
+RESET client_min_messages;
+SELECT id, org FROM bx ORDER BY id;
+-- A key whose type changed under a configured source is named, not a bare 42883.
+ALTER TABLE bx_notes ALTER COLUMN bx_id TYPE uuid USING NULL;
+SELECT * FROM tenant_backfill.plan('bx');

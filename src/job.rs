@@ -1,0 +1,246 @@
+//! A target's configuration, read from the extension's tables and checked against the
+//! catalog as it is now: every table and column re-resolved, the columns `define` named
+//! still the same columns, the sources' types still fitting the target. Read afresh for
+//! every call (and every batch of a run), so a change made meanwhile is seen, and an
+//! impossible one is a clear error here rather than a failed query half way.
+
+use crate::catalog::{castable, column, relation, require_select, types_comparable, Column, Relation};
+use crate::error::{BackfillError, Result};
+use crate::sql::{self, get, get_required, Value};
+use pgrx::pg_sys;
+
+/// The rule of a source: API.md's `unanimous` or `majority`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    Unanimous,
+    Majority,
+}
+
+impl Rule {
+    pub fn parse(text: Option<&str>) -> Result<Rule> {
+        match text {
+            Some("unanimous") => Ok(Rule::Unanimous),
+            Some("majority") => Ok(Rule::Majority),
+            other => Err(BackfillError::BadArgument(
+                format!("unknown rule \"{}\"", other.unwrap_or("NULL")),
+                "A source's rule is 'unanimous' (every related row with a tenant agrees) or 'majority' (most related rows; ties go to the lowest tenant).".into(),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Unanimous => "unanimous",
+            Rule::Majority => "majority",
+        }
+    }
+}
+
+/// A configured target table.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub rel: Relation,
+    pub key: Column,
+    pub tenant: Column,
+    pub soft_delete_column: String,
+}
+
+/// A configured source of evidence.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub rel: Relation,
+    pub via: Column,
+    pub tenant: Column,
+    pub phase: i32,
+    pub rule: Rule,
+    /// How the source is named in `plan.source` and in evidence: the table's name,
+    /// made unique among the target's sources when two would read the same.
+    pub label: String,
+}
+
+/// A config table read live for overrides (the `"Configs"` adapter).
+#[derive(Clone, Debug)]
+pub struct OverrideTable {
+    pub rel: Relation,
+    pub key: Column,
+    pub value: Column,
+    pub prefix: String,
+}
+
+/// Everything configured for one target: what the decision engine is built from.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub target: Target,
+    /// In phase order.
+    pub sources: Vec<Source>,
+    /// In the order they were added, which is their precedence.
+    pub override_tables: Vec<OverrideTable>,
+}
+
+/// Checks that a source's columns fit its target: `via` compares with the key, and the
+/// tenant column casts to the target's tenant type.
+pub fn require_source_types(target: &Target, rel: &Relation, via: &Column, tenant: &Column) -> Result<()> {
+    if !types_comparable(via.type_oid, target.key.type_oid)? {
+        return Err(BackfillError::TypeMismatch(
+            format!(
+                "column {} of {} is {} and cannot be compared with key {} of {} ({})",
+                via.name, rel.display, via.type_display, target.key.name, target.rel.display, target.key.type_display
+            ),
+            "via must hold values of the target's key type (or one comparable with it).".into(),
+        ));
+    }
+    require_tenant_cast(
+        target,
+        rel,
+        tenant,
+        "tenant column",
+        "A source's tenant column must hold the target's tenant type or one that casts to it.",
+    )
+}
+
+/// Checks that a column holding tenants (`what`: a source's tenant column, a config
+/// table's value column) casts to the target's tenant type; `todo` says what to do if not.
+pub fn require_tenant_cast(target: &Target, rel: &Relation, column: &Column, what: &str, todo: &str) -> Result<()> {
+    if castable(column.type_oid, target.tenant.type_oid)? {
+        return Ok(());
+    }
+    Err(BackfillError::TypeMismatch(
+        format!(
+            "{what} {} of {} is {} and cannot be cast to {} ({} of {})",
+            column.name, rel.display, column.type_display, target.tenant.type_display, target.tenant.name, target.rel.display
+        ),
+        todo.into(),
+    ))
+}
+
+/// The configured target, with its key and tenant columns re-resolved: by name, and
+/// checked against the numbers they had when defined.
+pub fn target(oid: pg_sys::Oid) -> Result<Target> {
+    let rel = relation(oid)?;
+    // The three names, then the two numbers define recorded (NULL for older rows).
+    let rows = sql::select_rows(
+        "SELECT ARRAY[tenant_column::text, key_column::text, soft_delete_column::text], tenant_attnum, key_attnum\n  \
+         FROM tenant_backfill.targets WHERE target = $1::pg_catalog.regclass",
+        &[Value::Oid(oid)],
+        |row| Ok((get_required::<Vec<String>>(row, 1)?, get::<i16>(row, 2)?, get::<i16>(row, 3)?)),
+    )?;
+    let Some((names, tenant_attnum, key_attnum)) = rows.into_iter().next() else {
+        return Err(BackfillError::NotDefined(rel.display));
+    };
+    let [tenant, key, soft_delete_column]: [String; 3] = names
+        .try_into()
+        .map_err(|_| BackfillError::Internal("a target's row did not hold its three column names".into()))?;
+    let tenant = defined_column(&rel, &tenant, tenant_attnum)?;
+    let key = defined_column(&rel, &key, key_attnum)?;
+    Ok(Target { key, tenant, rel, soft_delete_column })
+}
+
+/// A column the configuration names, which must still be the column it named. A rename
+/// keeps a column's number and another column may then be added under the old name:
+/// that one has a higher number (a new column always does), and using it would guard
+/// or fill the wrong column. A lower number is no such sign: a dump and restore
+/// renumbers the columns that follow a dropped one.
+fn defined_column(rel: &Relation, name: &str, attnum: Option<i16>) -> Result<Column> {
+    let found = column(rel, name);
+    let Some(attnum) = attnum else {
+        return found;
+    };
+    if matches!(&found, Ok(col) if col.attnum <= attnum) {
+        return found;
+    }
+    let now_named = sql::select_value::<String>(
+        "SELECT a.attname::text FROM pg_catalog.pg_attribute a\n \
+         WHERE a.attrelid = $1 AND a.attnum = $2 AND NOT a.attisdropped",
+        &[Value::Oid(rel.oid), Value::Int4(Some(attnum.into()))],
+    )?;
+    match (now_named, found) {
+        (Some(new_name), found) => Err(BackfillError::WrongState(
+            format!("column {name} of {} was renamed to {new_name} since it was defined", rel.display),
+            match found {
+                Ok(_) => format!("The column now named {name} is another column, added later."),
+                Err(_) => format!("{} has no column {name} now.", rel.display),
+            },
+            format!("Call tenant_backfill.define again with the column's name now ({new_name}); sources and overrides stay."),
+        )),
+        // Dropped and added again under its name: the name is all that is left of it.
+        (None, found) => found,
+    }
+}
+
+/// The whole configuration of a target, every table and column re-resolved.
+pub fn job(oid: pg_sys::Oid) -> Result<Job> {
+    let target = target(oid)?;
+    let source_rows = config_rows(
+        "SELECT source::pg_catalog.oid, via::text, tenant_column::text, rule, phase\n  \
+         FROM tenant_backfill.sources WHERE target = $1::pg_catalog.regclass ORDER BY phase",
+        oid,
+    )?;
+    let mut sources = Vec::with_capacity(source_rows.len());
+    for (source_oid, [via, tenant, rule], phase) in source_rows {
+        let rel = relation(source_oid)?;
+        let (via, tenant) = (column(&rel, &via)?, column(&rel, &tenant)?);
+        // Checked again at every use: a key or tenant type changed since add_source
+        // would otherwise fail deep inside the decision query.
+        require_source_types(&target, &rel, &via, &tenant)?;
+        sources.push(Source { via, tenant, phase, rule: Rule::parse(Some(&rule))?, label: rel.name.clone(), rel });
+    }
+    label_sources(&mut sources);
+
+    let table_rows = config_rows(
+        "SELECT config_table::pg_catalog.oid, key_column::text, value_column::text, key_prefix, position\n  \
+         FROM tenant_backfill.override_tables WHERE target = $1::pg_catalog.regclass ORDER BY position",
+        oid,
+    )?;
+    let override_tables = table_rows
+        .into_iter()
+        .map(|(table_oid, [key, value, prefix], _position)| {
+            let rel = relation(table_oid)?;
+            Ok(OverrideTable { key: column(&rel, &key)?, value: column(&rel, &value)?, rel, prefix })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Job { target, sources, override_tables })
+}
+
+/// The rows of a configuration table (sources, override tables) for one target, each a
+/// table, three names or texts, and its order (phase, position).
+fn config_rows(query: &str, target: pg_sys::Oid) -> Result<Vec<(pg_sys::Oid, [String; 3], i32)>> {
+    sql::select_rows(query, &[Value::Oid(target)], |row| {
+        let text = |i| get_required::<String>(row, i);
+        Ok((get_required::<pg_sys::Oid>(row, 1)?, [text(2)?, text(3)?, text(4)?], get_required::<i32>(row, 5)?))
+    })
+}
+
+/// Sources are labelled by table name; where two share a name (the same table through
+/// two columns, or same-named tables in two schemas) the label grows until it is unique.
+fn label_sources(sources: &mut [Source]) {
+    relabel(sources, |s| format!("{}.{}", s.rel.name, s.via.name));
+    relabel(sources, |s| format!("{}.{}.{}", s.rel.schema, s.rel.name, s.via.name));
+}
+
+/// Gives every source whose label is shared by another a longer label.
+fn relabel(sources: &mut [Source], longer: impl Fn(&Source) -> String) {
+    let shared: Vec<bool> = sources
+        .iter()
+        .map(|s| sources.iter().filter(|o| o.label == s.label).count() > 1)
+        .collect();
+    for (source, shared) in sources.iter_mut().zip(shared) {
+        if shared {
+            source.label = longer(source);
+        }
+    }
+}
+
+impl Job {
+    /// Checks that the caller can read everything the decision query reads.
+    pub fn require_read_access(&self) -> Result<()> {
+        let t = &self.target;
+        require_select(&t.rel, &[&t.key, &t.tenant])?;
+        for s in &self.sources {
+            require_select(&s.rel, &[&s.via, &s.tenant])?;
+        }
+        for o in &self.override_tables {
+            require_select(&o.rel, &[&o.key, &o.value])?;
+        }
+        Ok(())
+    }
+}
