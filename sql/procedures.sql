@@ -4,6 +4,7 @@ CREATE FUNCTION @extschema@._raise(
     err_state pg_catalog.text, err_message pg_catalog.text, err_detail pg_catalog.text, err_hint pg_catalog.text)
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     has_detail pg_catalog.bool := COALESCE(err_detail, '') OPERATOR(pg_catalog.<>) '';
@@ -27,6 +28,7 @@ $$;
 CREATE FUNCTION @extschema@._lock_retry(failures pg_catalog.int4, what pg_catalog.text)
 RETURNS pg_catalog.float8
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF failures OPERATOR(pg_catalog.>=) 5 THEN
@@ -37,6 +39,11 @@ BEGIN
                  (2::pg_catalog.float8 OPERATOR(pg_catalog.^) (failures OPERATOR(pg_catalog.+) 1)), 2.0);
 END
 $$;
+
+-- The two procedures below COMMIT, so they cannot carry a SET search_path clause: they
+-- run under the caller's search_path, and every operator in them is qualified (a type
+-- or operator planted in a schema that comes first would otherwise resolve). The
+-- functions they call pin their own search_path.
 
 -- The production path. pgrx cannot COMMIT from Rust, so this thin procedure loops over
 -- _run_batch (exactly one batch per call) and commits after each. Errors are caught
@@ -70,7 +77,7 @@ BEGIN
         -- The pause sits inside the block too, so a cancel or statement_timeout that
         -- lands while sleeping is recorded like one that lands in a batch.
         BEGIN
-            IF sleep_seconds > 0 THEN
+            IF sleep_seconds OPERATOR(pg_catalog.>) 0::pg_catalog.float8 THEN
                 PERFORM pg_catalog.pg_sleep(sleep_seconds);
             END IF;
             finished := @extschema@._run_batch(this_run, skip_held_rows);
@@ -80,25 +87,25 @@ BEGIN
                                     err_detail = PG_EXCEPTION_DETAIL,
                                     err_hint = PG_EXCEPTION_HINT;
         END;
-        IF err_state = '55P03' AND NOT skip_held_rows THEN
+        IF err_state OPERATOR(pg_catalog.=) '55P03' AND NOT skip_held_rows THEN
             -- The first try met a lock (a row another session holds, most likely): the
             -- block rolled it back whole; do the batch again, skipping held rows.
             skip_held_rows := true;
             sleep_seconds := 0;
             CONTINUE;
-        ELSIF err_state = '55P03' THEN
+        ELSIF err_state OPERATOR(pg_catalog.=) '55P03' THEN
             -- The batch could not get its locks in time: back off and try it again.
             sleep_seconds := @extschema@._lock_retry(
                 lock_failures, pg_catalog.format('run %s could not lock its batch', this_run));
-            lock_failures := lock_failures + 1;
+            lock_failures := lock_failures OPERATOR(pg_catalog.+) 1;
         END IF;
-        IF err_state = '55P03' AND sleep_seconds IS NOT NULL THEN
+        IF err_state OPERATOR(pg_catalog.=) '55P03' AND sleep_seconds IS NOT NULL THEN
             COMMIT;
             CONTINUE;
         ELSIF err_state IS NOT NULL THEN
             PERFORM @extschema@._run_end(this_run, err_state, err_message);
             COMMIT;
-            IF err_state = '55P03' THEN
+            IF err_state OPERATOR(pg_catalog.=) '55P03' THEN
                 err_message := pg_catalog.format(
                     'run %s of %s stopped: a batch could not get its locks within %s ms, 6 times',
                     this_run, target, lock_timeout_ms);
@@ -109,7 +116,7 @@ BEGIN
         END IF;
         lock_failures := 0;
         skip_held_rows := false;
-        sleep_seconds := pause_ms / 1000.0;
+        sleep_seconds := pause_ms::pg_catalog.float8 OPERATOR(pg_catalog./) 1000::pg_catalog.float8;
         COMMIT;
     END LOOP;
     PERFORM @extschema@._run_end(this_run, NULL, NULL);
@@ -136,14 +143,14 @@ DECLARE
     err_detail pg_catalog.text;
     err_hint pg_catalog.text;
 BEGIN
-    IF @extschema@._finalize_check(target) = 'already' THEN
+    IF @extschema@._finalize_check(target) OPERATOR(pg_catalog.=) 'already' THEN
         RETURN;
     END IF;
     COMMIT;
-    WHILE step <= 3 LOOP
+    WHILE step OPERATOR(pg_catalog.<=) 3 LOOP
         err_state := NULL;
         BEGIN
-            IF sleep_seconds > 0 THEN
+            IF sleep_seconds OPERATOR(pg_catalog.>) 0::pg_catalog.float8 THEN
                 PERFORM pg_catalog.pg_sleep(sleep_seconds);
             END IF;
             PERFORM @extschema@._finalize_step(target, step, lock_timeout_ms);
@@ -153,18 +160,18 @@ BEGIN
                                     err_detail = PG_EXCEPTION_DETAIL,
                                     err_hint = PG_EXCEPTION_HINT;
         END;
-        IF err_state = '55P03' THEN
+        IF err_state OPERATOR(pg_catalog.=) '55P03' THEN
             sleep_seconds := @extschema@._lock_retry(
                 lock_failures, pg_catalog.format('finalize step %s of %s could not get its lock', step, target));
-            lock_failures := lock_failures + 1;
+            lock_failures := lock_failures OPERATOR(pg_catalog.+) 1;
         END IF;
-        IF err_state = '55P03' AND sleep_seconds IS NOT NULL THEN
+        IF err_state OPERATOR(pg_catalog.=) '55P03' AND sleep_seconds IS NOT NULL THEN
             COMMIT;
             CONTINUE;
         ELSIF err_state IS NOT NULL THEN
             PERFORM @extschema@._finalize_abort(target);
             COMMIT;
-            IF err_state = '55P03' THEN
+            IF err_state OPERATOR(pg_catalog.=) '55P03' THEN
                 err_message := pg_catalog.format(
                     'finalize of %s stopped: step %s could not get its lock within %s ms, 6 times; no constraint was left behind',
                     target, step, lock_timeout_ms);
@@ -175,7 +182,7 @@ BEGIN
         END IF;
         lock_failures := 0;
         sleep_seconds := 0;
-        step := step + 1;
+        step := step OPERATOR(pg_catalog.+) 1;
         COMMIT;
     END LOOP;
 END
@@ -196,6 +203,7 @@ RETURNS TABLE (
     rule pg_catalog.text,
     evidence pg_catalog.jsonb)
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     statement record;
@@ -218,6 +226,7 @@ COMMENT ON FUNCTION @extschema@.plan(pg_catalog.regclass, pg_catalog.text) IS
 CREATE FUNCTION @extschema@._on_ddl_command_end()
 RETURNS event_trigger
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     command record;

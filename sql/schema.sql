@@ -68,6 +68,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.override_tables', '');
 CREATE FUNCTION @extschema@._casts_to(value pg_catalog.text, type_name pg_catalog.regtype)
 RETURNS pg_catalog.bool
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     EXECUTE pg_catalog.format('SELECT $1::%s', type_name) USING value;
@@ -82,6 +83,7 @@ $$;
 CREATE FUNCTION @extschema@._casts_from(value anyelement, type_name pg_catalog.regtype)
 RETURNS pg_catalog.bool
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     EXECUTE pg_catalog.format('SELECT $1::%s', type_name) USING value;

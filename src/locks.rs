@@ -80,7 +80,8 @@ fn holder_query(here: bool) -> String {
     )
 }
 
-fn held_here(target: pg_sys::Oid) -> Result<bool> {
+/// Whether this session holds the target's run lock (as the `CALL run` that took it does).
+pub fn held_here(target: pg_sys::Oid) -> Result<bool> {
     Ok(sql::select_value::<i32>(&holder_query(true), &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target)])?.is_some())
 }
 

@@ -223,6 +223,7 @@ pub fn queue_state() -> Option<(i64, i64)> {
 /// The state of the rejection queue: whether rejected writes are recorded in
 /// `violations` (preloaded) or in the server log, how many wait, how many were dropped.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn rejection_queue() -> TableIterator<
     'static,
     (name!(preloaded, bool), name!(waiting, Option<i64>), name!(dropped, Option<i64>)),

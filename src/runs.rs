@@ -191,6 +191,14 @@ pub fn load(run_id: i64) -> Result<Run> {
     .ok_or(BackfillError::UnknownRun(run_id))
 }
 
+/// The column a run of `soft_delete_orphans` wrote, as it recorded it.
+pub fn soft_delete_column(run_id: i64) -> Result<Option<String>> {
+    sql::select_value::<String>(
+        "SELECT parameters->>'column' FROM tenant_backfill.runs WHERE run_id = $1",
+        &[Value::int8(run_id)],
+    )
+}
+
 /// The latest run of a target that wrote something (not a dry run, not a rollback).
 pub fn latest_written(target: &Target) -> Result<Option<Run>> {
     Ok(sql::select_rows(

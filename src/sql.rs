@@ -256,3 +256,35 @@ pub fn require_nonatomic(procedure: &str) -> Result<()> {
         in_block,
     })
 }
+
+/// Runs `work` with `search_path` pinned to `pg_catalog, pg_temp`, as a function's
+/// `SET search_path` clause does: a GUC nest level of its own, popped on the way out,
+/// and by Postgres itself when an error aborts the (sub)transaction. For code that
+/// cannot carry the clause: the guard trigger's function, where a clause would cost
+/// every row, pins it only on the cold path, around its own statements.
+pub fn with_pinned_search_path<T>(work: impl FnOnce() -> T) -> T {
+    struct PopOnDrop(std::ffi::c_int);
+    impl Drop for PopOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: pops the nest level this function pushed, restoring the setting.
+            unsafe { pg_sys::AtEOXact_GUC(true, self.0) }
+        }
+    }
+    // SAFETY: as fmgr_security_definer does for a SET clause.
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let _pop = PopOnDrop(level);
+    work()
+}

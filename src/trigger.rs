@@ -89,10 +89,14 @@ fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTup
     if writer::guard_bypassed_for(relid) {
         return Ok(Some(row));
     }
-    if fired_after(data) {
-        return after_null_tenant(data, args, attnum).map(|_| None).or_raise_ok();
-    }
-    on_null_tenant(data, args, attnum, row).or_raise_ok()
+    // The cold path runs statements of its own: under a pinned search_path, so nothing
+    // in them resolves through the writer's.
+    sql::with_pinned_search_path(|| {
+        if fired_after(data) {
+            return after_null_tenant(data, args, attnum).map(|_| None).or_raise_ok();
+        }
+        on_null_tenant(data, args, attnum, row).or_raise_ok()
+    })
 }
 
 fn fired_after(data: &pg_sys::TriggerData) -> bool {

@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 
 /// Registers (or updates) a target table.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn define(
     target: Option<RegClass>,
     tenant_column: Option<SqlName>,
@@ -82,6 +83,7 @@ fn define_target(
 /// Removes a target's configuration (its sources, overrides and override tables with
 /// it). Its runs, backups and audit log stay: they are history.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn undefine(target: Option<RegClass>) {
     required(target, "target").and_then(undefine_target).or_raise()
 }
@@ -100,6 +102,7 @@ fn undefine_target(target: RegClass) -> Result<()> {
 
 /// Adds (or updates) a related table whose `via` column points at the target's key.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn add_source(
     target: Option<RegClass>,
     source: Option<RegClass>,
@@ -188,6 +191,7 @@ fn source_phases(target: &Relation) -> Result<Vec<(pgrx::pg_sys::Oid, String, i3
 
 /// A DBA's decision for one row; beats every phase. A NULL tenant removes the override.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn set_override(
     target: Option<RegClass>,
     row_key: Option<String>,
@@ -241,6 +245,7 @@ fn set_override_impl(target: RegClass, row_key: Option<&str>, tenant: Option<&st
 /// Reads overrides live from an existing config table (`"Configs"`: `"Key"` =
 /// `ShiftTypeCompanyOverride:<id>`, `"Value"` = the tenant).
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn add_override_table(
     target: Option<RegClass>,
     config_table: Option<RegClass>,
@@ -299,6 +304,7 @@ fn add_override_table_impl(
 
 /// The override in force for one row (own table first, then config tables), or NULL.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn override_for(target: Option<RegClass>, row_key: Option<String>) -> Option<String> {
     (|| override_for_impl(required(target, "target")?, &required(row_key, "row_key")?))().or_raise()
 }
@@ -314,6 +320,7 @@ fn override_for_impl(target: RegClass, row_key: &str) -> Result<Option<String>> 
 /// Foreign keys that point at the target's key from tables that carry a column named
 /// like the target's tenant column: candidates for `add_source`.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn discover(
     target: Option<RegClass>,
 ) -> TableIterator<

@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 /// decided); unknown keys, uncastable values or a key decided twice are an error and
 /// nothing is applied.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn apply_decisions(target: Option<RegClass>, decisions: Option<RegClass>) -> i64 {
     (|| apply_decisions_impl(required(target, "target")?, required(decisions, "decisions")?))().or_raise()
 }
@@ -148,6 +149,7 @@ fn write_and_finish(spec: &WriteSpec, select: Statement) -> Result<i64> {
 /// Sets the target's soft-delete column on orphans only (rows with no related row in
 /// any source), audited and reversible with `rollback`.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn soft_delete_orphans(target: Option<RegClass>, dry_run: default!(Option<bool>, "false")) -> i64 {
     (|| {
         let (target, dry_run) = (required(target, "target")?, required(dry_run, "dry_run")?);

@@ -16,6 +16,7 @@ use pgrx::prelude::*;
 
 /// Installs (or re-installs with another mode) the guard trigger on a target.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn enforce(
     target: Option<RegClass>,
     mode: default!(Option<String>, "'reject'"),
@@ -64,6 +65,7 @@ fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&Sql
 
 /// Removes the guard trigger.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn unenforce(target: Option<RegClass>) {
     required(target, "target").and_then(unenforce_impl).or_raise()
 }
@@ -94,6 +96,7 @@ fn unenforce_impl(target: RegClass) -> Result<()> {
 /// run of kind `release_quarantine`. Give the tenant in `quarantine.row_data` first, or
 /// pass `tenant` to give it to every waiting row of the target.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn release_quarantine(target: Option<RegClass>, tenant: default!(Option<String>, "NULL")) -> i64 {
     required(target, "target").and_then(|target| release_impl(target, tenant.as_deref())).or_raise()
 }

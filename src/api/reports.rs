@@ -28,6 +28,7 @@ fn load(target: Option<RegClass>) -> Result<Job> {
 /// `EXECUTE ... USING` takes a fixed number of arguments, so the statement reads all
 /// its values from one `text[]`.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn _plan_statement(
     target: Option<RegClass>,
     mode: default!(Option<String>, "'fill'"),
@@ -79,6 +80,7 @@ impl Group {
 
 /// The counts a DBA reads first.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn preflight(
     target: Option<RegClass>,
     mode: default!(Option<String>, "'fill'"),
@@ -231,6 +233,7 @@ fn joined(parts: Vec<String>) -> Option<String> {
 
 /// The rows `unanimous` refuses, with their candidates.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn conflicts(
     target: Option<RegClass>,
     mode: default!(Option<String>, "'fill'"),
@@ -258,6 +261,7 @@ type ReviewRow = (Option<String>, Option<String>, Option<pgrx::JsonB>, Option<pg
 /// column, `tenant`, is left empty for the reviewer to fill in; the filled file loads
 /// back into a table that `apply_decisions` reads.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn review_queue(
     target: Option<RegClass>,
     mode: default!(Option<String>, "'fill'"),

@@ -47,6 +47,7 @@ fn tenant_spec<'a>(job: &'a Job, run_id: i64, skip_locked: bool, dry_run: bool) 
 /// the run id. An unfinished run of the same target, mode and dry_run is resumed where
 /// it stopped.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn _run_begin(
     target: Option<RegClass>,
     batch_size: Option<i32>,
@@ -114,12 +115,14 @@ fn run_begin(
 /// true (a lock step that skips held rows, for a later pass). Rows are rarely held, and
 /// the first try's write costs what a bare UPDATE does.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn _run_batch(run_id: i64, skip_held_rows: bool) -> bool {
     sql::without_jit(|| run_one_batch(run_id, skip_held_rows)).or_raise()
 }
 
 fn run_one_batch(run_id: i64, skip_held_rows: bool) -> Result<bool> {
     let run = runs::load(run_id)?;
+    require_own_run(&run)?;
     if run.status != RunStatus::Running {
         return Err(BackfillError::BadArgument(
             format!("run {run_id} is {}, not running", run.status.as_str()),
@@ -187,6 +190,20 @@ fn run_one_batch(run_id: i64, skip_held_rows: bool) -> Result<bool> {
     Ok(true)
 }
 
+/// `_run_batch` and `_run_end` are the steps of the `CALL run` that holds the target's
+/// run lock in this session; called from anywhere else (another session during a run,
+/// by hand) they would corrupt its bookkeeping, so they refuse.
+fn require_own_run(run: &runs::Run) -> Result<()> {
+    if locks::held_here(run.target)? {
+        return Ok(());
+    }
+    Err(BackfillError::WrongState(
+        format!("run {} is not this session's run", run.run_id),
+        "Its steps are called only by the CALL tenant_backfill.run that holds the target's run lock.".into(),
+        "CALL tenant_backfill.run(target) starts or resumes it.".into(),
+    ))
+}
+
 fn report_progress(run_id: i64, job: &Job) -> Result<()> {
     let p = runs::progress(run_id)?;
     ereport!(
@@ -209,12 +226,14 @@ fn report_progress(run_id: i64, job: &Job) -> Result<()> {
 /// Ends a `CALL run`: records done (planned for a dry run) or failed with the error,
 /// and releases the target's run lock. Called on every exit path of the procedure.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn _run_end(run_id: i64, error_state: Option<String>, error_message: Option<String>) {
     run_end(run_id, error_state, error_message).or_raise()
 }
 
 fn run_end(run_id: i64, error_state: Option<String>, error_message: Option<String>) -> Result<()> {
     let run = runs::load(run_id)?;
+    require_own_run(&run)?;
     let error = error_state.map(|state| format!("{state}: {}", error_message.unwrap_or_default()));
     runs::finish(run_id, run.dry_run, error)?;
     locks::release_session(run.target)
@@ -224,6 +243,7 @@ fn run_end(run_id: i64, error_state: Option<String>, error_message: Option<Strin
 
 /// The whole job in the caller's transaction, for migrations and small tables.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn run_now(
     target: Option<RegClass>,
     mode: default!(Option<String>, "'fill'"),

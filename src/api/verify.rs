@@ -52,6 +52,7 @@ impl Check {
 /// unchanged, sources agreeing with their target rows, an audit and a backup row for
 /// every changed row, and, where the target has row-level security, isolation.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn validate(
     target: Option<RegClass>,
     run_id: default!(Option<i64>, "NULL"),
@@ -264,6 +265,7 @@ fn rows_set_to_null(rollback_run: i64, target: &Target) -> Result<i64> {
 /// Restores a run's rows from its backup in one transaction. A row whose value is no
 /// longer what the run wrote is skipped and counted (drift), unless `force`.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn rollback(
     run_id: Option<i64>,
     force: default!(Option<bool>, "false"),
@@ -304,6 +306,18 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
     .iter()
     .map(|name| catalog::column(&target.rel, name))
     .collect::<Result<Vec<_>>>()?;
+    // A run writes one column, by its kind: a backup naming another was not written by it.
+    let written = match run.kind {
+        RunKind::SoftDeleteOrphans => runs::soft_delete_column(run_id)?.unwrap_or_else(|| target.soft_delete_column.clone()),
+        _ => target.tenant.name.clone(),
+    };
+    if let Some(other) = columns.iter().find(|c| c.name != written) {
+        return Err(BackfillError::WrongState(
+            format!("the backup of run {run_id} names column {}, which a {} run does not write", other.name, run.kind.as_str()),
+            format!("A {} run writes {written} only.", run.kind.as_str()),
+            "Nothing was changed. Remove the rows of other columns from tenant_backfill.backup, or restore them by hand.".into(),
+        ));
+    }
     for column in &columns {
         catalog::require_update(&target.rel, column)?;
         if column.not_null && replaced_nulls(run_id, column)? {

@@ -39,31 +39,31 @@ mod tests {
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.define('customers', 'Company_Id')"),
-            "42703: column \"Company_Id\" of customers does not exist"
+            "42703: column \"Company_Id\" of public.customers does not exist"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.define('customers', 'company_id', 'nope')"),
-            "42703: column \"nope\" of customers does not exist"
+            "42703: column \"nope\" of public.customers does not exist"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.define('no_pk', 'company_id')"),
-            "22023: no_pk has no primary key"
+            "22023: public.no_pk has no primary key"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.define('two_col_pk', 'company_id')"),
-            "22023: two_col_pk has a primary key of 2 columns"
+            "22023: public.two_col_pk has a primary key of 2 columns"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.define('customers', 'company_id', 'email')"),
-            "22023: key column email of customers is not a usable key"
+            "22023: key column email of public.customers is not a usable key"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.define('customers', 'id')"),
-            "22023: the tenant column id of customers is also its key"
+            "22023: the tenant column id of public.customers is also its key"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.define('customers_view', 'company_id')"),
-            "42809: customers_view is not a table (it is a view)"
+            "42809: public.customers_view is not a table (it is a view)"
         );
         assert_eq!(count("SELECT count(*) FROM tenant_backfill.targets"), 0);
     }
@@ -112,7 +112,7 @@ mod tests {
         run("CREATE TABLE notes (customer_ref text, company_id int, shape point)");
         assert_eq!(
             error_of("SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id')"),
-            "42704: customers is not a tenant_backfill target"
+            "42704: public.customers is not a tenant_backfill target"
         );
         run("SELECT tenant_backfill.define('customers', 'company_id')");
         run("SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id')");
@@ -122,15 +122,15 @@ mod tests {
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer')"),
-            "42703: column \"customer\" of calls does not exist"
+            "42703: column \"customer\" of public.calls does not exist"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.add_source('customers', 'notes', 'customer_ref')"),
-            "42804: column customer_ref of notes is text and cannot be compared with key id of customers (integer)"
+            "42804: column customer_ref of public.notes is text and cannot be compared with key id of public.customers (integer)"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', 'called_at')"),
-            "42804: tenant column called_at of calls is timestamp with time zone and cannot be cast to integer (company_id of customers)"
+            "42804: tenant column called_at of public.calls is timestamp with time zone and cannot be cast to integer (company_id of public.customers)"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', rule => 'mostly')"),
@@ -138,7 +138,7 @@ mod tests {
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', phase => 1)"),
-            "22023: phase 1 of customers is already appointments.customer_id"
+            "22023: phase 1 of public.customers is already public.appointments.customer_id"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.add_source('customers', 'calls', 'customer_id', phase => 0)"),
@@ -172,11 +172,11 @@ mod tests {
              SET LOCAL ROLE tb_auditor;");
         assert_eq!(
             error_of("SELECT * FROM tenant_backfill.plan('customers')"),
-            "42501: permission denied: role tb_auditor cannot SELECT column customer_id of phone_numbers"
+            "42501: permission denied: role tb_auditor cannot SELECT column customer_id of public.phone_numbers"
         );
         assert_eq!(
             error_of("SELECT * FROM tenant_backfill.preflight('customers')"),
-            "42501: permission denied: role tb_auditor cannot SELECT column customer_id of phone_numbers"
+            "42501: permission denied: role tb_auditor cannot SELECT column customer_id of public.phone_numbers"
         );
         run("RESET ROLE; GRANT SELECT (customer_id, company_id) ON phone_numbers TO tb_auditor; SET LOCAL ROLE tb_auditor;");
         assert_eq!(count("SELECT count(*) FROM tenant_backfill.plan('customers')"), 31);
@@ -184,7 +184,7 @@ mod tests {
         run("RESET ROLE; REVOKE SELECT ON customers FROM tb_auditor; GRANT SELECT (id, company_id) ON customers TO tb_auditor; SET LOCAL ROLE tb_auditor;");
         assert_eq!(
             error_of("SELECT * FROM tenant_backfill.review_queue('customers')"),
-            "42501: permission denied: role tb_auditor cannot SELECT customers"
+            "42501: permission denied: role tb_auditor cannot SELECT public.customers"
         );
     }
 
@@ -212,11 +212,11 @@ mod tests {
         run(r#"SELECT tenant_backfill.define('"Sales Ops"."client; DROP TABLE x--"', 'Tenant Id')"#);
         assert_eq!(
             error_of("SELECT tenant_backfill.set_override('customers', 'abc', '1')"),
-            "22P02: invalid value \"abc\" for column customers.id of type integer"
+            "22P02: invalid value \"abc\" for column public.customers.id of type integer"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.set_override('customers', '30', 'Acme')"),
-            "22P02: invalid value \"Acme\" for column customers.company_id of type integer"
+            "22P02: invalid value \"Acme\" for column public.customers.company_id of type integer"
         );
         assert_eq!(
             error_of(r#"SELECT tenant_backfill.set_override('"Sales Ops"."client; DROP TABLE x--"', 'not-a-uuid', '1')"#),
@@ -224,7 +224,7 @@ mod tests {
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.set_override('customers', '999', '1')"),
-            "22023: customers has no row with id = 999"
+            "22023: public.customers has no row with id = 999"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.set_override('customers', NULL, '1')"),
@@ -232,7 +232,7 @@ mod tests {
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.set_override('companies', '1', '1')"),
-            "42704: companies is not a tenant_backfill target"
+            "42704: public.companies is not a tenant_backfill target"
         );
         assert_eq!(count("SELECT count(*) FROM tenant_backfill.overrides"), 1);
     }
@@ -260,20 +260,20 @@ mod tests {
         run(SHIFT_TYPES_JOB);
         assert_eq!(
             error_of(r#"SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'key', 'Value')"#),
-            "42703: column \"key\" of \"Configs\" does not exist"
+            "42703: column \"key\" of public.\"Configs\" does not exist"
         );
         run(r#"ALTER TABLE "Configs" ADD COLUMN "Shape" point"#);
         assert_eq!(
             error_of(r#"SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'Key', 'Shape')"#),
-            "42804: column Shape of \"Configs\" is point and cannot be cast to integer (CompanyId of \"ShiftTypes\")"
+            "42804: column Shape of public.\"Configs\" is point and cannot be cast to integer (CompanyId of public.\"ShiftTypes\")"
         );
         assert_eq!(
             error_of(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', 'five')"#),
-            "22P02: invalid value \"five\" for column \"ShiftTypes\".\"Id\" of type integer"
+            "22P02: invalid value \"five\" for column public.\"ShiftTypes\".\"Id\" of type integer"
         );
         assert_eq!(
             error_of(r#"SELECT tenant_backfill.override_for('"Companies"', '1')"#),
-            "42704: \"Companies\" is not a tenant_backfill target"
+            "42704: public.\"Companies\" is not a tenant_backfill target"
         );
     }
 

@@ -63,7 +63,7 @@ mod tests {
         assert_eq!(
             rows("SELECT check_name, rows::text, coalesce(detail, '') FROM tenant_backfill.preflight('customers')"),
             vec![
-                "total_rows|60|customers",
+                "total_rows|60|public.customers",
                 "null_tenant|31|company_id IS NULL",
                 "by_override|1|overrides: 1",
                 "by_phase_1|15|appointments (unanimous)",
@@ -74,7 +74,7 @@ mod tests {
                 "unresolved|2|related rows exist but none carries a tenant",
                 "source_null_tenant|4|appointments: 2, phone_numbers: 1, calls: 1",
                 "source_bad_tenant|0|",
-                "missing_index|1|phone_numbers.customer_id",
+                "missing_index|1|public.phone_numbers.customer_id",
             ]
         );
     }

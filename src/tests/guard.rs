@@ -139,7 +139,7 @@ mod tests {
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.release_quarantine('customers', 'three')"),
-            "22P02: invalid value \"three\" for column customers.company_id of type integer"
+            "22P02: invalid value \"three\" for column public.customers.company_id of type integer"
         );
     }
 
@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM tenant_backfill.violations WHERE target = 'appointments'::regclass AND action = 'assigned'"), 2);
         assert_eq!(
             error_of("SELECT tenant_backfill.enforce('appointments', 'assign', 'starts_at')"),
-            "22023: column starts_at of appointments is not a single-column foreign key"
+            "22023: column starts_at of public.appointments is not a single-column foreign key"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.enforce('appointments', 'log', 'customer_id')"),
@@ -181,7 +181,7 @@ mod tests {
         run("INSERT INTO customers (id, name) VALUES (100, 'x')");
         assert_eq!(
             error_of("SELECT tenant_backfill.unenforce('customers')"),
-            "22023: customers has no tenant_backfill guard"
+            "22023: public.customers has no tenant_backfill guard"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.enforce('customers', 'block')"),
@@ -189,7 +189,7 @@ mod tests {
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.enforce('companies')"),
-            "42704: companies is not a tenant_backfill target"
+            "42704: public.companies is not a tenant_backfill target"
         );
     }
 
@@ -213,7 +213,7 @@ mod tests {
             rows("SELECT check_name, rows::text, coalesce(detail, '') FROM tenant_backfill.monitor('customers', '1 hour')"),
             vec![
                 "new_null_rows|1|by created_at; keys 200",
-                "sources_disagree|1|appointments: 1 related rows disagree (customers 1); calls: not checked (majority)",
+                "sources_disagree|1|appointments: 1 related rows disagree (public.customers 1); calls: not checked (majority)",
                 "violations|1|logged: 1",
                 "quarantined|0|rows waiting in tenant_backfill.quarantine",
                 "rejections_dropped|0|rejected writes the full queue could not keep (since server start)",

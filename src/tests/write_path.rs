@@ -115,32 +115,32 @@ mod tests {
         assert_eq!(rows("SELECT id::text, coalesce(company_id::text, '-') FROM customers WHERE id IN (16, 17, 18) ORDER BY id"), vec!["16|1", "17|2", "18|-"]);
         assert_eq!(
             rows("SELECT row_key, new_value, phase, source, rule FROM tenant_backfill.audit_log ORDER BY row_key"),
-            vec!["16|1|manual|decisions|manual", "17|2|manual|decisions|manual"]
+            vec!["16|1|manual|public.decisions|manual", "17|2|manual|public.decisions|manual"]
         );
         run("INSERT INTO decisions VALUES ('18', 'three')");
         assert_eq!(
             error_of("SELECT tenant_backfill.apply_decisions('customers', 'decisions')"),
-            "22P02: invalid value \"three\" for column decisions.tenant of type integer"
+            "22P02: invalid value \"three\" for column public.decisions.tenant of type integer"
         );
         run("UPDATE decisions SET tenant = '3' WHERE row_key = '18'; INSERT INTO decisions VALUES ('x9', '1'), ('777', '1')");
         assert_eq!(
             error_of("SELECT tenant_backfill.apply_decisions('customers', 'decisions')"),
-            "22P02: invalid value \"x9\" for column decisions.row_key of type integer"
+            "22P02: invalid value \"x9\" for column public.decisions.row_key of type integer"
         );
         run("DELETE FROM decisions WHERE row_key = 'x9'");
         assert_eq!(
             error_of("SELECT tenant_backfill.apply_decisions('customers', 'decisions')"),
-            "22023: decisions names rows that customers does not have: 777"
+            "22023: public.decisions names rows that public.customers does not have: 777"
         );
         run("DELETE FROM decisions WHERE row_key = '777'; INSERT INTO decisions VALUES ('18', '2')");
         assert_eq!(
             error_of("SELECT tenant_backfill.apply_decisions('customers', 'decisions')"),
-            "22023: decisions decides rows 18 more than once, differently"
+            "22023: public.decisions decides rows 18 more than once, differently"
         );
         run("CREATE TABLE wrong_shape (id int, company int)");
         assert_eq!(
             error_of("SELECT tenant_backfill.apply_decisions('customers', 'wrong_shape')"),
-            "42703: column \"row_key\" of wrong_shape does not exist"
+            "42703: column \"row_key\" of public.wrong_shape does not exist"
         );
         // None of the rejected files changed anything.
         assert_eq!(count("SELECT count(*) FROM customers WHERE id = 18 AND company_id IS NULL"), 1);
@@ -162,12 +162,12 @@ mod tests {
         run("SELECT tenant_backfill.define('customers', 'company_id', soft_delete_column => 'archived_at')");
         assert_eq!(
             error_of("SELECT tenant_backfill.soft_delete_orphans('customers')"),
-            "42703: customers has no soft-delete column \"archived_at\""
+            "42703: public.customers has no soft-delete column \"archived_at\""
         );
         run("ALTER TABLE customers ADD COLUMN archived_at text");
         assert_eq!(
             error_of("SELECT tenant_backfill.soft_delete_orphans('customers')"),
-            "42804: soft-delete column archived_at of customers is text"
+            "42804: soft-delete column archived_at of public.customers is text"
         );
     }
 
@@ -190,7 +190,7 @@ mod tests {
         run("INSERT INTO appointments (customer_id, company_id) VALUES (1, 3)");
         assert_eq!(
             rows("SELECT ok::text, detail FROM tenant_backfill.validate('customers') WHERE check_name = 'sources_agree'"),
-            vec!["false|appointments: 1 related rows disagree (customers 1); calls: not checked (majority)"]
+            vec!["false|appointments: 1 related rows disagree (public.customers 1); calls: not checked (majority)"]
         );
         // A missing audit row is found.
         run("DELETE FROM tenant_backfill.audit_log WHERE row_key = '5'");
@@ -202,7 +202,7 @@ mod tests {
         let run_id = count("SELECT max(run_id) FROM tenant_backfill.runs");
         assert_eq!(
             error_of(&format!("SELECT * FROM tenant_backfill.validate('other', {run_id})")),
-            format!("22023: run {run_id} is not a run of other")
+            format!("22023: run {run_id} is not a run of public.other")
         );
     }
 
@@ -221,7 +221,7 @@ mod tests {
         // The superuser bypasses row-level security: the check says so instead of passing.
         assert_eq!(
             rows("SELECT coalesce(ok::text, 'null'), detail FROM tenant_backfill.validate('customers') WHERE check_name = 'isolation'"),
-            vec!["null|skipped: role postgres is not subject to the row-level security of customers (superuser, table owner without FORCE, or BYPASSRLS); run validate as an application role"]
+            vec!["null|skipped: role postgres is not subject to the row-level security of public.customers (superuser, table owner without FORCE, or BYPASSRLS); run validate as an application role"]
         );
         run("SET LOCAL ROLE tb_app");
         assert_eq!(
@@ -248,11 +248,11 @@ mod tests {
              SET LOCAL ROLE tb_clerk;");
         assert_eq!(
             error_of("SELECT * FROM tenant_backfill.run_now('customers')"),
-            "42501: permission denied: role tb_clerk cannot UPDATE column company_id of customers"
+            "42501: permission denied: role tb_clerk cannot UPDATE column company_id of public.customers"
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.soft_delete_orphans('customers')"),
-            "42501: permission denied: role tb_clerk cannot UPDATE column deleted_at of customers"
+            "42501: permission denied: role tb_clerk cannot UPDATE column deleted_at of public.customers"
         );
         // A dry run needs no UPDATE.
         assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers', dry_run => true)"), 23);
@@ -273,7 +273,7 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM tenant_backfill.audit_log"), 23);
         assert_eq!(
             error_of("SELECT tenant_backfill.undefine('customers')"),
-            "42704: customers is not a tenant_backfill target"
+            "42704: public.customers is not a tenant_backfill target"
         );
     }
 }
