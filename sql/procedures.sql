@@ -222,19 +222,31 @@ COMMENT ON FUNCTION @extschema@.plan(pg_catalog.regclass, pg_catalog.text) IS
 
 -- A table created (or altered) to inherit from a guarded table gets the same guard:
 -- triggers are not inherited by legacy inheritance children, and a NULL written to the
--- child would be seen through the parent.
+-- child would be seen through the parent. It fires for every CREATE TABLE and ALTER
+-- TABLE of the database, so it decides in plain SQL and calls into the extension only
+-- for a table that inherits from a guarded one and has no guard of its own; as the
+-- extension's owner, since the role that runs the DDL need not have any rights on the
+-- extension (it owns the table the guard goes on).
 CREATE FUNCTION @extschema@._on_ddl_command_end()
 RETURNS event_trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     command record;
 BEGIN
     FOR command IN
-        SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+        SELECT DISTINCT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
          WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
            AND c.objsubid OPERATOR(pg_catalog.=) 0 AND c.object_type OPERATOR(pg_catalog.=) 'table'
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                         JOIN pg_catalog.pg_trigger t ON t.tgrelid OPERATOR(pg_catalog.=) i.inhparent
+                        WHERE i.inhrelid OPERATOR(pg_catalog.=) c.objid
+                          AND t.tgname OPERATOR(pg_catalog.=) 'tenant_backfill_guard')
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                            WHERE t.tgrelid OPERATOR(pg_catalog.=) c.objid
+                              AND t.tgname OPERATOR(pg_catalog.=) 'tenant_backfill_guard')
     LOOP
         PERFORM @extschema@._guard_inheritors(command.objid::pg_catalog.regclass);
     END LOOP;

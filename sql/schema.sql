@@ -7,9 +7,12 @@ CREATE TABLE @extschema@.targets (
     key_column         pg_catalog.name NOT NULL,
     soft_delete_column pg_catalog.name NOT NULL DEFAULT 'deleted_at',
     -- the columns' numbers when defined: a rename keeps them, so a column renamed
-    -- since (or another one added under the old name) is noticed, never used by mistake
+    -- since (or another one added under the old name) is noticed, never used by mistake;
+    -- target_oid is the table's OID then, which a dump and restore (or a table dropped
+    -- and created again) changes, and with it the numbers: then the names are trusted
     tenant_attnum      pg_catalog.int2,
     key_attnum         pg_catalog.int2,
+    target_oid         pg_catalog.oid,
     defined_at         pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
     defined_by         pg_catalog.name NOT NULL DEFAULT CURRENT_USER
 );

@@ -32,6 +32,7 @@ use crate::catalog::Column;
 use crate::job::{Job, Rule, Source};
 use crate::error::{BackfillError, Result};
 use crate::sql::{Statement, Value};
+use pgrx::pg_sys;
 
 /// API.md's `mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +124,17 @@ pub fn scope_keys(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> (
 /// Whether a source's tenants are cast to the target's tenant type (so a value that
 /// does not cast stops any statement that reads it).
 pub fn casts_tenant(job: &Job, source: &Source) -> bool {
-    source.tenant.type_oid != job.target.tenant.type_oid
+    let (from, to) = (source.tenant.type_oid, job.target.tenant.type_oid);
+    from != to && !cast_cannot_fail(from, to)
+}
+
+/// Casts that no value can fail: to text, and integers to wider integers or numeric.
+/// (A domain is never among them: its CHECK may refuse a value.)
+fn cast_cannot_fail(from: pg_sys::Oid, to: pg_sys::Oid) -> bool {
+    use pg_sys::{INT2OID, INT4OID, INT8OID, NUMERICOID, TEXTOID};
+    to == TEXTOID
+        || matches!((from, to), (INT2OID, INT4OID) | (INT2OID, INT8OID) | (INT4OID, INT8OID))
+        || (to == NUMERICOID && [INT2OID, INT4OID, INT8OID].contains(&from))
 }
 
 /// A SQL condition: `expr`, a value of the source column `from`, casts to the type of
@@ -133,7 +144,8 @@ pub fn casts_tenant(job: &Job, source: &Source) -> bool {
 /// `_casts_from`), which is why this is used only where a source's type differs.
 pub fn tenant_casts(st: &mut Statement, expr: &str, from: &Column, to: &Column) -> String {
     if from.text_like && !cfg!(feature = "pg15") {
-        let type_name = st.param(Value::text(to.type_display.clone()));
+        // The type without its modifier, as the decision query casts to it.
+        let type_name = st.param(Value::text(to.type_sql.clone()));
         return format!("pg_catalog.pg_input_is_valid({expr}::text, {type_name}::text)");
     }
     let type_oid = st.param(Value::Oid(to.type_oid));

@@ -4,8 +4,7 @@
 //! src/trigger.rs.
 //!
 //! A guarded table has three triggers, created and dropped together (`install`), all
-//! calling `tenant_backfill.guard(mode, tenant column, key column, parent column or '',
-//! tenant attribute number)`:
+//! calling `tenant_backfill.guard(mode, tenant column, key column, parent column or '')`:
 //!
 //! - `tenant_backfill_guard`, BEFORE INSERT OR UPDATE OF the tenant column, FOR EACH
 //!   ROW: the guard proper, acting on a NULL tenant in its mode. Its hot path reads one
@@ -100,10 +99,8 @@ pub fn install(table: &catalog::Relation, args: &GuardArgs) -> Result<()> {
     remove(table)?;
     let name = table.sql_name();
     let tenant = sql::ident(&args.tenant);
-    // This table's own number for the column (an inheritance child's may differ).
-    let attnum = catalog::column(table, &args.tenant)?.attnum;
     let call = format!(
-        "EXECUTE FUNCTION tenant_backfill.guard({}, {}, {}, {}, '{attnum}')",
+        "EXECUTE FUNCTION tenant_backfill.guard({}, {}, {}, {})",
         pgrx::spi::quote_literal(args.mode.as_str()),
         pgrx::spi::quote_literal(&args.tenant),
         pgrx::spi::quote_literal(&args.key),
@@ -166,18 +163,21 @@ pub fn family(table: &catalog::Relation) -> Result<Vec<catalog::Relation>> {
 
 /// The guard a table has, read back from its BEFORE trigger's arguments.
 pub fn installed(table: pg_sys::Oid) -> Result<Option<GuardArgs>> {
+    // The tenant column by its name now (a rename since enforce keeps its number).
     let args = sql::select_rows(
-        "SELECT t.tgargs FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2::text::pg_catalog.name",
+        "SELECT t.tgargs, a.attname::text FROM pg_catalog.pg_trigger t\n  \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = t.tgrelid AND a.attnum = t.tgattr[0]\n \
+         WHERE t.tgrelid = $1 AND t.tgname = $2::text::pg_catalog.name",
         &[Value::Oid(table), Value::text(TRIGGER_NAME)],
-        |row| sql::get_required::<Vec<u8>>(row, 1),
+        |row| Ok((sql::get_required::<Vec<u8>>(row, 1)?, sql::get_required::<String>(row, 2)?)),
     )?;
-    let Some(bytes) = args.into_iter().next() else {
+    let Some((bytes, tenant_now)) = args.into_iter().next() else {
         return Ok(None);
     };
     // tgargs is the arguments one after another, each ended by a NUL byte.
     let parts: Vec<String> = bytes.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
     let part = |i: usize| parts.get(i).cloned().unwrap_or_default();
-    Ok(Some(GuardArgs { mode: GuardMode::parse(Some(&part(0)))?, tenant: part(1), key: part(2), parent: part(3) }))
+    Ok(Some(GuardArgs { mode: GuardMode::parse(Some(&part(0)))?, tenant: tenant_now, key: part(2), parent: part(3) }))
 }
 
 /// Gives a table that inherits from a guarded table the same guard (called by the DDL

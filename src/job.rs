@@ -117,9 +117,13 @@ pub fn require_tenant_cast(target: &Target, rel: &Relation, column: &Column, wha
 /// checked against the numbers they had when defined.
 pub fn target(oid: pg_sys::Oid) -> Result<Target> {
     let rel = relation(oid)?;
-    // The three names, then the two numbers define recorded (NULL for older rows).
+    // The three names, then the two numbers define recorded: NULL when the table is not
+    // the one define saw (restored from a dump, or dropped and created again), whose
+    // columns may be numbered differently.
     let rows = sql::select_rows(
-        "SELECT ARRAY[tenant_column::text, key_column::text, soft_delete_column::text], tenant_attnum, key_attnum\n  \
+        "SELECT ARRAY[tenant_column::text, key_column::text, soft_delete_column::text],\n       \
+         CASE WHEN target_oid = target::pg_catalog.oid THEN tenant_attnum END,\n       \
+         CASE WHEN target_oid = target::pg_catalog.oid THEN key_attnum END\n  \
          FROM tenant_backfill.targets WHERE target = $1::pg_catalog.regclass",
         &[Value::Oid(oid)],
         |row| Ok((get_required::<Vec<String>>(row, 1)?, get::<i16>(row, 2)?, get::<i16>(row, 3)?)),
@@ -135,17 +139,16 @@ pub fn target(oid: pg_sys::Oid) -> Result<Target> {
     Ok(Target { key, tenant, rel, soft_delete_column })
 }
 
-/// A column the configuration names, which must still be the column it named. A rename
-/// keeps a column's number and another column may then be added under the old name:
-/// that one has a higher number (a new column always does), and using it would guard
-/// or fill the wrong column. A lower number is no such sign: a dump and restore
-/// renumbers the columns that follow a dropped one.
+/// A column the configuration names, which must still be the column it named: a rename
+/// keeps a column's number, and another column may then be added under the old name;
+/// using that one would guard or fill the wrong column. Without a number (`attnum`
+/// None: the table is not the one define saw) the name is all there is.
 fn defined_column(rel: &Relation, name: &str, attnum: Option<i16>) -> Result<Column> {
     let found = column(rel, name);
     let Some(attnum) = attnum else {
         return found;
     };
-    if matches!(&found, Ok(col) if col.attnum <= attnum) {
+    if matches!(&found, Ok(col) if col.attnum == attnum) {
         return found;
     }
     let now_named = sql::select_value::<String>(

@@ -35,8 +35,16 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 /// Kept so a postgresql.conf that still sets it loads cleanly; nothing reads it.
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// A writer stops after this long without rejections for its database.
-const WRITER_IDLE: Duration = Duration::from_secs(30);
+/// A writer stops after this long without rejections for its database (connected, it
+/// would hold up a DROP DATABASE and a worker slot).
+const WRITER_IDLE: Duration = Duration::from_secs(2);
+/// A rejection that this many writers tried to write and did not (their INSERT kept
+/// failing) is given up by the launcher, so that one database cannot fill the queue
+/// for all the others.
+const MAX_ATTEMPTS: u8 = 3;
+/// First key of the advisory lock a writer holds for its database ('tenw'): one writer
+/// per database, also across a launcher restart.
+const WRITER_LOCK_CLASS: i32 = 0x7465_6e77;
 /// The launcher starts a writer for a database at most this often (a writer that keeps
 /// failing is not restarted in a loop).
 const WRITER_RESTART: Duration = Duration::from_secs(5);
@@ -73,6 +81,8 @@ impl Text {
 struct Rejection {
     /// Unique in the queue: what a writer removes once it has written the rejection.
     id: u64,
+    /// How many writers set out to write it.
+    attempts: u8,
     database: u32,
     target: u32,
     /// Microseconds since the Unix epoch.
@@ -87,6 +97,7 @@ struct Rejection {
 impl Rejection {
     const EMPTY: Rejection = Rejection {
         id: 0,
+        attempts: 0,
         database: 0,
         target: 0,
         at_us: 0,
@@ -184,6 +195,7 @@ pub fn record(target: pg_sys::Oid, table: &str, column: &str, key: &str, operati
     }
     let rejection = Rejection {
         id: 0,
+        attempts: 0,
         // SAFETY: MyDatabaseId is set for every backend connected to a database.
         database: u32::from(unsafe { pg_sys::MyDatabaseId }),
         target: u32::from(target),
@@ -244,6 +256,22 @@ pub extern "C-unwind" fn tenant_backfill_rejections_launcher(_arg: pg_sys::Datum
     while BackgroundWorker::wait_latch(Some(Duration::from_millis(250))) {
         // A writer that stopped (idle, or failed) is forgotten; a new one starts if needed.
         writers.retain(|(_, worker, _)| worker.pid().is_ok());
+        // Rejections that writers kept failing to write, of a database without a writer now.
+        let given_up = {
+            let mut queue = QUEUE.exclusive();
+            let live: Vec<u32> = writers.iter().map(|(db, _, _)| *db).collect();
+            let given_up = queue.retain(|r| r.attempts < MAX_ATTEMPTS || live.contains(&r.database));
+            queue.unrecorded += given_up as u64;
+            given_up
+        };
+        if given_up > 0 {
+            ereport!(
+                WARNING,
+                PgSqlErrorCode::ERRCODE_WARNING,
+                format!("tenant_backfill: {given_up} rejected writes were given up: {MAX_ATTEMPTS} writers failed to record them"),
+                "The server log has each writer's error; monitor counts them in rejections_dropped."
+            );
+        }
         let mut waiting: Vec<u32> = QUEUE.share().waiting().iter().map(|r| r.database).collect();
         waiting.sort_unstable();
         waiting.dedup();
@@ -273,6 +301,11 @@ pub extern "C-unwind" fn tenant_backfill_rejections_launcher(_arg: pg_sys::Datum
             }
         }
     }
+    // Stopped by SIGTERM: at shutdown that is the end, but after a pg_terminate_backend a
+    // worker that exits with 0 is never started again. Exiting with 1 lets the postmaster
+    // restart it (a shutting-down postmaster restarts nothing).
+    // SAFETY: ends this background worker process.
+    unsafe { pg_sys::proc_exit(1) }
 }
 
 /// Whether a database (by OID) still exists: the launcher reads the shared catalog.
@@ -304,6 +337,20 @@ pub extern "C-unwind" fn tenant_backfill_violations_writer(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = arg.value() as u32;
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    // One writer per database: a second one (a launcher that restarted and does not know
+    // the first) would write the same rejections twice.
+    let alone = BackgroundWorker::transaction(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.pg_try_advisory_lock($1)",
+            &[((i64::from(WRITER_LOCK_CLASS) << 32) | i64::from(database)).into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    });
+    if !alone {
+        return;
+    }
     let mut idle_since = Instant::now();
     let mut warned = false;
     while BackgroundWorker::wait_latch(Some(Duration::from_millis(250))) {
@@ -324,9 +371,18 @@ pub extern "C-unwind" fn tenant_backfill_violations_writer(arg: pg_sys::Datum) {
                 .flatten()
                 .unwrap_or(false)
         });
+        let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
+        if installed {
+            let mut queue = QUEUE.exclusive();
+            let len = queue.len;
+            for r in queue.items[..len].iter_mut().filter(|r| ids.contains(&r.id)) {
+                r.attempts = r.attempts.saturating_add(1);
+            }
+        }
         if installed && !write_violations(&batch) {
-            // Kept in the queue for the next try.
-            continue;
+            // Kept in the queue, counted as tried: the launcher starts another writer
+            // after a pause, and gives the rejections up after MAX_ATTEMPTS.
+            return;
         }
         if !installed && !warned {
             warned = true;
@@ -344,7 +400,6 @@ pub extern "C-unwind" fn tenant_backfill_violations_writer(arg: pg_sys::Datum) {
                 "CREATE EXTENSION tenant_backfill in that database to record them in its tenant_backfill.violations."
             );
         }
-        let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
         let mut queue = QUEUE.exclusive();
         queue.retain(|r| !ids.contains(&r.id));
         if !installed {

@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::{AllocatedByPostgres, PgTupleDesc};
 
-// Not named `Result`: #[pg_trigger]'s expansion needs std's two-parameter Result.
+// The error type of the trigger's own code, next to std's Result of the trigger function.
 type GuardResult<T> = crate::error::Result<T>;
 use std::ffi::CStr;
 
@@ -46,7 +46,11 @@ pub unsafe extern "C-unwind" fn guard_wrapper(fcinfo: pg_sys::FunctionCallInfo) 
     };
     // A BEFORE trigger returns the row to write, or a null pointer to skip the write.
     let datum = match guard(&trigger) {
-        Ok(Some(row)) => row.into_trigger_datum().unwrap_or(pg_sys::Datum::from(0)),
+        // A row that cannot be handed back is an error, never a silently skipped write.
+        Ok(Some(row)) => match row.into_trigger_datum() {
+            Some(datum) => datum,
+            None => BackfillError::Internal("the guard could not hand the row back".into()).raise(),
+        },
         Ok(None) => pg_sys::Datum::from(0),
         Err(err) => err.raise(),
     };
@@ -71,14 +75,19 @@ fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTup
     let args = unsafe { std::slice::from_raw_parts(tg.tgargs, tg.tgnargs as usize) };
     // SAFETY: tg_relation is the open relation the trigger fires on.
     let (relid, tupdesc) = unsafe { ((*data.tg_relation).rd_id, (*data.tg_relation).rd_att) };
-    let attnum = tenant_attnum(tg, relid, args[1]);
-    if attnum == pg_sys::InvalidAttrNumber as i16 {
-        BackfillError::BadArgument(
-            format!("the guard's tenant column {} no longer exists", arg(args, 1)),
-            "Install the guard again: tenant_backfill.enforce(target).".into(),
-        )
-        .raise();
+    if fired_after(data) {
+        // An AFTER trigger's WHEN clause admitted the row: it ends with a NULL tenant.
+        if writer::guard_bypassed_for(relid) {
+            return Ok(None);
+        }
+        return sql::with_pinned_search_path(|| {
+            let attnum = guard_attnum(relid)?;
+            after_null_tenant(data, args, attnum)
+        })
+        .map(|_| None)
+        .or_raise_ok();
     }
+    let attnum = before_attnum(tg);
     let tuple = new_tuple(data);
     // The hot path: one attribute, one NULL test.
     // SAFETY: tuple belongs to the relation described by tupdesc.
@@ -91,50 +100,36 @@ fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTup
     }
     // The cold path runs statements of its own: under a pinned search_path, so nothing
     // in them resolves through the writer's.
-    sql::with_pinned_search_path(|| {
-        if fired_after(data) {
-            return after_null_tenant(data, args, attnum).map(|_| None).or_raise_ok();
-        }
-        on_null_tenant(data, args, attnum, row).or_raise_ok()
-    })
+    sql::with_pinned_search_path(|| on_null_tenant(data, args, attnum, row)).or_raise_ok()
 }
 
 fn fired_after(data: &pg_sys::TriggerData) -> bool {
     (data.tg_event & pg_sys::TRIGGER_EVENT_TIMINGMASK) == pg_sys::TRIGGER_EVENT_AFTER
 }
 
-/// The tenant column's number, which a rename does not change: the first column of the
-/// BEFORE trigger's `UPDATE OF` list, else the fifth argument (the AFTER triggers have
-/// no column list), both written for this very table by `install`. A guard installed
-/// without them looks the column up by name, once per statement and trigger.
-fn tenant_attnum(tg: &pg_sys::Trigger, relid: pg_sys::Oid, column: *const std::ffi::c_char) -> i16 {
+/// The tenant column's number: the first (only) column of the BEFORE trigger's `UPDATE
+/// OF` list. Postgres keeps that list by number, so it follows a rename, and maps it to
+/// each partition's own numbering when it clones the trigger.
+fn before_attnum(tg: &pg_sys::Trigger) -> i16 {
     if tg.tgnattr >= 1 && !tg.tgattr.is_null() {
         // SAFETY: tgattr holds tgnattr attribute numbers.
         return unsafe { *tg.tgattr };
     }
-    if tg.tgnargs >= 5 {
-        // SAFETY: tgargs holds tgnargs NUL-terminated strings.
-        let text = unsafe { CStr::from_ptr(*tg.tgargs.add(4)) };
-        if let Some(attnum) = text.to_str().ok().and_then(|t| t.parse::<i16>().ok()) {
-            return attnum;
-        }
-    }
-    let (cached_trigger, cached_rel, cached_attnum) = LAST_ATTNUM.with(|c| c.get());
-    if cached_trigger == tg.tgoid && cached_rel == relid && tg.tgoid != pg_sys::InvalidOid {
-        return cached_attnum;
-    }
-    // SAFETY: column is the trigger's NUL-terminated argument; get_attnum is a syscache lookup.
-    let attnum = unsafe { pg_sys::get_attnum(relid, column) };
-    if attnum != pg_sys::InvalidAttrNumber as i16 {
-        LAST_ATTNUM.with(|c| c.set((tg.tgoid, relid, attnum)));
-    }
-    attnum
+    BackfillError::BadArgument(
+        "the tenant_backfill guard trigger has no column list".into(),
+        "Install the guard again: tenant_backfill.enforce(target).".into(),
+    )
+    .raise()
 }
 
-thread_local! {
-    /// The last AFTER trigger's (trigger OID, relation OID, tenant attribute number).
-    static LAST_ATTNUM: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid, i16)> =
-        const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid, 0)) };
+/// The tenant column's number for an AFTER trigger (which has no column list): the one
+/// the same table's BEFORE guard trigger names. Only on the cold path.
+fn guard_attnum(relid: pg_sys::Oid) -> GuardResult<i16> {
+    sql::select_value::<i16>(
+        "SELECT t.tgattr[0] FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2::text::pg_catalog.name",
+        &[Value::Oid(relid), Value::text(crate::guard::TRIGGER_NAME)],
+    )?
+    .ok_or_else(|| BackfillError::Internal("the guard's AFTER trigger found no BEFORE guard trigger on its table".into()))
 }
 
 trait OrRaiseOk<T> {

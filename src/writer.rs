@@ -37,7 +37,7 @@ use crate::job::Target;
 use crate::error::{BackfillError, Result};
 use crate::sql::{self, get, get_required, Statement, Value};
 use pgrx::pg_sys;
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::time::Instant;
 
 /// The rows a decision changes, column by column, in key order, as text (every key
@@ -135,30 +135,39 @@ pub fn write_selected(spec: &WriteSpec, mut select: Statement, count_planned: bo
 }
 
 thread_local! {
-    /// The table whose guard trigger lets this backend's own write through: set by
-    /// `restore` for its one statement only, so nothing a client can run (no setting,
-    /// no function) opens the guard.
-    static GUARD_BYPASS: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// The tables whose guard trigger lets this backend's own write through: a target
+    /// with its partitions and inheritance children (the trigger fires on the table that
+    /// holds the row). Set by `restore` for its one statement only, so nothing a client
+    /// can run (no setting, no function) opens the guard.
+    static GUARD_BYPASS: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether the guard of `table` is to let the current write through (trigger.rs).
 pub fn guard_bypassed_for(table: pg_sys::Oid) -> bool {
-    table != pg_sys::InvalidOid && GUARD_BYPASS.with(|b| b.get()) == table
+    GUARD_BYPASS.with(|b| b.borrow().contains(&table))
 }
 
-/// Opens the guard of a table until dropped, also when an error unwinds.
+/// Opens the guard of a table and of every table below it until dropped, also when an
+/// error unwinds.
 struct GuardBypass;
 
 impl GuardBypass {
-    fn open(table: pg_sys::Oid) -> GuardBypass {
-        GUARD_BYPASS.with(|b| b.set(table));
-        GuardBypass
+    fn open(table: pg_sys::Oid) -> Result<GuardBypass> {
+        let tables = sql::select_rows(
+            "WITH RECURSIVE below(oid) AS (\n    SELECT $1::pg_catalog.oid\n    \
+             UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN below b ON i.inhparent = b.oid)\n\
+             SELECT oid FROM below",
+            &[Value::Oid(table)],
+            |row| get_required::<pg_sys::Oid>(row, 1),
+        )?;
+        GUARD_BYPASS.with(|b| *b.borrow_mut() = tables);
+        Ok(GuardBypass)
     }
 }
 
 impl Drop for GuardBypass {
     fn drop(&mut self) {
-        GUARD_BYPASS.with(|b| b.set(pg_sys::InvalidOid));
+        GUARD_BYPASS.with(|b| b.borrow_mut().clear());
     }
 }
 
@@ -179,7 +188,7 @@ pub fn restore(spec: &WriteSpec, original: i64) -> Result<Written> {
         kt = spec.target.key.type_sql,
         ct = spec.column.type_sql,
     );
-    let _bypass = GuardBypass::open(spec.target.rel.oid);
+    let _bypass = GuardBypass::open(spec.target.rel.oid)?;
     write_selected(spec, st, true)
 }
 

@@ -61,12 +61,12 @@ fn define_target(
     let soft_delete = soft_delete_column.map(SqlName::as_str).unwrap_or("deleted_at");
     sql::execute(
         "INSERT INTO tenant_backfill.targets\n    \
-         (target, tenant_column, key_column, soft_delete_column, tenant_attnum, key_attnum)\n\
+         (target, tenant_column, key_column, soft_delete_column, tenant_attnum, key_attnum, target_oid)\n\
          VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::text::pg_catalog.name, $3::text::pg_catalog.name,\n        \
-         $4::text::pg_catalog.name, $5::pg_catalog.int2, $6::pg_catalog.int2)\n\
+         $4::text::pg_catalog.name, $5::pg_catalog.int2, $6::pg_catalog.int2, $1::pg_catalog.oid)\n\
          ON CONFLICT (target) DO UPDATE SET tenant_column = EXCLUDED.tenant_column,\n    \
          key_column = EXCLUDED.key_column, soft_delete_column = EXCLUDED.soft_delete_column,\n    \
-         tenant_attnum = EXCLUDED.tenant_attnum, key_attnum = EXCLUDED.key_attnum,\n    \
+         tenant_attnum = EXCLUDED.tenant_attnum, key_attnum = EXCLUDED.key_attnum, target_oid = EXCLUDED.target_oid,\n    \
          defined_at = pg_catalog.now(), defined_by = CURRENT_USER",
         &[
             Value::Oid(rel.oid),

@@ -10,8 +10,9 @@ SELECT p.proname, pg_get_function_arguments(p.oid) AS arguments
   FROM pg_proc p
  WHERE p.pronamespace = 'tenant_backfill'::regnamespace AND p.proname IN ('define', 'add_source', 'plan')
  ORDER BY p.proname;
--- Every function runs with the caller's rights, but the event trigger that forgets a
--- dropped table's configuration, which pins its search_path.
+-- Every function runs with the caller's rights, but the two event trigger functions
+-- (they act on DDL of roles that need no rights on the extension), which pin their
+-- search_path.
 SELECT p.proname AS security_definer_function, p.proconfig
   FROM pg_proc p WHERE p.pronamespace = 'tenant_backfill'::regnamespace AND p.prosecdef;
 -- The event triggers: dropped tables leave the configuration, inheriting tables get the guard.
