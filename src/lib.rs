@@ -36,6 +36,7 @@ mod rejections;
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/write_path.sql", name = "write_path", requires = ["schema"]);
 extension_sql_file!("../sql/guard.sql", name = "guard_tables", requires = ["write_path"]);
+extension_sql_file!("../sql/access.sql", name = "access", requires = ["guard_tables"]);
 // The procedure calls the Rust functions by name, so it comes last.
 extension_sql_file!("../sql/procedures.sql", name = "procedures", finalize);
 

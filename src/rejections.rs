@@ -339,7 +339,7 @@ pub extern "C-unwind" fn tenant_backfill_violations_writer(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     // One writer per database: a second one (a launcher that restarted and does not know
     // the first) would write the same rejections twice.
-    let alone = BackgroundWorker::transaction(|| {
+    let alone = pinned_transaction(|| {
         Spi::get_one_with_args::<bool>(
             "SELECT pg_catalog.pg_try_advisory_lock($1)",
             &[((i64::from(WRITER_LOCK_CLASS) << 32) | i64::from(database)).into()],
@@ -365,7 +365,7 @@ pub extern "C-unwind" fn tenant_backfill_violations_writer(arg: pg_sys::Datum) {
             continue;
         }
         idle_since = Instant::now();
-        let installed = BackgroundWorker::transaction(|| {
+        let installed = pinned_transaction(|| {
             Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'tenant_backfill')")
                 .ok()
                 .flatten()
@@ -392,7 +392,7 @@ pub extern "C-unwind" fn tenant_backfill_violations_writer(arg: pg_sys::Datum) {
                 format!(
                     "tenant_backfill: {} rejected writes in database {} were not recorded: the extension is not installed there",
                     batch.len(),
-                    BackgroundWorker::transaction(|| Spi::get_one::<String>("SELECT pg_catalog.current_database()::text")
+                    pinned_transaction(|| Spi::get_one::<String>("SELECT pg_catalog.current_database()::text")
                         .ok()
                         .flatten()
                         .unwrap_or_default())
@@ -408,14 +408,25 @@ pub extern "C-unwind" fn tenant_backfill_violations_writer(arg: pg_sys::Datum) {
     }
 }
 
+/// A transaction of a writer, with `search_path` pinned for it: a worker runs as the
+/// bootstrap superuser, and a database's own setting (`ALTER DATABASE ... SET
+/// search_path`), which its owner controls, must not decide what its statements resolve.
+fn pinned_transaction<R>(work: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> R {
+    BackgroundWorker::transaction(|| {
+        // A failure here surfaces in the statements after it.
+        let _ = Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)");
+        work()
+    })
+}
+
 /// One INSERT for a batch of rejections, from arrays.
 const INSERT_VIOLATIONS: &str = "INSERT INTO tenant_backfill.violations \
          (occurred_at, target, row_key, column_name, role, application_name, mode, action, operation) \
      SELECT pg_catalog.to_timestamp(v.at), v.target::pg_catalog.oid::pg_catalog.regclass, v.key, \
             v.col::pg_catalog.name, v.role::pg_catalog.name, v.app, 'reject', 'rejected', v.op \
        FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.float8[]), pg_catalog.unnest($2::pg_catalog.int8[]), \
-                       pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), \
-                       pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::text[])) \
+                       pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[]), \
+                       pg_catalog.unnest($6::pg_catalog.text[]), pg_catalog.unnest($7::pg_catalog.text[])) \
             AS v(at, target, key, col, role, app, op)";
 
 /// Writes rejections to `violations`; whether they were written.
@@ -433,7 +444,7 @@ fn write_violations(rows: &[Rejection]) -> bool {
         rows.iter().map(|r| if r.operation == b'U' { "UPDATE".to_string() } else { "INSERT".to_string() }).collect();
     // A Postgres error here ends the writer; the launcher starts another, and the
     // rejections, still queued, are written then.
-    let result = BackgroundWorker::transaction(|| {
+    let result = pinned_transaction(|| {
         Spi::connect_mut(|client| {
             client
                 .update(

@@ -31,6 +31,7 @@ pub enum Value {
     Float8(Option<f64>),
     Oid(pg_sys::Oid),
     TextArray(Vec<Option<String>>),
+    Int8Array(Vec<Option<i64>>),
     /// A Datum of the given type, e.g. a row as a composite (the quarantine).
     Raw(pg_sys::Datum, pg_sys::Oid),
 }
@@ -53,6 +54,7 @@ impl Value {
             Value::Float8(v) => (*v).into(),
             Value::Oid(v) => (*v).into(),
             Value::TextArray(v) => v.clone().into(),
+            Value::Int8Array(v) => v.clone().into(),
             // SAFETY: the caller built the Datum as a value of that type.
             Value::Raw(datum, oid) => unsafe { DatumWithOid::new(*datum, *oid) },
         }
@@ -69,7 +71,7 @@ impl Value {
             // Rust prints the shortest text that reads back as the same float8.
             Value::Float8(f) => Some(f.map(|f| f.to_string())),
             Value::Oid(o) => Some(Some(u32::from(*o).to_string())),
-            Value::Raw(..) | Value::TextArray(_) => None,
+            Value::Raw(..) | Value::TextArray(_) | Value::Int8Array(_) => None,
         }
     }
 }
@@ -139,7 +141,10 @@ fn datums(params: &[Value]) -> Vec<DatumWithOid<'static>> {
     params.iter().map(Value::to_datum).collect()
 }
 
-/// Runs a statement and decodes every row it returns with `decode`.
+/// Runs a statement and decodes every row it returns with `decode`. Every statement
+/// runs under a `search_path` pinned for it alone (`with_pinned_search_path`): the SET
+/// clause of the calling function covers its start only, and code of the user's that a
+/// statement runs (a domain's CHECK, a trigger) could change the path for the ones after.
 ///
 /// Every statement runs as a "mutable" SPI call, reads included: a read-only SPI call
 /// would keep the function's first snapshot and miss what an earlier statement of the
@@ -150,7 +155,7 @@ pub fn select_rows<T>(
     params: &[Value],
     mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
 ) -> Result<Vec<T>> {
-    Spi::connect_mut(|client| {
+    with_pinned_search_path(|| Spi::connect_mut(|client| {
         let args = datums(params);
         let table = client.update(sql, None, &args)?;
         in_spi_memory(|| {
@@ -160,7 +165,7 @@ pub fn select_rows<T>(
             }
             Ok(out)
         })
-    })
+    }))
 }
 
 /// Runs a statement that always returns exactly one row (an aggregate, a write's
@@ -179,14 +184,14 @@ pub fn select_one_row<T>(
 
 /// Runs a statement that returns one value (or none).
 pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Result<Option<T>> {
-    Spi::connect_mut(|client| {
+    with_pinned_search_path(|| Spi::connect_mut(|client| {
         let args = datums(params);
         let table = client.update(sql, None, &args)?;
         if table.is_empty() {
             return Ok(None);
         }
         in_spi_memory(|| Ok(table.first().get_one::<T>()?))
-    })
+    }))
 }
 
 /// Runs `decode` in a child of SPI's memory context. pgrx copies every value it decodes
@@ -219,11 +224,11 @@ pub fn without_jit<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Runs a statement that writes; returns the number of rows it processed.
 pub fn execute(sql: &str, params: &[Value]) -> Result<u64> {
-    Spi::connect_mut(|client| {
+    with_pinned_search_path(|| Spi::connect_mut(|client| {
         let args = datums(params);
         let table = client.update(sql, None, &args)?;
         Ok(table.len() as u64)
-    })
+    }))
 }
 
 /// Reads column `ordinal` (1-based) of a row, as `T`.
@@ -287,4 +292,53 @@ pub fn with_pinned_search_path<T>(work: impl FnOnce() -> T) -> T {
     };
     let _pop = PopOnDrop(level);
     work()
+}
+
+/// Runs `work` as the extension's owner: the one identity that may write the
+/// extension's tables (no role is granted INSERT, UPDATE or DELETE on them). Each caller
+/// checks the caller's rights on the user tables first; `work` holds only the statements
+/// that write the extension's own tables. The user id is switched the way Postgres' own
+/// referential-integrity triggers switch it (a local user-id change, so SET ROLE and
+/// SET SESSION AUTHORIZATION are refused meanwhile) and switched back on the way out,
+/// by Postgres itself when an error aborts the (sub)transaction.
+pub fn as_extension_owner<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    struct SwitchBack(pg_sys::Oid, std::ffi::c_int);
+    impl Drop for SwitchBack {
+        fn drop(&mut self) {
+            // SAFETY: restores the identity saved below.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) }
+        }
+    }
+    // Security-restricted too, as Postgres runs index expressions and REFRESH: nothing
+    // in it may SET ROLE or leave state behind (temporary objects, cursors).
+    let owner = select_value::<pg_sys::Oid>(
+        "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname = 'tenant_backfill'",
+        &[],
+    )?
+    .ok_or_else(|| BackfillError::Internal("the extension tenant_backfill is not installed here".into()))?;
+    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: reads and sets the current user id and security context of this backend.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as std::ffi::c_int,
+        );
+    }
+    let _back = SwitchBack(user, context);
+    work()
+}
+
+/// The current user's name (`CURRENT_USER`), for rows the extension writes as its owner
+/// on the caller's behalf.
+pub fn current_role() -> String {
+    // SAFETY: the name of the current user id, which exists while it is current.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true);
+        if name.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+        }
+    }
 }

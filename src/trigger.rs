@@ -276,20 +276,22 @@ fn reject(v: &Violation) -> BackfillError {
 }
 
 fn insert_violation(v: &Violation, mode: GuardMode, action: &str) -> GuardResult<()> {
-    sql::execute(
-        "INSERT INTO tenant_backfill.violations (target, row_key, column_name, role, application_name, mode, action, operation) \
-         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, $6, $7, $8)",
-        &[
-            Value::Oid(v.target),
-            Value::text(v.key.clone()),
-            Value::text(v.column.clone()),
-            Value::text(v.role.clone()),
-            Value::text(v.application.clone()),
-            Value::text(mode.as_str()),
-            Value::text(action),
-            Value::text(v.operation),
-        ],
-    )?;
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "INSERT INTO tenant_backfill.violations (target, row_key, column_name, role, application_name, mode, action, operation) \
+             VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, $6, $7, $8)",
+            &[
+                Value::Oid(v.target),
+                Value::text(v.key.clone()),
+                Value::text(v.column.clone()),
+                Value::text(v.role.clone()),
+                Value::text(v.application.clone()),
+                Value::text(mode.as_str()),
+                Value::text(action),
+                Value::text(v.operation),
+            ],
+        )
+    })?;
     Ok(())
 }
 
@@ -301,18 +303,27 @@ fn quarantine(data: &pg_sys::TriggerData, v: &Violation) -> GuardResult<()> {
         let datum = pg_sys::heap_copy_tuple_as_datum(new_tuple(data), (*rel).rd_att);
         (datum, (*(*rel).rd_rel).reltype)
     };
-    sql::execute(
-        "INSERT INTO tenant_backfill.quarantine (target, operation, row_key, row_data, role, application_name) \
-         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, pg_catalog.to_jsonb($4), $5::text::pg_catalog.name, $6)",
-        &[
-            Value::Oid(v.target),
-            Value::text(v.operation),
-            Value::text(v.key.clone()),
-            Value::Raw(datum, row_type),
-            Value::text(v.role.clone()),
-            Value::text(v.application.clone()),
-        ],
+    // The row as jsonb text, with the writer's rights: turning a value into json may call
+    // a cast of the user's, which must never run as the extension's owner.
+    let row_data = sql::select_value::<String>(
+        "SELECT pg_catalog.to_jsonb($1)::pg_catalog.text",
+        &[Value::Raw(datum, row_type)],
     )?;
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "INSERT INTO tenant_backfill.quarantine (target, operation, row_key, row_data, role, application_name) \
+             VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4::pg_catalog.text::pg_catalog.jsonb, \
+                     $5::pg_catalog.text::pg_catalog.name, $6)",
+            &[
+                Value::Oid(v.target),
+                Value::text(v.operation),
+                Value::text(v.key.clone()),
+                Value::Text(row_data),
+                Value::text(v.role.clone()),
+                Value::text(v.application.clone()),
+            ],
+        )
+    })?;
     Ok(())
 }
 

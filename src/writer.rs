@@ -92,7 +92,7 @@ pub struct WriteSpec<'a> {
 /// What a write did.
 #[derive(Clone, Debug)]
 pub struct Written {
-    /// Rows `changes` named (0 from `write_selected` unless counted).
+    /// Rows `changes` named.
     pub planned: i64,
     pub changed: i64,
     /// `{"1": 15, "override": 1}`: rows changed per phase, JSON text.
@@ -108,30 +108,81 @@ pub fn write_batch(spec: &WriteSpec, changes: Changes) -> Result<Written> {
     if planned == 0 {
         return Ok(Written { planned, changed: 0, by_phase: "{}".into(), locked_ms: 0.0 });
     }
+    if spec.dry_run {
+        let by_phase = phase_counts(&changes.phase);
+        return Ok(Written { planned, changed: planned, by_phase, locked_ms: 0.0 });
+    }
+    // An unguarded write (a forced rollback) replaces whatever the rows hold now: lock
+    // them first and log what they hold, then write as a guarded batch would.
+    let changes = if spec.guard { changes } else { as_they_are(spec, changes)? };
     // The UPDATE then reads only the batch's stretch of the key index. Without it the
     // planner, which cannot see where a batch's keys lie, joins by reading the key index
     // from the table's first row, and later batches take longer and longer.
     let key_range = changes.key_range();
-    if spec.guard && !spec.dry_run {
-        return write_logging_first(spec, changes, key_range.as_ref());
+    write_logging_first(spec, changes, key_range.as_ref())
+}
+
+/// `{"1": 15, "override": 1}`: how many rows of each phase, as JSON text.
+fn phase_counts(phases: &[Option<String>]) -> String {
+    let mut counts = serde_json::Map::new();
+    for phase in phases.iter().flatten() {
+        let n = counts.get(phase).and_then(serde_json::Value::as_i64).unwrap_or(0);
+        counts.insert(phase.clone(), serde_json::Value::from(n + 1));
     }
-    let started = Instant::now();
+    serde_json::Value::Object(counts).to_string()
+}
+
+/// The rows of `changes`, locked (`FOR NO KEY UPDATE`, waiting for other sessions) and
+/// with `old` as they hold it now; rows that are gone are left out.
+fn as_they_are(spec: &WriteSpec, changes: Changes) -> Result<Changes> {
     let mut st = Statement::new();
     let changes_cte = changes_from_arrays(spec, changes, &mut st);
-    let write = write_ctes(spec, key_range.as_ref(), &mut st);
-    st.sql = format!("WITH {changes_cte}{write}");
-    let written = run_and_count(st, false)?;
-    Ok(Written { planned, locked_ms: started.elapsed().as_secs_f64() * 1000.0, ..written })
+    st.sql = format!(
+        "WITH {changes_cte}\n\
+         SELECT {arrays}\n  \
+         FROM changes c CROSS JOIN LATERAL (SELECT t.{col} AS actual FROM {target} t\n\
+         \x20                                  WHERE t.{key} = c.key FOR NO KEY UPDATE OF t) t",
+        arrays = ["c.key", "t.actual", "c.new", "c.phase", "c.source", "c.rule", "c.evidence"]
+            .map(|e| format!("pg_catalog.array_agg({e}::text ORDER BY c.key)"))
+            .join(", "),
+        col = spec.column.sql_name(),
+        target = spec.target.rel.sql_name(),
+        key = spec.target.key.sql_name(),
+    );
+    select_changes(&st)
+}
+
+/// Decodes the seven arrays of a statement's one row into `Changes`.
+fn select_changes(st: &Statement) -> Result<Changes> {
+    sql::select_one_row(&st.sql, &st.params, "the rows to change", |row| {
+        let mut arrays =
+            (1..=7).map(|i| -> Result<Vec<Option<String>>> { Ok(get::<Vec<Option<String>>>(row, i)?.unwrap_or_default()) });
+        let mut next = || arrays.next().unwrap_or_else(|| Ok(Vec::new()));
+        Ok(Changes {
+            key: next()?,
+            old: next()?,
+            new: next()?,
+            phase: next()?,
+            source: next()?,
+            rule: next()?,
+            evidence: next()?,
+        })
+    })
 }
 
 /// Writes the rows that `select` (a query whose columns are those of `changes`, its
-/// values already in the statement) returns, in one statement. `planned` is counted
-/// only when asked (`count_planned`): counting reads `changes` a second time, which
-/// makes Postgres materialize it instead of joining it into the UPDATE.
-pub fn write_selected(spec: &WriteSpec, mut select: Statement, count_planned: bool) -> Result<Written> {
-    let write = write_ctes(spec, None, &mut select);
-    select.sql = format!("WITH changes AS (\n{}){write}", select.sql);
-    run_and_count(select, count_planned)
+/// values already in the statement) returns: read with the caller's rights, then
+/// written as a batch is.
+pub fn write_selected(spec: &WriteSpec, mut select: Statement) -> Result<Written> {
+    select.sql = format!(
+        "SELECT {}\n  FROM (\n{}) s",
+        ["key", "old", "new", "phase", "source", "rule", "evidence"]
+            .map(|c| format!("pg_catalog.array_agg(s.{c}::text ORDER BY s.key)"))
+            .join(", "),
+        select.sql
+    );
+    let changes = select_changes(&select)?;
+    write_batch(spec, changes)
 }
 
 thread_local! {
@@ -176,20 +227,37 @@ impl Drop for GuardBypass {
 /// still holds what the run wrote (unless `spec.guard` is off, a forced rollback).
 /// The target's guard lets these writes through: a rollback of a fill puts NULLs back.
 pub fn restore(spec: &WriteSpec, original: i64) -> Result<Written> {
+    // The backup as text, read as its owner (the caller's rights on the target were
+    // checked; the backup's own rows are shown only to those who may read all of it).
+    let (keys, written, found) = sql::as_extension_owner(|| {
+        sql::select_one_row(
+            "SELECT pg_catalog.array_agg(b.row_key ORDER BY b.row_key), pg_catalog.array_agg(b.new_value ORDER BY b.row_key),\n       \
+             pg_catalog.array_agg(b.old_value ORDER BY b.row_key)\n  \
+             FROM tenant_backfill.backup b\n \
+             WHERE b.run_id = $1 AND b.column_name = $2::pg_catalog.text::pg_catalog.name",
+            &[Value::int8(original), Value::text(spec.column.name.clone())],
+            "a run's backup",
+            |row| {
+                let array = |i| -> Result<Vec<Option<String>>> { Ok(get::<Vec<Option<String>>>(row, i)?.unwrap_or_default()) };
+                Ok((array(1)?, array(2)?, array(3)?))
+            },
+        )
+    })?;
+    // Cast with the caller's rights: from what the run wrote back to what it found.
     let mut st = Statement::new();
-    let original_param = st.param(Value::int8(original));
-    let column_name = st.param(Value::text(spec.column.name.clone()));
+    let (keys, written, found) =
+        (st.param(Value::TextArray(keys)), st.param(Value::TextArray(written)), st.param(Value::TextArray(found)));
     let source = st.param(Value::text(format!("run {original}")));
     st.sql = format!(
-        "SELECT b.row_key::text::{kt} AS key, b.new_value::text::{ct} AS old, b.old_value::text::{ct} AS new,\n       \
+        "SELECT c.key::{kt} AS key, c.written::{ct} AS old, c.found::{ct} AS new,\n       \
          'rollback'::text AS phase, {source}::text AS source, 'rollback'::text AS rule, NULL::pg_catalog.jsonb AS evidence\n  \
-         FROM tenant_backfill.backup b\n \
-         WHERE b.run_id = {original_param}::pg_catalog.int8 AND b.column_name = {column_name}::text::pg_catalog.name",
+         FROM ROWS FROM (pg_catalog.unnest({keys}::text[]), pg_catalog.unnest({written}::text[]),\n                 \
+         pg_catalog.unnest({found}::text[])) AS c(key, written, found)",
         kt = spec.target.key.type_sql,
         ct = spec.column.type_sql,
     );
     let _bypass = GuardBypass::open(spec.target.rel.oid)?;
-    write_selected(spec, st, true)
+    write_selected(spec, st)
 }
 
 /// Puts the quarantined rows of the target that now carry a tenant back into the table
@@ -198,9 +266,9 @@ pub fn restore(spec: &WriteSpec, original: i64) -> Result<Written> {
 /// table's writable columns.
 pub fn release_quarantined(spec: &WriteSpec, columns: &[String]) -> Result<i64> {
     let target = spec.target;
+    // With the caller's rights: the quarantine rows it may see, into the table.
     let mut st = Statement::new();
     let target_oid = st.param(Value::Oid(target.rel.oid));
-    let run_id = st.param(Value::int8(spec.run_id));
     let column_list = columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
     // The quarantined row is kept as one composite value, `rec`, so none of the table's
     // column names can collide with the quarantine's own.
@@ -208,7 +276,6 @@ pub fn release_quarantined(spec: &WriteSpec, columns: &[String]) -> Result<i64> 
     let table = target.rel.sql_name();
     let key = target.key.sql_name();
     let tenant = target.tenant.sql_name();
-    let log = log_ctes(spec, &mut st, "done", "");
     st.sql = format!(
         "WITH q AS (\n    SELECT x.quarantine_id, x.operation, pg_catalog.jsonb_populate_record(NULL::{table}, x.row_data) AS rec\n      \
          FROM tenant_backfill.quarantine x\n     \
@@ -220,30 +287,40 @@ pub fn release_quarantined(spec: &WriteSpec, columns: &[String]) -> Result<i64> 
          , upd AS (\n    UPDATE {table} t SET ({column_list}) = ROW({from_record}) FROM ready q\n     \
          WHERE q.operation = 'UPDATE' AND t.{key} = (q.rec).{key}\n    \
          RETURNING t.{key} AS key, t.{tenant} AS tenant)\n\
-         , done AS (\n    SELECT d.key, NULL::text AS old, d.tenant AS new, 'quarantine'::text AS phase,\n           \
-         'quarantine'::text AS source, 'manual'::text AS rule, NULL::pg_catalog.jsonb AS evidence\n      \
-         FROM (SELECT * FROM ins UNION ALL SELECT * FROM upd) d)\n\
+         SELECT (SELECT pg_catalog.array_agg(r.quarantine_id) FROM ready r),\n       \
+         (SELECT pg_catalog.array_agg(d.key::text) FROM (SELECT * FROM ins UNION ALL SELECT * FROM upd) d),\n       \
+         (SELECT pg_catalog.array_agg(d.tenant::text) FROM (SELECT * FROM ins UNION ALL SELECT * FROM upd) d)"
+    );
+    let (released, keys, tenants) = sql::select_one_row(&st.sql, &st.params, "a release", |row| {
+        Ok((
+            get::<Vec<Option<i64>>>(row, 1)?.unwrap_or_default(),
+            get::<Vec<Option<String>>>(row, 2)?.unwrap_or_default(),
+            get::<Vec<Option<String>>>(row, 3)?.unwrap_or_default(),
+        ))
+    })?;
+    let written = keys.len() as i64;
+    // As the extension: the quarantine rows marked released, and the logs.
+    let mut log = Statement::new();
+    let ids = log.param(Value::Int8Array(released));
+    let run_id = log.param(Value::int8(spec.run_id));
+    let released_by = log.param(Value::text(sql::current_role()));
+    let keys = log.param(Value::TextArray(keys));
+    let tenants = log.param(Value::TextArray(tenants));
+    let log_ctes = log_ctes(spec, &mut log, "done", "");
+    log.sql = format!(
+        "WITH done AS (\n    SELECT d.key, NULL::text AS old, d.new, 'quarantine'::text AS phase, 'quarantine'::text AS source,\n           \
+         'manual'::text AS rule, NULL::pg_catalog.jsonb AS evidence\n      \
+         FROM ROWS FROM (pg_catalog.unnest({keys}::text[]), pg_catalog.unnest({tenants}::text[])) AS d(key, new))\n\
          , mark AS (\n    UPDATE tenant_backfill.quarantine x\n       \
-         SET released_at = pg_catalog.clock_timestamp(), released_by = CURRENT_USER, released_run = {run_id}::pg_catalog.int8\n      \
-         FROM ready q WHERE x.quarantine_id = q.quarantine_id){log}\n\
+         SET released_at = pg_catalog.clock_timestamp(), released_by = {released_by}::text::pg_catalog.name,\n           \
+         released_run = {run_id}::pg_catalog.int8\n     \
+         WHERE x.quarantine_id = ANY ({ids}::pg_catalog.int8[]))\n\
+         {log_ctes}\n\
          SELECT pg_catalog.count(*) FROM done"
     );
-    Ok(sql::select_value::<i64>(&st.sql, &st.params)?.unwrap_or(0))
-}
-
-/// Runs a write (its `changes` CTE and the write's CTEs in `st`) and counts what it
-/// did; `planned` is left 0 unless `count_planned`.
-fn run_and_count(mut st: Statement, count_planned: bool) -> Result<Written> {
-    let planned = if count_planned { "(SELECT pg_catalog.count(*) FROM changes)" } else { "0::pg_catalog.int8" };
-    st.sql.push_str(&format!("\nSELECT {planned}, (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text"));
-    sql::select_one_row(&st.sql, &st.params, "a write", |row| {
-        Ok(Written {
-            planned: get_required(row, 1)?,
-            changed: get_required(row, 2)?,
-            by_phase: get_required(row, 3)?,
-            locked_ms: 0.0,
-        })
-    })
+    // `log_ctes` starts with a comma: it follows `mark`.
+    sql::as_extension_owner(|| sql::execute(&log.sql, &log.params))?;
+    Ok(written)
 }
 
 /// A guarded batch's write, in three statements of one transaction: the backup and
@@ -255,18 +332,22 @@ fn run_and_count(mut st: Statement, count_planned: bool) -> Result<Written> {
 fn write_logging_first(spec: &WriteSpec, changes: Changes, key_range: Option<&(String, String)>) -> Result<Written> {
     let planned = changes.key.len() as i64;
     let to_update = changes.for_update();
+    // As the extension's owner: so nothing in it may run code of the user's, and it casts
+    // nothing to the user's types (a domain's CHECK could call a function of theirs).
     let mut log = Statement::new();
-    let changes_cte = changes_from_arrays(spec, changes, &mut log);
+    let changes_cte = changes_as_text(changes, &mut log);
     let log_ctes = log_ctes(spec, &mut log, "changes", " RETURNING ctid");
     log.sql = format!(
         "WITH {changes_cte}{log_ctes}\n\
          SELECT (SELECT pg_catalog.array_agg(b.ctid::text) FROM bak b), (SELECT pg_catalog.array_agg(a.ctid::text) FROM aud a)"
     );
-    let (backup_tids, audit_tids) = sql::select_one_row(&log.sql, &log.params, "a batch's log insert", |row| {
-        Ok((
-            get::<Vec<Option<String>>>(row, 1)?.unwrap_or_default(),
-            get::<Vec<Option<String>>>(row, 2)?.unwrap_or_default(),
-        ))
+    let (backup_tids, audit_tids) = sql::as_extension_owner(|| {
+        sql::select_one_row(&log.sql, &log.params, "a batch's log insert", |row| {
+            Ok((
+                get::<Vec<Option<String>>>(row, 1)?.unwrap_or_default(),
+                get::<Vec<Option<String>>>(row, 2)?.unwrap_or_default(),
+            ))
+        })
     })?;
 
     let started = Instant::now();
@@ -308,7 +389,7 @@ fn unlog(run_id: i64, backup_tids: Vec<Option<String>>, audit_tids: Vec<Option<S
          AND a.run_id = {run_id}::pg_catalog.int8 AND a.row_key = ANY({keys}::text[]) RETURNING 1)\n\
          SELECT (SELECT pg_catalog.count(*) FROM b) + (SELECT pg_catalog.count(*) FROM a)"
     );
-    let removed = sql::select_value::<i64>(&st.sql, &st.params)?.unwrap_or(0);
+    let removed = sql::as_extension_owner(|| sql::select_value::<i64>(&st.sql, &st.params))?.unwrap_or(0);
     if removed != expected {
         return Err(BackfillError::Internal(format!(
             "a batch removed {removed} log rows of rows it did not write, expected {expected}"
@@ -317,33 +398,42 @@ fn unlog(run_id: i64, backup_tids: Vec<Option<String>>, audit_tids: Vec<Option<S
     Ok(())
 }
 
-/// `changes AS (...)` over `changes`, passed as seven `text[]` arguments and cast back
-/// to the key's and the written column's types. (`ROWS FROM` because only the
-/// unqualified `unnest` takes several arrays.)
+/// `changes AS (...)` over `changes` as text, for the statement that logs them as the
+/// extension's owner: the text of each value is what the decision printed, exactly what
+/// the log keeps, and nothing is cast to a type of the user's.
+fn changes_as_text(changes: Changes, st: &mut Statement) -> String {
+    let rows = unnest_changes(changes, st);
+    format!(
+        "changes AS (\n    SELECT c.key, c.old, c.new, c.phase, c.source, c.rule,\n           \
+         tenant_backfill._evidence_jsonb(c.evidence) AS evidence\n{rows})"
+    )
+}
+
+/// `changes AS (...)` over `changes`, cast back to the key's and the written column's
+/// types: for the statements that read or write the user's table with the caller's rights.
 fn changes_from_arrays(spec: &WriteSpec, changes: Changes, st: &mut Statement) -> String {
-    let Changes { key, old, new, phase, source, rule, evidence } = changes;
-    let [key, old, new, phase, source, rule, evidence] =
-        [key, old, new, phase, source, rule, evidence].map(|values| st.param(Value::TextArray(values)));
+    let rows = unnest_changes(changes, st);
     format!(
         "changes AS (\n    SELECT c.key::{key_type} AS key, c.old::{column_type} AS old, c.new::{column_type} AS new,\n           \
-         c.phase, c.source, c.rule, tenant_backfill._evidence_jsonb(c.evidence) AS evidence\n      \
-         FROM ROWS FROM (pg_catalog.unnest({key}::text[]), pg_catalog.unnest({old}::text[]),\n                      \
-         pg_catalog.unnest({new}::text[]), pg_catalog.unnest({phase}::text[]),\n                      \
-         pg_catalog.unnest({source}::text[]), pg_catalog.unnest({rule}::text[]),\n                      \
-         pg_catalog.unnest({evidence}::text[])) AS c(key, old, new, phase, source, rule, evidence))",
+         c.phase, c.source, c.rule, tenant_backfill._evidence_jsonb(c.evidence) AS evidence\n{rows})",
         key_type = spec.target.key.type_sql,
         column_type = spec.column.type_sql,
     )
 }
 
-/// The CTEs after `changes`: the update, then its logs from its RETURNING (for a dry
-/// run, `upd` is `changes` and nothing is written); starts with a comma.
-fn write_ctes(spec: &WriteSpec, key_range: Option<&(String, String)>, st: &mut Statement) -> String {
-    if spec.dry_run {
-        return "\n, upd AS (SELECT c.key, c.old, c.new, c.phase, c.source, c.rule, c.evidence FROM changes c)".into();
-    }
-    let lock_and_update = lock_and_update_ctes(spec, key_range, st);
-    format!("{lock_and_update}{}", log_ctes(spec, st, "upd", ""))
+/// `FROM ROWS FROM (...) AS c(key, old, new, phase, source, rule, evidence)`: the seven
+/// arrays of `changes` as seven `text[]` arguments, row by row. (`ROWS FROM` because only
+/// the unqualified `unnest` takes several arrays.)
+fn unnest_changes(changes: Changes, st: &mut Statement) -> String {
+    let Changes { key, old, new, phase, source, rule, evidence } = changes;
+    let [key, old, new, phase, source, rule, evidence] =
+        [key, old, new, phase, source, rule, evidence].map(|values| st.param(Value::TextArray(values)));
+    format!(
+        "      FROM ROWS FROM (pg_catalog.unnest({key}::text[]), pg_catalog.unnest({old}::text[]),\n                      \
+         pg_catalog.unnest({new}::text[]), pg_catalog.unnest({phase}::text[]),\n                      \
+         pg_catalog.unnest({source}::text[]), pg_catalog.unnest({rule}::text[]),\n                      \
+         pg_catalog.unnest({evidence}::text[])) AS c(key, old, new, phase, source, rule, evidence)"
+    )
 }
 
 /// `upd`: the rows of `changes` updated, after `locked` locked them when rows other
@@ -399,14 +489,17 @@ fn log_ctes(spec: &WriteSpec, st: &mut Statement, rows: &str, returning: &str) -
     let run_id = st.param(Value::int8(spec.run_id));
     let target_oid = st.param(Value::Oid(spec.target.rel.oid));
     let column_name = st.param(Value::text(spec.column.name.clone()));
+    // The caller, named before the extension writes the row as its owner.
+    let changed_by = st.param(Value::text(sql::current_role()));
     format!(
         "\n, bak AS (\n    INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value)\n    \
          SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text,\n           \
          {column_name}::text::pg_catalog.name, u.old::text, u.new::text FROM {rows} u{returning})\n\
          , aud AS (\n    INSERT INTO tenant_backfill.audit_log\n        \
-         (run_id, target, row_key, column_name, old_value, new_value, phase, source, rule, evidence)\n    \
+         (run_id, target, row_key, column_name, old_value, new_value, phase, source, rule, evidence, changed_by)\n    \
          SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text,\n           \
-         {column_name}::text::pg_catalog.name, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence\n      \
+         {column_name}::text::pg_catalog.name, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence,\n           \
+         {changed_by}::text::pg_catalog.name\n      \
          FROM {rows} u{returning})"
     )
 }

@@ -58,25 +58,32 @@ fn define_target(
         ));
     }
     catalog::require_select(&rel, &[&key, &tenant])?;
+    // Configuring a target decides what runs will write: as writing it would.
+    catalog::require_update(&rel, &tenant)?;
     let soft_delete = soft_delete_column.map(SqlName::as_str).unwrap_or("deleted_at");
-    sql::execute(
-        "INSERT INTO tenant_backfill.targets\n    \
-         (target, tenant_column, key_column, soft_delete_column, tenant_attnum, key_attnum, target_oid)\n\
-         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::text::pg_catalog.name, $3::text::pg_catalog.name,\n        \
-         $4::text::pg_catalog.name, $5::pg_catalog.int2, $6::pg_catalog.int2, $1::pg_catalog.oid)\n\
-         ON CONFLICT (target) DO UPDATE SET tenant_column = EXCLUDED.tenant_column,\n    \
-         key_column = EXCLUDED.key_column, soft_delete_column = EXCLUDED.soft_delete_column,\n    \
-         tenant_attnum = EXCLUDED.tenant_attnum, key_attnum = EXCLUDED.key_attnum, target_oid = EXCLUDED.target_oid,\n    \
-         defined_at = pg_catalog.now(), defined_by = CURRENT_USER",
-        &[
-            Value::Oid(rel.oid),
-            Value::text(tenant.name),
-            Value::text(key.name),
-            Value::text(soft_delete),
-            Value::Int4(Some(tenant.attnum.into())),
-            Value::Int4(Some(key.attnum.into())),
-        ],
-    )?;
+    let caller = sql::current_role();
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "INSERT INTO tenant_backfill.targets\n    \
+             (target, tenant_column, key_column, soft_delete_column, tenant_attnum, key_attnum, target_oid, defined_by)\n\
+             VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::text::pg_catalog.name, $3::text::pg_catalog.name,\n        \
+             $4::text::pg_catalog.name, $5::pg_catalog.int2, $6::pg_catalog.int2, $1::pg_catalog.oid,\n        \
+             $7::text::pg_catalog.name)\n\
+             ON CONFLICT (target) DO UPDATE SET tenant_column = EXCLUDED.tenant_column,\n    \
+             key_column = EXCLUDED.key_column, soft_delete_column = EXCLUDED.soft_delete_column,\n    \
+             tenant_attnum = EXCLUDED.tenant_attnum, key_attnum = EXCLUDED.key_attnum, target_oid = EXCLUDED.target_oid,\n    \
+             defined_at = pg_catalog.now(), defined_by = EXCLUDED.defined_by",
+            &[
+                Value::Oid(rel.oid),
+                Value::text(tenant.name),
+                Value::text(key.name),
+                Value::text(soft_delete),
+                Value::Int4(Some(tenant.attnum.into())),
+                Value::Int4(Some(key.attnum.into())),
+                Value::text(caller),
+            ],
+        )
+    })?;
     Ok(())
 }
 
@@ -89,10 +96,19 @@ fn undefine(target: Option<RegClass>) {
 }
 
 fn undefine_target(target: RegClass) -> Result<()> {
-    let removed = sql::execute(
-        "DELETE FROM tenant_backfill.targets WHERE target = $1::pg_catalog.oid::pg_catalog.regclass",
-        &[Value::Oid(target.0)],
-    )?;
+    // Forgetting a target needs what configuring it needs; a target whose columns are
+    // gone needs UPDATE on the table.
+    match job::target(target.0) {
+        Ok(t) => catalog::require_update(&t.rel, &t.tenant)?,
+        Err(BackfillError::NotDefined(name)) => return Err(BackfillError::NotDefined(name)),
+        Err(_) => catalog::require_table_privilege(&catalog::relation(target.0)?, "UPDATE")?,
+    }
+    let removed = sql::as_extension_owner(|| {
+        sql::execute(
+            "DELETE FROM tenant_backfill.targets WHERE target = $1::pg_catalog.oid::pg_catalog.regclass",
+            &[Value::Oid(target.0)],
+        )
+    })?;
     if removed == 0 {
         let rel = catalog::relation(target.0)?;
         return Err(BackfillError::NotDefined(rel.display));
@@ -140,6 +156,7 @@ fn add_source_impl(
     let rule = Rule::parse(rule)?;
     job::require_source_types(&target, &rel, &via, &tenant)?;
     catalog::require_select(&rel, &[&via, &tenant])?;
+    catalog::require_update(&target.rel, &target.tenant)?;
 
     let existing = source_phases(&target.rel)?;
     let this = |s: &&(pgrx::pg_sys::Oid, String, i32)| s.0 == rel.oid && s.1 == via.name;
@@ -161,21 +178,23 @@ fn add_source_impl(
             "Each phase holds one source; pick a free phase or leave phase NULL for the next one.".into(),
         ));
     }
-    sql::execute(
-        "INSERT INTO tenant_backfill.sources (target, source, via, tenant_column, phase, rule) \
-         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.oid::pg_catalog.regclass, \
-                 $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, $6) \
-         ON CONFLICT (target, source, via) DO UPDATE SET tenant_column = EXCLUDED.tenant_column, \
-             phase = EXCLUDED.phase, rule = EXCLUDED.rule",
-        &[
-            Value::Oid(target.rel.oid),
-            Value::Oid(rel.oid),
-            Value::text(via.name),
-            Value::text(tenant.name),
-            Value::Int4(Some(phase)),
-            Value::text(rule.as_str()),
-        ],
-    )?;
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "INSERT INTO tenant_backfill.sources (target, source, via, tenant_column, phase, rule) \
+             VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.oid::pg_catalog.regclass, \
+                     $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, $6) \
+             ON CONFLICT (target, source, via) DO UPDATE SET tenant_column = EXCLUDED.tenant_column, \
+                 phase = EXCLUDED.phase, rule = EXCLUDED.rule",
+            &[
+                Value::Oid(target.rel.oid),
+                Value::Oid(rel.oid),
+                Value::text(via.name),
+                Value::text(tenant.name),
+                Value::Int4(Some(phase)),
+                Value::text(rule.as_str()),
+            ],
+        )
+    })?;
     Ok(())
 }
 
@@ -205,6 +224,7 @@ fn set_override(
 
 fn set_override_impl(target: RegClass, row_key: Option<&str>, tenant: Option<&str>, note: Option<String>) -> Result<()> {
     let target = job::target(target.0)?;
+    catalog::require_update(&target.rel, &target.tenant)?;
     let Some(row_key) = row_key else {
         return Err(BackfillError::BadArgument(
             "row_key is NULL".into(),
@@ -213,10 +233,12 @@ fn set_override_impl(target: RegClass, row_key: Option<&str>, tenant: Option<&st
     };
     let key = catalog::canonical_value(row_key, &target.key, &target.rel)?;
     let Some(tenant) = tenant else {
-        sql::execute(
-            "DELETE FROM tenant_backfill.overrides WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND row_key = $2",
-            &[Value::Oid(target.rel.oid), Value::text(key)],
-        )?;
+        sql::as_extension_owner(|| {
+            sql::execute(
+                "DELETE FROM tenant_backfill.overrides WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND row_key = $2",
+                &[Value::Oid(target.rel.oid), Value::text(key)],
+            )
+        })?;
         return Ok(());
     };
     let tenant = catalog::canonical_value(tenant, &target.tenant, &target.rel)?;
@@ -232,13 +254,16 @@ fn set_override_impl(target: RegClass, row_key: Option<&str>, tenant: Option<&st
             "An override names an existing row by its key.".into(),
         ));
     }
-    sql::execute(
-        "INSERT INTO tenant_backfill.overrides (target, row_key, tenant, note) \
-         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4) \
-         ON CONFLICT (target, row_key) DO UPDATE SET tenant = EXCLUDED.tenant, note = EXCLUDED.note, \
-             set_at = pg_catalog.now(), set_by = CURRENT_USER",
-        &[Value::Oid(target.rel.oid), Value::text(key), Value::text(tenant), Value::Text(note)],
-    )?;
+    let caller = sql::current_role();
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "INSERT INTO tenant_backfill.overrides (target, row_key, tenant, note, set_by) \
+             VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5::text::pg_catalog.name) \
+             ON CONFLICT (target, row_key) DO UPDATE SET tenant = EXCLUDED.tenant, note = EXCLUDED.note, \
+                 set_at = pg_catalog.now(), set_by = EXCLUDED.set_by",
+            &[Value::Oid(target.rel.oid), Value::text(key), Value::text(tenant), Value::Text(note), Value::text(caller)],
+        )
+    })?;
     Ok(())
 }
 
@@ -284,21 +309,24 @@ fn add_override_table_impl(
         "The value column must hold tenants, or text that casts to the tenant type.",
     )?;
     catalog::require_select(&rel, &[&key, &value])?;
-    sql::execute(
-        "INSERT INTO tenant_backfill.override_tables (target, config_table, key_column, value_column, key_prefix, position) \
-         SELECT $1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.oid::pg_catalog.regclass, \
-                $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, \
-                COALESCE(pg_catalog.max(o.position), 0) + 1 \
-           FROM tenant_backfill.override_tables o WHERE o.target = $1::pg_catalog.oid::pg_catalog.regclass \
-         ON CONFLICT (target, config_table, key_column, key_prefix) DO UPDATE SET value_column = EXCLUDED.value_column",
-        &[
-            Value::Oid(target.rel.oid),
-            Value::Oid(rel.oid),
-            Value::text(key.name),
-            Value::text(value.name),
-            Value::text(key_prefix.unwrap_or_default()),
-        ],
-    )?;
+    catalog::require_update(&target.rel, &target.tenant)?;
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "INSERT INTO tenant_backfill.override_tables (target, config_table, key_column, value_column, key_prefix, position) \
+             SELECT $1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.oid::pg_catalog.regclass, \
+                    $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, \
+                    COALESCE(pg_catalog.max(o.position), 0) + 1 \
+               FROM tenant_backfill.override_tables o WHERE o.target = $1::pg_catalog.oid::pg_catalog.regclass \
+             ON CONFLICT (target, config_table, key_column, key_prefix) DO UPDATE SET value_column = EXCLUDED.value_column",
+            &[
+                Value::Oid(target.rel.oid),
+                Value::Oid(rel.oid),
+                Value::text(key.name),
+                Value::text(value.name),
+                Value::text(key_prefix.unwrap_or_default()),
+            ],
+        )
+    })?;
     Ok(())
 }
 

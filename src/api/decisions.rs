@@ -130,7 +130,7 @@ fn invalid_values(rel: &Relation, column: &str, values: &[String], target_col: &
 
 /// Writes the selected rows and closes the run with the counts; returns the rows changed.
 fn write_and_finish(spec: &WriteSpec, select: Statement) -> Result<i64> {
-    let written = writer::write_selected(spec, select, false)?;
+    let written = writer::write_selected(spec, select)?;
     runs::record_batch(
         spec.run_id,
         &BatchCounts {

@@ -107,11 +107,13 @@ fn release_impl(target: RegClass, tenant: Option<&str>) -> Result<i64> {
     catalog::require_update(&target.rel, &target.tenant)?;
     if let Some(tenant) = tenant {
         let tenant = catalog::canonical_value(tenant, &target.tenant, &target.rel)?;
-        sql::execute(
-            "UPDATE tenant_backfill.quarantine SET row_data = row_data || pg_catalog.jsonb_build_object($2::text, $3::text)\n \
-             WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND released_at IS NULL",
-            &[Value::Oid(target.rel.oid), Value::text(target.tenant.name.clone()), Value::text(tenant)],
-        )?;
+        sql::as_extension_owner(|| {
+            sql::execute(
+                "UPDATE tenant_backfill.quarantine SET row_data = row_data || pg_catalog.jsonb_build_object($2::text, $3::text)\n \
+                 WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND released_at IS NULL",
+                &[Value::Oid(target.rel.oid), Value::text(target.tenant.name.clone()), Value::text(tenant)],
+            )
+        })?;
     }
     let columns = writable_columns(&target)?;
     let run_id = runs::insert(NewRun {

@@ -102,8 +102,9 @@ fn run_begin(
             parameters: serde_json::json!({}),
         }),
     })();
-    if started.is_err() {
-        locks::release_session(job.target.rel.oid)?;
+    match &started {
+        Ok(run_id) => OWN_RUNS.with(|r| r.borrow_mut().push(*run_id)),
+        Err(_) => locks::release_session(job.target.rel.oid)?,
     }
     started
 }
@@ -123,6 +124,8 @@ fn _run_batch(run_id: i64, skip_held_rows: bool) -> bool {
 fn run_one_batch(run_id: i64, skip_held_rows: bool) -> Result<bool> {
     let run = runs::load(run_id)?;
     require_own_run(&run)?;
+    // The rights `_run_begin` checked, again: they may have been revoked since.
+    let job = load_job_for_writing(RegClass(run.target), run.dry_run)?;
     if run.status != RunStatus::Running {
         return Err(BackfillError::BadArgument(
             format!("run {run_id} is {}, not running", run.status.as_str()),
@@ -141,7 +144,6 @@ fn run_one_batch(run_id: i64, skip_held_rows: bool) -> Result<bool> {
     }
     let settings = run.settings.unwrap_or(BatchSettings::DEFAULT);
     let mode = run.mode.ok_or_else(|| BackfillError::Internal(format!("run {run_id} has no mode")))?;
-    let job = job::job(run.target)?;
     // Only this batch's transaction waits at most lock_timeout for a lock.
     let lock_wait_ms =
         if skip_held_rows { settings.lock_timeout_ms } else { settings.lock_timeout_ms.min(FIRST_TRY_WAIT_MS) };
@@ -190,11 +192,18 @@ fn run_one_batch(run_id: i64, skip_held_rows: bool) -> Result<bool> {
     Ok(true)
 }
 
-/// `_run_batch` and `_run_end` are the steps of the `CALL run` that holds the target's
-/// run lock in this session; called from anywhere else (another session during a run,
-/// by hand) they would corrupt its bookkeeping, so they refuse.
+thread_local! {
+    /// The runs `_run_begin` started or resumed in this backend and `_run_end` has not
+    /// ended: nothing a client can call adds to it, unlike an advisory lock anyone may take.
+    static OWN_RUNS: std::cell::RefCell<Vec<i64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `_run_batch` and `_run_end` are the steps of the `CALL run` that began the run in this
+/// backend and holds the target's run lock; called from anywhere else (another session
+/// during a run, by hand) they would corrupt its bookkeeping, so they refuse.
 fn require_own_run(run: &runs::Run) -> Result<()> {
-    if locks::held_here(run.target)? {
+    let begun_here = OWN_RUNS.with(|r| r.borrow().contains(&run.run_id));
+    if begun_here && run.kind == RunKind::Run && run.status == RunStatus::Running && locks::held_here(run.target)? {
         return Ok(());
     }
     Err(BackfillError::WrongState(
@@ -236,6 +245,7 @@ fn run_end(run_id: i64, error_state: Option<String>, error_message: Option<Strin
     require_own_run(&run)?;
     let error = error_state.map(|state| format!("{state}: {}", error_message.unwrap_or_default()));
     runs::finish(run_id, run.dry_run, error)?;
+    OWN_RUNS.with(|r| r.borrow_mut().retain(|id| *id != run_id));
     locks::release_session(run.target)
 }
 

@@ -162,7 +162,8 @@ fn written_check(run: &Run, name: &'static str, table: &str) -> Result<Check> {
         "SELECT pg_catalog.count(DISTINCT (row_key, column_name)) FROM tenant_backfill.{} WHERE run_id = $1",
         sql::ident(table)
     );
-    let actual = sql::select_value::<i64>(&count_sql, &[Value::int8(run.run_id)])?.unwrap_or(0);
+    // Counted as the logs' owner: the caller may read the target, which is what validate asks.
+    let actual = sql::as_extension_owner(|| sql::select_value::<i64>(&count_sql, &[Value::int8(run.run_id)]))?.unwrap_or(0);
     Ok(Check::compared(
         name,
         run.rows_changed,
@@ -244,21 +245,21 @@ fn isolation(job: &Job, tenant_setting: &str) -> Result<Option<Check>> {
 
 /// Whether the run replaced NULLs of `column` (its backup holds NULL old values).
 fn replaced_nulls(run_id: i64, column: &catalog::Column) -> Result<bool> {
-    Ok(sql::select_value::<bool>(
+    Ok(sql::as_extension_owner(|| sql::select_value::<bool>(
         "SELECT EXISTS (SELECT 1 FROM tenant_backfill.backup\n \
          WHERE run_id = $1 AND column_name = $2::text::pg_catalog.name AND old_value IS NULL)",
         &[Value::int8(run_id), Value::text(column.name.clone())],
-    )?
+    ))?
     .unwrap_or(false))
 }
 
 /// How many rows a rollback run set back to a NULL tenant.
 fn rows_set_to_null(rollback_run: i64, target: &Target) -> Result<i64> {
-    Ok(sql::select_value::<i64>(
+    Ok(sql::as_extension_owner(|| sql::select_value::<i64>(
         "SELECT pg_catalog.count(*) FROM tenant_backfill.audit_log\n \
          WHERE run_id = $1 AND column_name = $2::text::pg_catalog.name AND new_value IS NULL",
         &[Value::int8(rollback_run), Value::text(target.tenant.name.clone())],
-    )?
+    ))?
     .unwrap_or(0))
 }
 
@@ -298,11 +299,13 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
     }
     let target = job::target(run.target)?;
     locks::take_for_transaction(&target.rel, locks::Purpose::Rollback)?;
-    let columns = sql::select_rows(
-        "SELECT DISTINCT column_name::text FROM tenant_backfill.backup WHERE run_id = $1 ORDER BY 1",
-        &[Value::int8(run_id)],
-        |row| get_required::<String>(row, 1),
-    )?
+    let columns = sql::as_extension_owner(|| {
+        sql::select_rows(
+            "SELECT DISTINCT column_name::text FROM tenant_backfill.backup WHERE run_id = $1 ORDER BY 1",
+            &[Value::int8(run_id)],
+            |row| get_required::<String>(row, 1),
+        )
+    })?
     .iter()
     .map(|name| catalog::column(&target.rel, name))
     .collect::<Result<Vec<_>>>()?;

@@ -215,8 +215,6 @@ mod tests {
              CREATE POLICY by_company ON customers
                  USING (company_id = nullif(current_setting('tenant_backfill.tenant', true), '')::int);
              CREATE ROLE tb_app;
-             GRANT USAGE ON SCHEMA tenant_backfill TO tb_app;
-             GRANT SELECT ON ALL TABLES IN SCHEMA tenant_backfill TO tb_app;
              GRANT SELECT ON customers, appointments, phone_numbers, calls TO tb_app;");
         // The superuser bypasses row-level security: the check says so instead of passing.
         assert_eq!(
@@ -241,9 +239,6 @@ mod tests {
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
         run("CREATE ROLE tb_clerk;
-             GRANT USAGE ON SCHEMA tenant_backfill TO tb_clerk;
-             GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA tenant_backfill TO tb_clerk;
-             GRANT USAGE ON ALL SEQUENCES IN SCHEMA tenant_backfill TO tb_clerk;
              GRANT SELECT ON customers, appointments, phone_numbers, calls TO tb_clerk;
              SET LOCAL ROLE tb_clerk;");
         assert_eq!(

@@ -126,3 +126,7 @@ SELECT pg_temp.error_of(format('SELECT * FROM tenant_backfill.rollback(%s)', :fi
 DELETE FROM tenant_backfill.backup WHERE run_id = :fill_run AND column_name = 'email';
 SELECT count(*) AS emails_changed FROM pinned.customers WHERE email = 'forged@example.com';
 SELECT tenant_backfill.undefine('pinned.customers');
+-- The planted operators go, so that no later file resolves through them.
+DROP OWNED BY planter;
+DROP ROLE planter;
+DROP TABLE public.planted_ran;
