@@ -47,8 +47,8 @@ CREATE INDEX runs_target_idx ON @extschema@.runs (target, run_id);
 COMMENT ON TABLE @extschema@.runs IS
     'Every run, run_now, apply_decisions, soft_delete_orphans, rollback and release_quarantine, with its counts and status.';
 
--- The prior value of every row a run changed, written in the same statement as the
--- change: enough to restore it exactly (rollback).
+-- The prior value of every row a run changed, written in the change's transaction
+-- (src/writer.rs): enough to restore it exactly (rollback).
 CREATE TABLE @extschema@.backup (
     run_id      pg_catalog.int8 NOT NULL,
     target      pg_catalog.regclass NOT NULL,

@@ -39,19 +39,12 @@ fn decide(job: &Job, mode: Mode, scope: &Scope) -> Result<Decision> {
     );
     sql::select_one_row(&st.sql, &st.params, "a batch's decision", |row| {
         // Columns 4 to 10: the seven arrays of the rows to change, in `Changes` order.
-        let mut arrays =
-            (4..=10).map(|i| -> Result<Vec<Option<String>>> { Ok(get::<Vec<Option<String>>>(row, i)?.unwrap_or_default()) });
-        let mut next = || arrays.next().unwrap_or_else(|| Ok(Vec::new()));
-        let changes = Changes {
-            key: next()?,
-            old: next()?,
-            new: next()?,
-            phase: next()?,
-            source: next()?,
-            rule: next()?,
-            evidence: next()?,
-        };
-        Ok(Decision { last_key: get(row, 1)?, scanned: get_required(row, 2)?, for_review: get_required(row, 3)?, changes })
+        Ok(Decision {
+            last_key: get(row, 1)?,
+            scanned: get_required(row, 2)?,
+            for_review: get_required(row, 3)?,
+            changes: Changes::from_row(row, 4)?,
+        })
     })
 }
 

@@ -12,8 +12,8 @@ pub struct Relation {
     pub oid: pg_sys::Oid,
     pub schema: String,
     pub name: String,
-    /// How Postgres prints it as `regclass` for the caller's search_path: `customers`,
-    /// `"ShiftTypes"`, `"Sales Ops"."client; DROP TABLE x--"`. Used in messages.
+    /// How Postgres prints it as `regclass`, under the pinned search_path, so
+    /// schema-qualified: `public.customers`, `public."ShiftTypes"`. Used in messages.
     pub display: String,
 }
 

@@ -20,13 +20,15 @@
 //!
 //! Legacy inheritance children get the triggers too (partitions inherit them from a
 //! partitioned table by themselves), present ones from `enforce`, future ones from the
-//! DDL event trigger (`_guard_inheritors`, sql/procedures.sql).
+//! DDL event trigger (`_on_ddl_command_end` in sql/procedures.sql, which calls
+//! `_guard_inheritors` below).
 
 use crate::catalog;
 use crate::error::{BackfillError, OrRaise, Result};
-use crate::sql::{self, Value};
+use crate::sql::{self, get_required, Value};
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::cell::RefCell;
 use std::ffi::CString;
 
 /// `tenant_backfill.tenant`: the tenant `assign` gives a row that has no parent to take
@@ -217,4 +219,43 @@ pub fn guard_installed(rel: &catalog::Relation) -> Result<bool> {
         &[Value::Oid(rel.oid), Value::text(TRIGGER_NAME)],
     )?
     .unwrap_or(false))
+}
+
+// ------------------------------------------------------------------ the rollback bypass
+
+thread_local! {
+    /// The tables whose guard trigger lets this backend's own write through: a target
+    /// with its partitions and inheritance children (the trigger fires on the table that
+    /// holds the row). Set by the writer's `restore` for its one statement only, so nothing a client
+    /// can run (no setting, no function) opens the guard.
+    static GUARD_BYPASS: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether the guard of `table` is to let the current write through (trigger.rs).
+pub fn bypassed_for(table: pg_sys::Oid) -> bool {
+    GUARD_BYPASS.with(|b| b.borrow().contains(&table))
+}
+
+/// Opens the guard of a table and of every table below it until dropped, also when an
+/// error unwinds.
+pub struct Bypass;
+
+impl Bypass {
+    pub fn open(table: pg_sys::Oid) -> Result<Bypass> {
+        let tables = sql::select_rows(
+            "WITH RECURSIVE below(oid) AS (\n    SELECT $1::pg_catalog.oid\n    \
+             UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN below b ON i.inhparent = b.oid)\n\
+             SELECT oid FROM below",
+            &[Value::Oid(table)],
+            |row| get_required::<pg_sys::Oid>(row, 1),
+        )?;
+        GUARD_BYPASS.with(|b| *b.borrow_mut() = tables);
+        Ok(Bypass)
+    }
+}
+
+impl Drop for Bypass {
+    fn drop(&mut self) {
+        GUARD_BYPASS.with(|b| b.borrow_mut().clear());
+    }
 }

@@ -37,7 +37,7 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/write_path.sql", name = "write_path", requires = ["schema"]);
 extension_sql_file!("../sql/guard.sql", name = "guard_tables", requires = ["write_path"]);
 extension_sql_file!("../sql/access.sql", name = "access", requires = ["guard_tables"]);
-// The procedure calls the Rust functions by name, so it comes last.
+// plan, the procedures and the event triggers call the Rust functions by name, so they come last.
 extension_sql_file!("../sql/procedures.sql", name = "procedures", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -2,14 +2,13 @@
 //! and the rows it leaves behind: a logged, assigned or quarantined write is recorded in
 //! `violations` and a quarantined row is kept in `quarantine` from here; rejected writes
 //! reach `violations` through src/rejections.rs, and `release_quarantine`
-//! (src/writer.rs) puts rows back.
+//! (src/api/guard.rs, through src/writer.rs) puts rows back.
 
 use crate::catalog;
 use crate::error::{BackfillError, OrRaise};
 use crate::guard::GuardMode;
 use crate::rejections;
 use crate::sql::{self, Value};
-use crate::writer;
 use pgrx::prelude::*;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::{AllocatedByPostgres, PgTupleDesc};
@@ -77,7 +76,7 @@ fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTup
     let (relid, tupdesc) = unsafe { ((*data.tg_relation).rd_id, (*data.tg_relation).rd_att) };
     if fired_after(data) {
         // An AFTER trigger's WHEN clause admitted the row: it ends with a NULL tenant.
-        if writer::guard_bypassed_for(relid) {
+        if crate::guard::bypassed_for(relid) {
             return Ok(None);
         }
         return sql::with_pinned_search_path(|| {
@@ -95,7 +94,7 @@ fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTup
         return Ok(Some(row));
     }
     // A rollback puts back the NULLs a run replaced: its own writes pass.
-    if writer::guard_bypassed_for(relid) {
+    if crate::guard::bypassed_for(relid) {
         return Ok(Some(row));
     }
     // The cold path runs statements of its own: under a pinned search_path, so nothing

@@ -4,40 +4,34 @@
 //! - `write_batch`: a batch of `CALL run` or `run_now`, decided beforehand (without
 //!   locks) and handed over as arrays;
 //! - `write_selected`: rows chosen by a query of the caller (apply_decisions,
-//!   soft_delete_orphans, and `restore` below), written in one statement;
+//!   soft_delete_orphans, and `restore`), read into arrays and written as a batch;
 //! - `restore`: a rollback, from a run's backup;
 //! - `release_quarantined`: rows the guard kept out, inserted or updated back from
-//!   `quarantine`, logged from what they became (`done`) with the same log CTEs.
+//!   `quarantine` with the caller's rights, then marked and logged.
 //!
-//! The first three describe the rows to change as a CTE named `changes` with columns
-//! `(key, old, new, phase text, source text, rule text, evidence jsonb)`, followed by
-//! CTEs that in one statement:
+//! Every write is three statements of one transaction, the rows to change passed as
+//! arrays (a CTE `changes` of `(key, old, new, phase, source, rule, evidence)`):
 //!
-//! - update them with one `UPDATE ... FROM`, only while the column still holds `old`
-//!   (rechecked on the newest row version): an application that set the value in the
-//!   meantime wins, and nothing of its work is lost;
-//! - when rows other sessions hold are to be skipped rather than waited for (or the
-//!   write is not guarded), lock the rows first (`FOR NO KEY UPDATE [SKIP LOCKED]`) and
-//!   update what was locked: once locked, the value cannot change before the UPDATE;
-//! - write the prior value to `backup` and a row to `audit_log`, from the UPDATE's
-//!   RETURNING, so the change, its backup and its audit commit or vanish together.
+//! 1. as the extension's owner, the backup and audit rows of every row about to change,
+//!    from text only (no code of the user's runs as the owner); no user row is locked yet;
+//! 2. with the caller's rights, one `UPDATE ... FROM`, only where the column still holds
+//!    `old` (rechecked on the newest row version): an application that set the value in
+//!    the meantime wins. When rows other sessions hold are to be skipped, a lock step
+//!    (`FOR NO KEY UPDATE SKIP LOCKED`) comes first. Rows are locked from here to the
+//!    commit only;
+//! 3. as the owner again, the removal of the log rows of any row not written after all.
 //!
-//! After the CTEs, `upd` holds `(key, old, new, phase, source, rule, evidence)` of the
-//! rows actually changed.
-//!
-//! A guarded batch writes its backup and audit rows first, for every row it is about to
-//! change (no user row is locked yet), then updates, then removes the log rows of any
-//! row it did not write after all, all in the batch's transaction: rows are locked only
-//! for the UPDATE, from that statement to the batch's commit. A batch of `CALL run`
-//! first waits briefly for rows other sessions hold; when that wait runs out, the
-//! procedure does the batch again, skipping them (sql/procedures.sql).
+//! So the change, its backup and its audit commit or vanish together. A write that is
+//! not guarded (a forced rollback) locks its rows and reads what they hold first; a dry
+//! run writes nothing. A batch of `CALL run` first waits briefly for rows other sessions
+//! hold; when that wait runs out, the procedure does the batch again, skipping them
+//! (sql/procedures.sql).
 
 use crate::catalog::Column;
+use crate::guard;
 use crate::job::Target;
 use crate::error::{BackfillError, Result};
 use crate::sql::{self, get, get_required, Statement, Value};
-use pgrx::pg_sys;
-use std::cell::RefCell;
 use std::time::Instant;
 
 /// The rows a decision changes, column by column, in key order, as text (every key
@@ -54,6 +48,20 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// The seven arrays of a row, in field order, from column `first` on.
+    pub fn from_row(row: &pgrx::spi::SpiHeapTupleData, first: usize) -> Result<Changes> {
+        let array = |i: usize| -> Result<Vec<Option<String>>> { Ok(get::<Vec<Option<String>>>(row, first + i)?.unwrap_or_default()) };
+        Ok(Changes {
+            key: array(0)?,
+            old: array(1)?,
+            new: array(2)?,
+            phase: array(3)?,
+            source: array(4)?,
+            rule: array(5)?,
+            evidence: array(6)?,
+        })
+    }
+
     /// The lowest and highest key: the arrays are in key order.
     pub(crate) fn key_range(&self) -> Option<(String, String)> {
         match (self.key.first(), self.key.last()) {
@@ -154,20 +162,7 @@ fn as_they_are(spec: &WriteSpec, changes: Changes) -> Result<Changes> {
 
 /// Decodes the seven arrays of a statement's one row into `Changes`.
 fn select_changes(st: &Statement) -> Result<Changes> {
-    sql::select_one_row(&st.sql, &st.params, "the rows to change", |row| {
-        let mut arrays =
-            (1..=7).map(|i| -> Result<Vec<Option<String>>> { Ok(get::<Vec<Option<String>>>(row, i)?.unwrap_or_default()) });
-        let mut next = || arrays.next().unwrap_or_else(|| Ok(Vec::new()));
-        Ok(Changes {
-            key: next()?,
-            old: next()?,
-            new: next()?,
-            phase: next()?,
-            source: next()?,
-            rule: next()?,
-            evidence: next()?,
-        })
-    })
+    sql::select_one_row(&st.sql, &st.params, "the rows to change", |row| Changes::from_row(row, 1))
 }
 
 /// Writes the rows that `select` (a query whose columns are those of `changes`, its
@@ -183,43 +178,6 @@ pub fn write_selected(spec: &WriteSpec, mut select: Statement) -> Result<Written
     );
     let changes = select_changes(&select)?;
     write_batch(spec, changes)
-}
-
-thread_local! {
-    /// The tables whose guard trigger lets this backend's own write through: a target
-    /// with its partitions and inheritance children (the trigger fires on the table that
-    /// holds the row). Set by `restore` for its one statement only, so nothing a client
-    /// can run (no setting, no function) opens the guard.
-    static GUARD_BYPASS: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Whether the guard of `table` is to let the current write through (trigger.rs).
-pub fn guard_bypassed_for(table: pg_sys::Oid) -> bool {
-    GUARD_BYPASS.with(|b| b.borrow().contains(&table))
-}
-
-/// Opens the guard of a table and of every table below it until dropped, also when an
-/// error unwinds.
-struct GuardBypass;
-
-impl GuardBypass {
-    fn open(table: pg_sys::Oid) -> Result<GuardBypass> {
-        let tables = sql::select_rows(
-            "WITH RECURSIVE below(oid) AS (\n    SELECT $1::pg_catalog.oid\n    \
-             UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN below b ON i.inhparent = b.oid)\n\
-             SELECT oid FROM below",
-            &[Value::Oid(table)],
-            |row| get_required::<pg_sys::Oid>(row, 1),
-        )?;
-        GUARD_BYPASS.with(|b| *b.borrow_mut() = tables);
-        Ok(GuardBypass)
-    }
-}
-
-impl Drop for GuardBypass {
-    fn drop(&mut self) {
-        GUARD_BYPASS.with(|b| b.borrow_mut().clear());
-    }
 }
 
 /// Puts back the values of `column` that run `original` replaced, as run `spec.run_id`
@@ -256,7 +214,7 @@ pub fn restore(spec: &WriteSpec, original: i64) -> Result<Written> {
         kt = spec.target.key.type_sql,
         ct = spec.column.type_sql,
     );
-    let _bypass = GuardBypass::open(spec.target.rel.oid)?;
+    let _bypass = guard::Bypass::open(spec.target.rel.oid)?;
     write_selected(spec, st)
 }
 
