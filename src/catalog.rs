@@ -43,6 +43,12 @@ pub struct Column {
     /// A string type (text, varchar, char): a cast from it is the target type's input
     /// function.
     pub text_like: bool,
+    /// The type compares with operators of `pg_catalog`: a built-in type, a domain over
+    /// one, or an enum (whose operators are pg_catalog's polymorphic ones). The extension
+    /// runs with `search_path` pinned to `pg_catalog`, so another type's own operators (an
+    /// extension's `citext`) would not be found, and a comparison would silently follow a
+    /// type it casts to instead.
+    pub builtin_ops: bool,
 }
 
 impl Column {
@@ -118,7 +124,9 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
                 a.atttypid IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype, \
                                'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.numeric'::pg_catalog.regtype, \
                                'pg_catalog.uuid'::pg_catalog.regtype), \
-                t.typcategory = 'S' \
+                t.typcategory = 'S', \
+                (SELECT b.typnamespace = 'pg_catalog'::pg_catalog.regnamespace OR b.typtype = 'e' \
+                   FROM pg_catalog.pg_type b WHERE b.oid = COALESCE(NULLIF(t.typbasetype, 0), t.oid)) \
            FROM pg_catalog.pg_attribute a \
            JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
            JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
@@ -136,6 +144,7 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
                 has_min_max: get_required::<bool>(row, 7)?,
                 prints_json_safe: get_required::<bool>(row, 8)?,
                 text_like: get_required::<bool>(row, 9)?,
+                builtin_ops: get_required::<bool>(row, 10)?,
             })
         },
     )?;
@@ -225,6 +234,23 @@ pub fn castable(from: pg_sys::Oid, to: pg_sys::Oid) -> Result<bool> {
         &[Value::Oid(from), Value::Oid(to)],
     )?
     .unwrap_or(false))
+}
+
+/// Checks that a column the extension compares (a key, a tenant, a source's `via`) has a
+/// type whose comparisons it can resolve (`Column::builtin_ops`).
+pub fn require_builtin_ops(rel: &Relation, col: &Column, role: &str) -> Result<()> {
+    if col.builtin_ops {
+        return Ok(());
+    }
+    Err(BackfillError::Unsupported(
+        format!("{role} {} of {} is {}, whose comparison operators are not in pg_catalog", col.name, rel.display, col.type_display),
+        "tenant_backfill runs its statements with search_path pinned to pg_catalog, so it compares keys and tenants \
+         only with pg_catalog's operators; this type's own would not be used, and comparisons would silently follow \
+         another type's rules."
+            .into(),
+        "Give the column a built-in type (an integer, uuid, text) or a domain over one, or name another key column."
+            .into(),
+    ))
 }
 
 /// Checks that the caller may SELECT these columns: a clear 42501 naming the table

@@ -76,6 +76,10 @@ pub enum BackfillError {
     #[error("{0}")]
     Busy(String, String),
 
+    /// 0A000: something the extension does not do (message, detail, hint).
+    #[error("{0}")]
+    Unsupported(String, String, String),
+
     /// 55000: the database is not in a state where this can be done (message, detail, hint).
     #[error("{0}")]
     WrongState(String, String, String),
@@ -121,6 +125,7 @@ impl BackfillError {
             BackfillError::UnknownRun(_) => ERRCODE_UNDEFINED_OBJECT,
             BackfillError::Busy(..) => ERRCODE_LOCK_NOT_AVAILABLE,
             BackfillError::WrongState(..) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            BackfillError::Unsupported(..) => ERRCODE_FEATURE_NOT_SUPPORTED,
             BackfillError::CannotCommit { in_block: true, .. } => ERRCODE_ACTIVE_SQL_TRANSACTION,
             BackfillError::CannotCommit { in_block: false, .. } => ERRCODE_INVALID_TRANSACTION_TERMINATION,
             BackfillError::NotCalledAsTrigger => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
@@ -132,7 +137,7 @@ impl BackfillError {
     pub fn detail(&self) -> Option<String> {
         match self {
             BackfillError::NullTenant { detail, .. } => Some(detail.clone()),
-            BackfillError::WrongState(_, detail, _) => Some(detail.clone()),
+            BackfillError::WrongState(_, detail, _) | BackfillError::Unsupported(_, detail, _) => Some(detail.clone()),
             BackfillError::BadSourceValue { count, .. } => Some(format!(
                 "{count} related {} of these target rows {} such a value. Nothing was written.",
                 if *count == 1 { "row" } else { "rows" },
@@ -167,7 +172,8 @@ impl BackfillError {
             | BackfillError::NotAllowed(_, todo)
             | BackfillError::BadArgument(_, todo)
             | BackfillError::Busy(_, todo)
-            | BackfillError::WrongState(_, _, todo) => Some(todo.clone()),
+            | BackfillError::WrongState(_, _, todo)
+            | BackfillError::Unsupported(_, _, todo) => Some(todo.clone()),
             BackfillError::UnknownRun(_) => Some("SELECT * FROM tenant_backfill.runs lists the runs.".into()),
             BackfillError::InvalidValue { .. } => {
                 Some("Keys and tenants cross the API as text and must cast to the column's type.".into())

@@ -80,6 +80,7 @@ pub struct Job {
 /// Checks that a source's columns fit its target: `via` compares with the key, and the
 /// tenant column casts to the target's tenant type.
 pub fn require_source_types(target: &Target, rel: &Relation, via: &Column, tenant: &Column) -> Result<()> {
+    crate::catalog::require_builtin_ops(rel, via, "column")?;
     if !types_comparable(via.type_oid, target.key.type_oid)? {
         return Err(BackfillError::TypeMismatch(
             format!(
@@ -136,6 +137,8 @@ pub fn target(oid: pg_sys::Oid) -> Result<Target> {
         .map_err(|_| BackfillError::Internal("a target's row did not hold its three column names".into()))?;
     let tenant = defined_column(&rel, &tenant, tenant_attnum)?;
     let key = defined_column(&rel, &key, key_attnum)?;
+    crate::catalog::require_builtin_ops(&rel, &key, "key column")?;
+    crate::catalog::require_builtin_ops(&rel, &tenant, "tenant column")?;
     Ok(Target { key, tenant, rel, soft_delete_column })
 }
 

@@ -51,6 +51,8 @@ fn define_target(
             key
         }
     };
+    catalog::require_builtin_ops(&rel, &key, "key column")?;
+    catalog::require_builtin_ops(&rel, &tenant, "tenant column")?;
     if key.attnum == tenant.attnum {
         return Err(BackfillError::BadArgument(
             format!("the tenant column {} of {} is also its key", tenant.name, rel.display),

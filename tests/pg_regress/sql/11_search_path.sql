@@ -126,6 +126,20 @@ SELECT pg_temp.error_of(format('SELECT * FROM tenant_backfill.rollback(%s)', :fi
 DELETE FROM tenant_backfill.backup WHERE run_id = :fill_run AND column_name = 'email';
 SELECT count(*) AS emails_changed FROM pinned.customers WHERE email = 'forged@example.com';
 SELECT tenant_backfill.undefine('pinned.customers');
+-- A key, tenant or via column whose type compares with operators outside pg_catalog is
+-- refused up front: under the pinned search_path its own operators would not be used.
+CREATE EXTENSION citext SCHEMA public;
+CREATE TABLE pinned.tags (name public.citext PRIMARY KEY, org int);
+SELECT tenant_backfill.define('pinned.tags', 'org');
+CREATE TABLE pinned.labels (id int PRIMARY KEY, org public.citext);
+SELECT tenant_backfill.define('pinned.labels', 'org');
+-- A domain over a built-in type, and an enum, compare with pg_catalog's operators.
+CREATE DOMAIN pinned.shop_id AS int CHECK (VALUE > 0);
+CREATE TYPE pinned.region AS ENUM ('north', 'south');
+CREATE TABLE pinned.shops (id pinned.shop_id PRIMARY KEY, region pinned.region);
+SELECT tenant_backfill.define('pinned.shops', 'region');
+SELECT tenant_backfill.undefine('pinned.shops');
+DROP EXTENSION citext CASCADE;
 -- The planted operators go, so that no later file resolves through them.
 DROP OWNED BY planter;
 DROP ROLE planter;
