@@ -299,3 +299,10 @@ END
 $$;
 CREATE EVENT TRIGGER tenant_backfill_drops ON sql_drop
     EXECUTE FUNCTION @extschema@._on_sql_drop();
+
+-- Called only by the event trigger above, as the extension's owner: no one else needs it.
+-- (The other internal functions stay executable: CALL run, CALL finalize and plan run
+-- with the caller's rights and call them; each refuses outside its context.)
+REVOKE EXECUTE ON FUNCTION @extschema@._guard_inheritors(pg_catalog.regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@._on_ddl_command_end() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@._on_sql_drop() FROM PUBLIC;
