@@ -64,26 +64,12 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.sources', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.overrides', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.override_tables', '');
 
--- Whether a text value casts to a type, without failing: the exception block is a
--- subtransaction, the one safe way to try an input function on Postgres 15. A domain's
--- CHECK or NOT NULL fails with an integrity error (class 23), a bad value with a data
--- exception (class 22).
-CREATE FUNCTION @extschema@._casts_to(value pg_catalog.text, type_name pg_catalog.regtype)
-RETURNS pg_catalog.bool
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    EXECUTE pg_catalog.format('SELECT $1::%s', type_name) USING value;
-    RETURN true;
-EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
-    RETURN false;
-END
-$$;
-
--- The same for a value of any type, cast the way the decision query casts it (a
--- numeric's cast to an integer rounds, where its text would not parse).
-CREATE FUNCTION @extschema@._casts_from(value anyelement, type_name pg_catalog.regtype)
+-- Whether a value casts to a type, without failing, cast the way the decision query
+-- casts it (from its own type: a numeric's cast to an integer rounds, where its text
+-- would not parse; from text, the type's input function). The exception block is a
+-- subtransaction, the one safe way to try a cast on Postgres 15. A domain's CHECK or NOT
+-- NULL fails with an integrity error (class 23), a bad value with a data exception (22).
+CREATE FUNCTION @extschema@._casts_to(value anyelement, type_name pg_catalog.regtype)
 RETURNS pg_catalog.bool
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp

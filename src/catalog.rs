@@ -273,7 +273,7 @@ fn require_column_privilege(rel: &Relation, columns: &[&Column], privilege: &str
         .unwrap_or(false);
         if !allowed {
             return Err(BackfillError::NotAllowed(
-                format!("role {} cannot {privilege} column {} of {}", current_role()?, col.name, rel.display),
+                format!("role {} cannot {privilege} column {} of {}", sql::current_role(), col.name, rel.display),
                 format!("GRANT {privilege} ON {} TO the role that runs tenant_backfill.", rel.display),
             ));
         }
@@ -292,15 +292,12 @@ pub fn require_table_privilege(rel: &Relation, privilege: &str) -> Result<()> {
         Ok(())
     } else {
         Err(BackfillError::NotAllowed(
-            format!("role {} cannot {privilege} {}", current_role()?, rel.display),
+            format!("role {} cannot {privilege} {}", sql::current_role(), rel.display),
             format!("GRANT {privilege} ON {} TO the role that runs tenant_backfill.", rel.display),
         ))
     }
 }
 
-fn current_role() -> Result<String> {
-    Ok(sql::select_value::<String>("SELECT CURRENT_USER::text", &[])?.unwrap_or_default())
-}
 
 /// Whether `value` casts to the column's type; then its canonical text form (`'007'`
 /// for an integer column becomes `'7'`), so stored keys match the table's own.

@@ -140,8 +140,8 @@ fn cast_cannot_fail(from: pg_sys::Oid, to: pg_sys::Oid) -> bool {
 /// A SQL condition: `expr`, a value of the source column `from`, casts to the type of
 /// `to` as the decision query casts it. From a string type the cast is `to`'s input
 /// function, which Postgres 16 and later try without raising (`pg_input_is_valid`);
-/// otherwise (and on 15) each value is cast in a subtransaction of its own (`_casts_to`,
-/// `_casts_from`), which is why this is used only where a source's type differs.
+/// otherwise (and on 15) each value is cast in a subtransaction of its own (`_casts_to`),
+/// which is why this is used only where a source's type differs.
 pub fn tenant_casts(st: &mut Statement, expr: &str, from: &Column, to: &Column) -> String {
     if from.text_like && !cfg!(feature = "pg15") {
         // The type without its modifier, as the decision query casts to it.
@@ -149,11 +149,7 @@ pub fn tenant_casts(st: &mut Statement, expr: &str, from: &Column, to: &Column) 
         return format!("pg_catalog.pg_input_is_valid({expr}::text, {type_name}::text)");
     }
     let type_oid = st.param(Value::Oid(to.type_oid));
-    if from.text_like {
-        format!("tenant_backfill._casts_to({expr}::text, {type_oid}::pg_catalog.oid::pg_catalog.regtype)")
-    } else {
-        format!("tenant_backfill._casts_from({expr}, {type_oid}::pg_catalog.oid::pg_catalog.regtype)")
-    }
+    format!("tenant_backfill._casts_to({expr}, {type_oid}::pg_catalog.oid::pg_catalog.regtype)")
 }
 
 /// `scope`: the rows to decide, with their current tenant.

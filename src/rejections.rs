@@ -169,7 +169,7 @@ pub fn init() {
     PRELOADED.store(true, Ordering::Relaxed);
     pg_shmem_init!(QUEUE);
     BackgroundWorkerBuilder::new("tenant_backfill rejections launcher")
-        .set_type("tenant_backfill")
+        .set_type("tenant_backfill launcher")
         .set_function("tenant_backfill_rejections_launcher")
         .set_library("tenant_backfill")
         .enable_spi_access()
@@ -318,7 +318,7 @@ fn database_exists(database: u32) -> bool {
 
 fn start_writer(database: u32) -> Result<DynamicBackgroundWorker, pgrx::bgworkers::DynamicBackgroundWorkerLoadError> {
     BackgroundWorkerBuilder::new("tenant_backfill violations writer")
-        .set_type("tenant_backfill")
+        .set_type("tenant_backfill writer")
         .set_function("tenant_backfill_violations_writer")
         .set_library("tenant_backfill")
         .set_argument(Some(pg_sys::Datum::from(database as usize)))

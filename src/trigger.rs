@@ -208,7 +208,7 @@ fn describe(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char], attnum: 
         column,
         key: column_text(data, &arg(args, 2)).unwrap_or_else(|| "NULL".into()),
         operation: if is_update(data) { "UPDATE" } else { "INSERT" },
-        role: sql::select_value::<String>("SELECT CURRENT_USER::text", &[])?.unwrap_or_default(),
+        role: sql::current_role(),
         application: application.unwrap_or_default(),
     })
 }

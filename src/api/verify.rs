@@ -194,7 +194,7 @@ fn isolation(job: &Job, tenant_setting: &str) -> Result<Option<Check>> {
             None,
             format!(
                 "skipped: role {} is not subject to the row-level security of {} (superuser, table owner without FORCE, or BYPASSRLS); run validate as an application role",
-                sql::select_value::<String>("SELECT CURRENT_USER::text", &[])?.unwrap_or_default(),
+                sql::current_role(),
                 t.rel.display
             ),
         )));

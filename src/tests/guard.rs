@@ -97,6 +97,26 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_terminated_launcher_is_started_again() {
+        load(&[]);
+        let launcher = "SELECT max(pid) FROM pg_stat_activity WHERE backend_type = 'tenant_backfill launcher'";
+        let first = Spi::get_one::<i32>(launcher).expect("query failed").expect("no launcher runs");
+        run(&format!("SELECT pg_terminate_backend({first})"));
+        // The postmaster starts it again after its restart time (5 s): poll for fifteen.
+        let again = (0..150).any(|_| {
+            // pg_stat_activity is read once per transaction unless the snapshot is cleared.
+            run("SELECT pg_stat_clear_snapshot()");
+            let now = Spi::get_one::<i32>(launcher).expect("query failed");
+            if now.is_none() || now == Some(first) {
+                run("SELECT pg_sleep(0.1)");
+                return false;
+            }
+            true
+        });
+        assert!(again, "the terminated launcher was not started again");
+    }
+
+    #[pg_test]
     fn log_mode_lets_the_row_through_and_records_it() {
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
