@@ -2,10 +2,10 @@
 //! by a statement that locks nothing, then the rows it changes handed to the writer.
 //! `CALL run` does one batch per transaction; `run_now` loops over them in the caller's.
 
-use crate::job::Job;
 use crate::checks;
 use crate::engine::{self, Detail, Mode, Scope};
 use crate::error::Result;
+use crate::job::Job;
 use crate::runs::BatchCounts;
 use crate::sql::{self, get, get_required, Statement};
 use crate::writer::{self, Changes, WriteSpec};

@@ -148,10 +148,9 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
             })
         },
     )?;
-    rows.into_iter().next().ok_or_else(|| BackfillError::UnknownColumn {
-        table: rel.display.clone(),
-        column: name.to_string(),
-    })
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| BackfillError::UnknownColumn { table: rel.display.clone(), column: name.to_string() })
 }
 
 /// The single column of the table's primary key.
@@ -243,7 +242,10 @@ pub fn require_builtin_ops(rel: &Relation, col: &Column, role: &str) -> Result<(
         return Ok(());
     }
     Err(BackfillError::Unsupported(
-        format!("{role} {} of {} is {}, whose comparison operators are not in pg_catalog", col.name, rel.display, col.type_display),
+        format!(
+            "{role} {} of {} is {}, whose comparison operators are not in pg_catalog",
+            col.name, rel.display, col.type_display
+        ),
         "tenant_backfill runs its statements with search_path pinned to pg_catalog, so it compares keys and tenants \
          only with pg_catalog's operators; this type's own would not be used, and comparisons would silently follow \
          another type's rules."
@@ -297,7 +299,6 @@ pub fn require_table_privilege(rel: &Relation, privilege: &str) -> Result<()> {
         ))
     }
 }
-
 
 /// Whether `value` casts to the column's type; then its canonical text form (`'007'`
 /// for an integer column becomes `'7'`), so stored keys match the table's own.

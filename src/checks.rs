@@ -3,9 +3,9 @@
 //! (validate, monitor), and source tenants that do not cast to the target's type
 //! (preflight reports them, everything that decides stops at them first).
 
-use crate::job::{Job, Rule, Source, Target};
 use crate::engine::{self, Mode, Scope};
 use crate::error::{BackfillError, Result};
+use crate::job::{Job, Rule, Source, Target};
 use crate::sql::{self, get, get_required, Statement, Value};
 
 /// How many offending keys a message names.

@@ -29,8 +29,8 @@
 //! sees in an error, in `auto_explain` or in `pg_stat_activity` can be read.
 
 use crate::catalog::Column;
-use crate::job::{Job, Rule, Source};
 use crate::error::{BackfillError, Result};
+use crate::job::{Job, Rule, Source};
 use crate::sql::{Statement, Value};
 use pgrx::pg_sys;
 
@@ -50,7 +50,8 @@ impl Mode {
             Some("reassign") => Ok(Mode::Reassign),
             other => Err(BackfillError::BadArgument(
                 format!("unknown mode \"{}\"", other.unwrap_or("NULL")),
-                "mode is 'fill' (only NULL tenants) or 'reassign' (also correct tenants the evidence contradicts).".into(),
+                "mode is 'fill' (only NULL tenants) or 'reassign' (also correct tenants the evidence contradicts)."
+                    .into(),
             )),
         }
     }
@@ -103,7 +104,12 @@ pub fn decision_query(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope, 
         // them on a row of their own); everything else stops at them first (checks.rs).
         let castable_only = (detail == Detail::Counts && casts_tenant(job, source)).then(|| {
             ["s", "r"].map(|alias| {
-                let casts = tenant_casts(st, &format!("{alias}.{}", source.tenant.sql_name()), &source.tenant, &job.target.tenant);
+                let casts = tenant_casts(
+                    st,
+                    &format!("{alias}.{}", source.tenant.sql_name()),
+                    &source.tenant,
+                    &job.target.tenant,
+                );
                 format!(" AND ({alias}.{} IS NULL OR {casts})", source.tenant.sql_name())
             })
         });
@@ -176,8 +182,7 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
             limit_clause = format!(" LIMIT {p}::pg_catalog.int8");
         }
     }
-    let where_clause =
-        if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
+    let where_clause = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
     // A batch's scope is read by every source and must hold the same keys each time (its
     // LIMIT): materialized once. The whole table is better left to the planner, which
     // then reads it in key order from the key index and merges it with the evidence;
@@ -309,7 +314,8 @@ fn decided_cte(n: usize, detail: Detail) -> String {
         let whens: String = (1..=n).map(|i| format!(" WHEN cand_{i}.ntenants > 0 THEN {i}")).collect();
         format!("CASE{whens} END")
     };
-    let per_source: String = (1..=n).map(|i| format!(", cand_{i}.ntenants AS n_{i}, cand_{i}.top AS top_{i}")).collect();
+    let per_source: String =
+        (1..=n).map(|i| format!(", cand_{i}.ntenants AS n_{i}, cand_{i}.top AS top_{i}")).collect();
     let has_related = if n == 0 {
         "false".to_string()
     } else {

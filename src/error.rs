@@ -110,9 +110,7 @@ impl BackfillError {
         match self {
             BackfillError::UnknownTable(_) => ERRCODE_UNDEFINED_TABLE,
             BackfillError::NotATable { .. } => ERRCODE_WRONG_OBJECT_TYPE,
-            BackfillError::UnknownColumn { .. } | BackfillError::NoSoftDeleteColumn { .. } => {
-                ERRCODE_UNDEFINED_COLUMN
-            }
+            BackfillError::UnknownColumn { .. } | BackfillError::NoSoftDeleteColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
             BackfillError::TypeMismatch(..) => ERRCODE_DATATYPE_MISMATCH,
             BackfillError::NullTenant { .. } => ERRCODE_NOT_NULL_VIOLATION,
             BackfillError::NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -157,14 +155,15 @@ impl BackfillError {
             BackfillError::UnknownTable(_) => {
                 Some("The configuration names a table that was dropped; define the target again.".into())
             }
-            BackfillError::NotATable { .. } => Some(
-                "Only your own ordinary and partitioned tables can be targets, sources or override tables.".into(),
-            ),
+            BackfillError::NotATable { .. } => {
+                Some("Only your own ordinary and partitioned tables can be targets, sources or override tables.".into())
+            }
             BackfillError::UnknownColumn { .. } => {
                 Some("Column names are matched exactly as written, case included, without quotes.".into())
             }
             BackfillError::NoSoftDeleteColumn { .. } => Some(
-                "Name the column that marks a row deleted: define(target, tenant_column, soft_delete_column => ...).".into(),
+                "Name the column that marks a row deleted: define(target, tenant_column, soft_delete_column => ...)."
+                    .into(),
             ),
             BackfillError::NullTenant { hint, .. } => hint.clone(),
             BackfillError::NullArgument { hint, .. } => Some(hint.clone()),

@@ -45,8 +45,7 @@ fn evidence_jsonb(evidence: &str) -> Result<RawJsonb> {
     if let Some(datum) = cached {
         return Ok(RawJsonb(datum));
     }
-    let text = CString::new(evidence)
-        .map_err(|_| BackfillError::Internal("evidence text holds a NUL byte".into()))?;
+    let text = CString::new(evidence).map_err(|_| BackfillError::Internal("evidence text holds a NUL byte".into()))?;
     // SAFETY: jsonb_in takes one cstring argument and returns a jsonb datum palloc'd in
     // the current memory context, or raises an error (invalid JSON) like the cast does.
     let datum = unsafe { pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[text.as_c_str().into_datum()]) }

@@ -145,7 +145,9 @@ pub fn remove(table: &catalog::Relation) -> Result<()> {
          WHERE t.tgrelid = $1 AND t.tgname = ANY ($2::text[]::pg_catalog.name[]) ORDER BY 1",
         &[
             Value::Oid(table.oid),
-            Value::TextArray([TRIGGER_NAME, AFTER_INSERT_NAME, AFTER_UPDATE_NAME].map(|n| Some(n.to_string())).to_vec()),
+            Value::TextArray(
+                [TRIGGER_NAME, AFTER_INSERT_NAME, AFTER_UPDATE_NAME].map(|n| Some(n.to_string())).to_vec(),
+            ),
         ],
         |row| sql::get_required::<String>(row, 1),
     )?;

@@ -108,7 +108,12 @@ pub fn require_tenant_cast(target: &Target, rel: &Relation, column: &Column, wha
     Err(BackfillError::TypeMismatch(
         format!(
             "{what} {} of {} is {} and cannot be cast to {} ({} of {})",
-            column.name, rel.display, column.type_display, target.tenant.type_display, target.tenant.name, target.rel.display
+            column.name,
+            rel.display,
+            column.type_display,
+            target.tenant.type_display,
+            target.tenant.name,
+            target.rel.display
         ),
         todo.into(),
     ))
@@ -225,10 +230,7 @@ fn label_sources(sources: &mut [Source]) {
 
 /// Gives every source whose label is shared by another a longer label.
 fn relabel(sources: &mut [Source], longer: impl Fn(&Source) -> String) {
-    let shared: Vec<bool> = sources
-        .iter()
-        .map(|s| sources.iter().filter(|o| o.label == s.label).count() > 1)
-        .collect();
+    let shared: Vec<bool> = sources.iter().map(|s| sources.iter().filter(|o| o.label == s.label).count() > 1).collect();
     for (source, shared) in sources.iter_mut().zip(shared) {
         if shared {
             source.label = longer(source);

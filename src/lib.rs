@@ -14,23 +14,23 @@ pub extern "C-unwind" fn _PG_init() {
 
 // The core, bottom up: errors and types, SQL text and SPI, the catalog, the decision
 // engine; then the write path (writer, batch) and a run's bookkeeping (runs, locks).
-mod error;
-mod types;
-mod sql;
+mod batch;
 mod catalog;
-mod job;
-mod engine;
-mod evidence;
 mod checks;
+mod engine;
+mod error;
+mod evidence;
+mod job;
 mod locks;
 mod runs;
+mod sql;
+mod types;
 mod writer;
-mod batch;
 // The SQL functions, one file per API section; the guard trigger and its queue.
 mod api;
 mod guard;
-mod trigger;
 mod rejections;
+mod trigger;
 
 // The configuration tables and hand-written helpers come first: every function reads them.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);

@@ -182,7 +182,15 @@ pub fn preloaded() -> bool {
 }
 
 /// Records one rejected write, durably: into the queue when preloaded, else the server log.
-pub fn record(target: pg_sys::Oid, table: &str, column: &str, key: &str, operation: &str, role: &str, application: &str) {
+pub fn record(
+    target: pg_sys::Oid,
+    table: &str,
+    column: &str,
+    key: &str,
+    operation: &str,
+    role: &str,
+    application: &str,
+) {
     if !preloaded() {
         ereport!(
             LOG,
@@ -236,10 +244,8 @@ pub fn queue_state() -> Option<(i64, i64)> {
 /// `violations` (preloaded) or in the server log, how many wait, how many were dropped.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
-fn rejection_queue() -> TableIterator<
-    'static,
-    (name!(preloaded, bool), name!(waiting, Option<i64>), name!(dropped, Option<i64>)),
-> {
+fn rejection_queue(
+) -> TableIterator<'static, (name!(preloaded, bool), name!(waiting, Option<i64>), name!(dropped, Option<i64>))> {
     let state = queue_state();
     TableIterator::once((preloaded(), state.map(|s| s.0), state.map(|s| s.1)))
 }
@@ -366,10 +372,12 @@ pub extern "C-unwind" fn tenant_backfill_violations_writer(arg: pg_sys::Datum) {
         }
         idle_since = Instant::now();
         let installed = pinned_transaction(|| {
-            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'tenant_backfill')")
-                .ok()
-                .flatten()
-                .unwrap_or(false)
+            Spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'tenant_backfill')",
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false)
         });
         let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
         if installed {

@@ -5,9 +5,9 @@
 //! release_quarantine) is a run, so `progress`, `validate` and `rollback` see them all
 //! the same way.
 
-use crate::job::Target;
 use crate::engine::Mode;
 use crate::error::{BackfillError, Result};
+use crate::job::Target;
 use crate::sql::{self, get, get_required, Value};
 use pgrx::pg_sys;
 
@@ -238,29 +238,31 @@ pub fn insert(new: NewRun) -> Result<i64> {
     };
     // The caller, named before the row is written as the extension's owner.
     let caller = sql::current_role();
-    sql::as_extension_owner(|| sql::select_value::<i64>(
-        "INSERT INTO tenant_backfill.runs\n    \
+    sql::as_extension_owner(|| {
+        sql::select_value::<i64>(
+            "INSERT INTO tenant_backfill.runs\n    \
          (target, target_name, kind, mode, dry_run, status, batch_size, pause_ms, lock_timeout_ms, parameters,\n     \
          rows_at_start, rows_total, upper_key, started_by)\n\
          VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $12, $2, $3, $4, 'running', $5, $6, $7,\n        \
          $8::pg_catalog.text::pg_catalog.jsonb, $9, $10, $11, $13::pg_catalog.text::pg_catalog.name)\n\
          RETURNING run_id",
-        &[
-            Value::Oid(new.target.rel.oid),
-            Value::text(new.kind.as_str()),
-            Value::Text(new.mode.map(|m| m.as_str().into())),
-            Value::Bool(Some(new.dry_run)),
-            Value::Int4(new.settings.map(|s| s.batch_size)),
-            Value::Int4(new.settings.map(|s| s.pause_ms)),
-            Value::Int4(new.settings.map(|s| s.lock_timeout_ms)),
-            Value::text(new.parameters.to_string()),
-            Value::Int8(rows_at_start),
-            Value::int8(rows_total),
-            Value::Text(upper_key),
-            Value::text(new.target.rel.sql_name()),
-            Value::text(caller),
-        ],
-    ))?
+            &[
+                Value::Oid(new.target.rel.oid),
+                Value::text(new.kind.as_str()),
+                Value::Text(new.mode.map(|m| m.as_str().into())),
+                Value::Bool(Some(new.dry_run)),
+                Value::Int4(new.settings.map(|s| s.batch_size)),
+                Value::Int4(new.settings.map(|s| s.pause_ms)),
+                Value::Int4(new.settings.map(|s| s.lock_timeout_ms)),
+                Value::text(new.parameters.to_string()),
+                Value::Int8(rows_at_start),
+                Value::int8(rows_total),
+                Value::Text(upper_key),
+                Value::text(new.target.rel.sql_name()),
+                Value::text(caller),
+            ],
+        )
+    })?
     .ok_or_else(|| BackfillError::Internal("INSERT INTO runs returned no run_id".into()))
 }
 
@@ -268,8 +270,9 @@ pub fn insert(new: NewRun) -> Result<i64> {
 /// failed), set running again with the new settings: a resumed run. None when there
 /// is none to resume.
 pub fn resume(target: &Target, mode: Mode, dry_run: bool, settings: BatchSettings) -> Result<Option<i64>> {
-    sql::as_extension_owner(|| sql::select_value::<i64>(
-        "UPDATE tenant_backfill.runs\n   \
+    sql::as_extension_owner(|| {
+        sql::select_value::<i64>(
+            "UPDATE tenant_backfill.runs\n   \
          SET status = 'running', error = NULL, batch_size = $4, pause_ms = $5, lock_timeout_ms = $6,\n       \
          updated_at = pg_catalog.clock_timestamp()\n \
          WHERE run_id = (SELECT r.run_id FROM tenant_backfill.runs r\n                  \
@@ -277,15 +280,16 @@ pub fn resume(target: &Target, mode: Mode, dry_run: bool, settings: BatchSetting
          AND r.status IN ('running', 'failed') AND r.mode = $2 AND r.dry_run = $3\n                  \
          ORDER BY r.run_id DESC LIMIT 1)\n\
          RETURNING run_id",
-        &[
-            Value::Oid(target.rel.oid),
-            Value::text(mode.as_str()),
-            Value::Bool(Some(dry_run)),
-            Value::Int4(Some(settings.batch_size)),
-            Value::Int4(Some(settings.pause_ms)),
-            Value::Int4(Some(settings.lock_timeout_ms)),
-        ],
-    ))
+            &[
+                Value::Oid(target.rel.oid),
+                Value::text(mode.as_str()),
+                Value::Bool(Some(dry_run)),
+                Value::Int4(Some(settings.batch_size)),
+                Value::Int4(Some(settings.pause_ms)),
+                Value::Int4(Some(settings.lock_timeout_ms)),
+            ],
+        )
+    })
 }
 
 /// The highest key now, the table's row count, and how many rows a run in `mode`
@@ -335,7 +339,8 @@ pub struct BatchCounts {
 /// Adds a batch's counts to its run. Examined rows and rows for review are counted in
 /// the first pass only: a later pass walks the same keys again for held rows.
 pub fn record_batch(run_id: i64, batch: &BatchCounts) -> Result<()> {
-    sql::as_extension_owner(|| sql::execute(
+    sql::as_extension_owner(|| {
+        sql::execute(
         "UPDATE tenant_backfill.runs r SET\n       \
          rows_done = r.rows_done + CASE WHEN r.pass = 1 THEN $2 ELSE 0 END,\n       \
          rows_changed = r.rows_changed + $3,\n       \
@@ -362,16 +367,19 @@ pub fn record_batch(run_id: i64, batch: &BatchCounts) -> Result<()> {
             Value::Float8(Some((batch.locked_ms * 1000.0).round() / 1000.0)),
             Value::Text(batch.last_key.clone()),
         ],
-    ))?;
+    )
+    })?;
     Ok(())
 }
 
 /// Starts another walk over the key space, for the rows other sessions held.
 pub fn start_next_pass(run_id: i64) -> Result<()> {
-    sql::as_extension_owner(|| sql::execute(
-        "UPDATE tenant_backfill.runs SET pass = pass + 1, last_key = NULL, rows_skipped = 0 WHERE run_id = $1",
-        &[Value::int8(run_id)],
-    ))?;
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "UPDATE tenant_backfill.runs SET pass = pass + 1, last_key = NULL, rows_skipped = 0 WHERE run_id = $1",
+            &[Value::int8(run_id)],
+        )
+    })?;
     Ok(())
 }
 
@@ -382,12 +390,14 @@ pub fn finish(run_id: i64, dry_run: bool, error: Option<String>) -> Result<()> {
         (None, true) => RunStatus::Planned,
         (None, false) => RunStatus::Done,
     };
-    sql::as_extension_owner(|| sql::execute(
+    sql::as_extension_owner(|| {
+        sql::execute(
         "UPDATE tenant_backfill.runs\n   \
          SET status = $2, error = $3, finished_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()\n \
          WHERE run_id = $1 AND status = 'running'",
         &[Value::int8(run_id), Value::text(status.as_str()), Value::Text(error)],
-    ))?;
+    )
+    })?;
     Ok(())
 }
 
@@ -395,27 +405,31 @@ pub fn finish(run_id: i64, dry_run: bool, error: Option<String>) -> Result<()> {
 /// `changed` rows, all of phase `phase`, and `skipped` rows it left alone, when it
 /// counts those.
 pub fn finish_with_counts(run_id: i64, changed: i64, skipped: Option<i64>, phase: &str) -> Result<()> {
-    sql::as_extension_owner(|| sql::execute(
-        "UPDATE tenant_backfill.runs\n   \
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "UPDATE tenant_backfill.runs\n   \
          SET status = 'done', rows_changed = $2, rows_done = $2 + COALESCE($3, 0),\n       \
          by_phase = pg_catalog.jsonb_build_object($4::pg_catalog.text, $2),\n       \
          parameters = CASE WHEN $3 IS NULL THEN parameters\n                         \
          ELSE parameters || pg_catalog.jsonb_build_object('skipped', $3) END,\n       \
          finished_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()\n \
          WHERE run_id = $1",
-        &[Value::int8(run_id), Value::int8(changed), Value::Int8(skipped), Value::text(phase)],
-    ))?;
+            &[Value::int8(run_id), Value::int8(changed), Value::Int8(skipped), Value::text(phase)],
+        )
+    })?;
     Ok(())
 }
 
 /// Marks a run undone by the rollback run `by`.
 pub fn mark_rolled_back(run_id: i64, by: i64) -> Result<()> {
-    sql::as_extension_owner(|| sql::execute(
-        "UPDATE tenant_backfill.runs\n   \
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "UPDATE tenant_backfill.runs\n   \
          SET status = 'rolled_back', rolled_back_by = $2, updated_at = pg_catalog.clock_timestamp()\n \
          WHERE run_id = $1",
-        &[Value::int8(run_id), Value::int8(by)],
-    ))?;
+            &[Value::int8(run_id), Value::int8(by)],
+        )
+    })?;
     Ok(())
 }
 

@@ -7,8 +7,8 @@
 use crate::error::{BackfillError, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::PgMemoryContexts;
 use pgrx::spi::SpiHeapTupleData;
+use pgrx::PgMemoryContexts;
 
 /// A quoted identifier: `company_id`, `"CompanyId"`, `"Tenant Id"`.
 pub fn ident(name: &str) -> String {
@@ -155,17 +155,19 @@ pub fn select_rows<T>(
     params: &[Value],
     mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
 ) -> Result<Vec<T>> {
-    with_pinned_search_path(|| Spi::connect_mut(|client| {
-        let args = datums(params);
-        let table = client.update(sql, None, &args)?;
-        in_spi_memory(|| {
-            let mut out = Vec::with_capacity(table.len());
-            for row in table {
-                out.push(decode(&row)?);
-            }
-            Ok(out)
+    with_pinned_search_path(|| {
+        Spi::connect_mut(|client| {
+            let args = datums(params);
+            let table = client.update(sql, None, &args)?;
+            in_spi_memory(|| {
+                let mut out = Vec::with_capacity(table.len());
+                for row in table {
+                    out.push(decode(&row)?);
+                }
+                Ok(out)
+            })
         })
-    }))
+    })
 }
 
 /// Runs a statement that always returns exactly one row (an aggregate, a write's
@@ -184,14 +186,16 @@ pub fn select_one_row<T>(
 
 /// Runs a statement that returns one value (or none).
 pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Result<Option<T>> {
-    with_pinned_search_path(|| Spi::connect_mut(|client| {
-        let args = datums(params);
-        let table = client.update(sql, None, &args)?;
-        if table.is_empty() {
-            return Ok(None);
-        }
-        in_spi_memory(|| Ok(table.first().get_one::<T>()?))
-    }))
+    with_pinned_search_path(|| {
+        Spi::connect_mut(|client| {
+            let args = datums(params);
+            let table = client.update(sql, None, &args)?;
+            if table.is_empty() {
+                return Ok(None);
+            }
+            in_spi_memory(|| Ok(table.first().get_one::<T>()?))
+        })
+    })
 }
 
 /// Runs `decode` in a child of SPI's memory context. pgrx copies every value it decodes
@@ -224,11 +228,13 @@ pub fn without_jit<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Runs a statement that writes; returns the number of rows it processed.
 pub fn execute(sql: &str, params: &[Value]) -> Result<u64> {
-    with_pinned_search_path(|| Spi::connect_mut(|client| {
-        let args = datums(params);
-        let table = client.update(sql, None, &args)?;
-        Ok(table.len() as u64)
-    }))
+    with_pinned_search_path(|| {
+        Spi::connect_mut(|client| {
+            let args = datums(params);
+            let table = client.update(sql, None, &args)?;
+            Ok(table.len() as u64)
+        })
+    })
 }
 
 /// Reads column `ordinal` (1-based) of a row, as `T`.
@@ -238,9 +244,8 @@ pub fn get<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData, ordinal: usize) -> 
 
 /// Reads a column that the query guarantees is NOT NULL.
 pub fn get_required<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData, ordinal: usize) -> Result<T> {
-    row.get::<T>(ordinal)?.ok_or_else(|| {
-        crate::error::BackfillError::Internal(format!("column {ordinal} of an internal query was NULL"))
-    })
+    row.get::<T>(ordinal)?
+        .ok_or_else(|| crate::error::BackfillError::Internal(format!("column {ordinal} of an internal query was NULL")))
 }
 
 /// Checks that the procedure calling this (`CALL tenant_backfill.run`, `finalize`) can

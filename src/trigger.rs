@@ -9,8 +9,8 @@ use crate::error::{BackfillError, OrRaise};
 use crate::guard::GuardMode;
 use crate::rejections;
 use crate::sql::{self, Value};
-use pgrx::prelude::*;
 use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::prelude::*;
 use pgrx::{AllocatedByPostgres, PgTupleDesc};
 
 // The error type of the trigger's own code, next to std's Result of the trigger function.
@@ -57,7 +57,9 @@ pub unsafe extern "C-unwind" fn guard_wrapper(fcinfo: pg_sys::FunctionCallInfo) 
 }
 
 /// The guard: the new row's tenant is read, and only a NULL one goes further.
-fn guard<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BackfillError> {
+fn guard<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BackfillError> {
     let Some(row) = trigger.new() else {
         return Ok(None);
     };
@@ -128,7 +130,9 @@ fn guard_attnum(relid: pg_sys::Oid) -> GuardResult<i16> {
         "SELECT t.tgattr[0] FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2::text::pg_catalog.name",
         &[Value::Oid(relid), Value::text(crate::guard::TRIGGER_NAME)],
     )?
-    .ok_or_else(|| BackfillError::Internal("the guard's AFTER trigger found no BEFORE guard trigger on its table".into()))
+    .ok_or_else(|| {
+        BackfillError::Internal("the guard's AFTER trigger found no BEFORE guard trigger on its table".into())
+    })
 }
 
 trait OrRaiseOk<T> {
@@ -255,8 +259,12 @@ fn after_null_tenant(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char],
     let v = describe(data, args, attnum)?;
     let mut err = reject(&v);
     if let BackfillError::NullTenant { detail, hint, .. } = &mut err {
-        *detail = format!("Failing row has key {}; a trigger that fired after the guard set {} to NULL.", v.key, v.column);
-        *hint = Some("Triggers fire in name order: a BEFORE trigger named after tenant_backfill_guard must keep the tenant.".into());
+        *detail =
+            format!("Failing row has key {}; a trigger that fired after the guard set {} to NULL.", v.key, v.column);
+        *hint = Some(
+            "Triggers fire in name order: a BEFORE trigger named after tenant_backfill_guard must keep the tenant."
+                .into(),
+        );
     }
     Err(err)
 }
@@ -304,10 +312,8 @@ fn quarantine(data: &pg_sys::TriggerData, v: &Violation) -> GuardResult<()> {
     };
     // The row as jsonb text, with the writer's rights: turning a value into json may call
     // a cast of the user's, which must never run as the extension's owner.
-    let row_data = sql::select_value::<String>(
-        "SELECT pg_catalog.to_jsonb($1)::pg_catalog.text",
-        &[Value::Raw(datum, row_type)],
-    )?;
+    let row_data =
+        sql::select_value::<String>("SELECT pg_catalog.to_jsonb($1)::pg_catalog.text", &[Value::Raw(datum, row_type)])?;
     sql::as_extension_owner(|| {
         sql::execute(
             "INSERT INTO tenant_backfill.quarantine (target, operation, row_key, row_data, role, application_name) \

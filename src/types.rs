@@ -15,11 +15,7 @@ use std::ffi::CStr;
 pub struct RegClass(pub pg_sys::Oid);
 
 impl FromDatum for RegClass {
-    unsafe fn from_polymorphic_datum(
-        datum: pg_sys::Datum,
-        is_null: bool,
-        _typoid: pg_sys::Oid,
-    ) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _typoid: pg_sys::Oid) -> Option<Self> {
         if is_null {
             None
         } else {
@@ -66,11 +62,7 @@ impl SqlName {
 }
 
 impl FromDatum for SqlName {
-    unsafe fn from_polymorphic_datum(
-        datum: pg_sys::Datum,
-        is_null: bool,
-        _typoid: pg_sys::Oid,
-    ) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _typoid: pg_sys::Oid) -> Option<Self> {
         if is_null {
             return None;
         }

@@ -28,9 +28,9 @@
 //! (sql/procedures.sql).
 
 use crate::catalog::Column;
+use crate::error::{BackfillError, Result};
 use crate::guard;
 use crate::job::Target;
-use crate::error::{BackfillError, Result};
 use crate::sql::{self, get, get_required, Statement, Value};
 use std::time::Instant;
 
@@ -50,7 +50,9 @@ pub struct Changes {
 impl Changes {
     /// The seven arrays of a row, in field order, from column `first` on.
     pub fn from_row(row: &pgrx::spi::SpiHeapTupleData, first: usize) -> Result<Changes> {
-        let array = |i: usize| -> Result<Vec<Option<String>>> { Ok(get::<Vec<Option<String>>>(row, first + i)?.unwrap_or_default()) };
+        let array = |i: usize| -> Result<Vec<Option<String>>> {
+            Ok(get::<Vec<Option<String>>>(row, first + i)?.unwrap_or_default())
+        };
         Ok(Changes {
             key: array(0)?,
             old: array(1)?,
@@ -333,7 +335,12 @@ fn write_logging_first(spec: &WriteSpec, changes: Changes, key_range: Option<&(S
 /// Deletes the log rows `write_logging_first` wrote for `keys`, rows that were not
 /// written after all (locked by another session, or changed meanwhile), found by their
 /// ctids among the batch's own.
-fn unlog(run_id: i64, backup_tids: Vec<Option<String>>, audit_tids: Vec<Option<String>>, keys: Vec<Option<String>>) -> Result<()> {
+fn unlog(
+    run_id: i64,
+    backup_tids: Vec<Option<String>>,
+    audit_tids: Vec<Option<String>>,
+    keys: Vec<Option<String>>,
+) -> Result<()> {
     let expected = 2 * keys.len() as i64;
     let mut st = Statement::new();
     let run_id = st.param(Value::int8(run_id));
@@ -463,5 +470,6 @@ fn log_ctes(spec: &WriteSpec, st: &mut Statement, rows: &str, returning: &str) -
 }
 
 /// `{"1": 15, "override": 1}`: rows changed per phase, from `upd`.
-const BY_PHASE: &str = "(SELECT COALESCE(pg_catalog.jsonb_object_agg(x.phase, x.n), '{}'::pg_catalog.jsonb)\n          \
+const BY_PHASE: &str =
+    "(SELECT COALESCE(pg_catalog.jsonb_object_agg(x.phase, x.n), '{}'::pg_catalog.jsonb)\n          \
      FROM (SELECT u.phase, pg_catalog.count(*) AS n FROM upd u GROUP BY u.phase) x)";

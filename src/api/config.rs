@@ -3,9 +3,9 @@
 //! failed query in the middle of a run.
 
 use crate::catalog::{self, Column, Relation};
-use crate::job::{self, Rule};
 use crate::engine;
 use crate::error::{required, BackfillError, OrRaise, Result};
+use crate::job::{self, Rule};
 use crate::sql::{self, get_required, Value};
 use crate::types::{RegClass, SqlName};
 use pgrx::prelude::*;
@@ -224,7 +224,12 @@ fn set_override(
         .or_raise()
 }
 
-fn set_override_impl(target: RegClass, row_key: Option<&str>, tenant: Option<&str>, note: Option<String>) -> Result<()> {
+fn set_override_impl(
+    target: RegClass,
+    row_key: Option<&str>,
+    tenant: Option<&str>,
+    note: Option<String>,
+) -> Result<()> {
     let target = job::target(target.0)?;
     catalog::require_update(&target.rel, &target.tenant)?;
     let Some(row_key) = row_key else {
@@ -263,7 +268,13 @@ fn set_override_impl(target: RegClass, row_key: Option<&str>, tenant: Option<&st
              VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5::text::pg_catalog.name) \
              ON CONFLICT (target, row_key) DO UPDATE SET tenant = EXCLUDED.tenant, note = EXCLUDED.note, \
                  set_at = pg_catalog.now(), set_by = EXCLUDED.set_by",
-            &[Value::Oid(target.rel.oid), Value::text(key), Value::text(tenant), Value::Text(note), Value::text(caller)],
+            &[
+                Value::Oid(target.rel.oid),
+                Value::text(key),
+                Value::text(tenant),
+                Value::Text(note),
+                Value::text(caller),
+            ],
         )
     })?;
     Ok(())
@@ -371,7 +382,11 @@ fn discover_impl(target: RegClass) -> Result<Vec<(RegClass, SqlName, SqlName, bo
           WHERE con.contype = 'f' AND con.confrelid = $1 AND con.conparentid = 0 \
             AND pg_catalog.array_length(con.conkey, 1) = 1 AND con.confkey[1] = $2::pg_catalog.int2 \
           ORDER BY con.conrelid::pg_catalog.regclass::text, a.attname",
-        &[Value::Oid(target.rel.oid), Value::Int4(Some(target.key.attnum.into())), Value::text(target.tenant.name.clone())],
+        &[
+            Value::Oid(target.rel.oid),
+            Value::Int4(Some(target.key.attnum.into())),
+            Value::text(target.tenant.name.clone()),
+        ],
         |row| Ok((get_required::<pgrx::pg_sys::Oid>(row, 1)?, get_required::<String>(row, 2)?)),
     )?;
     let mut out = Vec::with_capacity(candidates.len());

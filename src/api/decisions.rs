@@ -2,11 +2,11 @@
 //! orphans soft-deleted, both through the writer's backup and audit path as runs of
 //! their own, so `rollback` undoes them.
 
-use crate::job;
 use crate::catalog::{self, Column, Relation};
 use crate::checks;
 use crate::engine::{self, Detail, Mode, Scope};
 use crate::error::{required, BackfillError, OrRaise, Result};
+use crate::job;
 use crate::runs::{self, BatchCounts, NewRun, RunKind};
 use crate::sql::{self, get, Statement, Value};
 use crate::types::RegClass;
@@ -116,7 +116,8 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
          ORDER BY t.{key}",
         tenant = target.tenant.sql_name(),
     );
-    let spec = WriteSpec { target: &target, column: &target.tenant, run_id, skip_locked: false, guard: true, dry_run: false };
+    let spec =
+        WriteSpec { target: &target, column: &target.tenant, run_id, skip_locked: false, guard: true, dry_run: false };
     write_and_finish(&spec, select)
 }
 

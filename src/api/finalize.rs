@@ -8,14 +8,14 @@
 //!    scan, then drops the check.
 
 use crate::catalog;
-use crate::job::{self, Target};
 use crate::checks;
 use crate::error::{required, BackfillError, OrRaise, Result};
+use crate::job::{self, Target};
 use crate::rejections;
 use crate::sql::{self, get_required, Value};
 use crate::types::RegClass;
-use pgrx::prelude::*;
 use pgrx::datum::Interval;
+use pgrx::prelude::*;
 
 fn constraint_name(target: &Target) -> String {
     let mut name = format!("tenant_backfill_{}_not_null", target.tenant.name);
@@ -65,7 +65,10 @@ fn finalize_check(target: RegClass) -> Result<String> {
         ereport!(
             NOTICE,
             PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-            format!("tenant_backfill: {} of {} is already NOT NULL; nothing to do", target.tenant.name, target.rel.display)
+            format!(
+                "tenant_backfill: {} of {} is already NOT NULL; nothing to do",
+                target.tenant.name, target.rel.display
+            )
         );
         return Ok("already".into());
     }
@@ -187,8 +190,13 @@ fn monitor_impl(target: RegClass, since: Option<Interval>) -> Result<Vec<(String
         &[Value::Oid(t.rel.oid)],
     )?;
     let (window, described) = match &stamp {
-        Some(col) => (format!("t.{} > pg_catalog.now() - $1::pg_catalog.interval", sql::ident(col)), format!("by {col}")),
-        None => ("$1::pg_catalog.interval IS NOT NULL".to_string(), "no created_at or updated_at column: all NULL rows".into()),
+        Some(col) => {
+            (format!("t.{} > pg_catalog.now() - $1::pg_catalog.interval", sql::ident(col)), format!("by {col}"))
+        }
+        None => (
+            "$1::pg_catalog.interval IS NOT NULL".to_string(),
+            "no created_at or updated_at column: all NULL rows".into(),
+        ),
     };
     let new_nulls = checks::null_tenant_rows(t, &window, std::slice::from_ref(&since_value))?;
     out.push((

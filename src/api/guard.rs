@@ -2,12 +2,12 @@
 //! (src/trigger.rs), and release what it quarantined.
 
 use crate::catalog;
-use crate::job::{self, Target};
 use crate::error::{report_with_hint, required, BackfillError, OrRaise, Result};
+use crate::guard::{self, GuardArgs, GuardMode};
+use crate::job::{self, Target};
 use crate::rejections;
 use crate::runs::{self, NewRun, RunKind};
 use crate::sql::{self, get_required, Value};
-use crate::guard::{self, GuardArgs, GuardMode};
 use crate::types::{RegClass, SqlName};
 use crate::writer::{self, WriteSpec};
 use pgrx::prelude::*;
@@ -22,7 +22,9 @@ fn enforce(
     mode: default!(Option<String>, "'reject'"),
     parent_column: default!(Option<SqlName>, "NULL"),
 ) {
-    required(target, "target").and_then(|target| enforce_impl(target, mode.as_deref(), parent_column.as_ref())).or_raise()
+    required(target, "target")
+        .and_then(|target| enforce_impl(target, mode.as_deref(), parent_column.as_ref()))
+        .or_raise()
 }
 
 fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&SqlName>) -> Result<()> {
@@ -56,12 +58,12 @@ fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&Sql
         report_with_hint(
             PgLogLevel::NOTICE,
             format!("tenant_backfill: rejected writes to {} are recorded in the server log", target.rel.display),
-            "Add tenant_backfill to shared_preload_libraries to record them in tenant_backfill.violations as well.".into(),
+            "Add tenant_backfill to shared_preload_libraries to record them in tenant_backfill.violations as well."
+                .into(),
         );
     }
     Ok(())
 }
-
 
 /// Removes the guard trigger.
 #[pg_extern]

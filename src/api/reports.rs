@@ -1,10 +1,10 @@
 //! Look before you leap (API.md section 2): read-only reports over the decision query.
 
 use crate::catalog;
-use crate::job::{self, Job};
 use crate::checks;
 use crate::engine::{self, Detail, Mode, Scope};
 use crate::error::{required, OrRaise, Result};
+use crate::job::{self, Job};
 use crate::sql::{self, get, get_required, Statement, Value};
 use crate::types::RegClass;
 use pgrx::prelude::*;
@@ -297,5 +297,7 @@ fn review_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<Revie
             key = job.target.key.sql_name(),
         ),
     );
-    sql::select_rows(&st.sql, &st.params, |row| Ok((get(row, 1)?, get(row, 2)?, get(row, 3)?, get(row, 4)?, get(row, 5)?)))
+    sql::select_rows(&st.sql, &st.params, |row| {
+        Ok((get(row, 1)?, get(row, 2)?, get(row, 3)?, get(row, 4)?, get(row, 5)?))
+    })
 }

@@ -5,9 +5,9 @@
 
 use crate::batch;
 use crate::catalog;
-use crate::job::{self, Job};
 use crate::engine::{Mode, Scope};
 use crate::error::{report_with_hint, required, BackfillError, OrRaise, Result};
+use crate::job::{self, Job};
 use crate::locks;
 use crate::runs::{self, BatchSettings, NewRun, RunKind, RunStatus};
 use crate::sql::{self, Value};
@@ -260,12 +260,7 @@ fn run_now(
     dry_run: default!(Option<bool>, "false"),
 ) -> TableIterator<
     'static,
-    (
-        name!(run_id, i64),
-        name!(rows_changed, i64),
-        name!(by_phase, pgrx::JsonB),
-        name!(left_for_review, i64),
-    ),
+    (name!(run_id, i64), name!(rows_changed, i64), name!(by_phase, pgrx::JsonB), name!(left_for_review, i64)),
 > {
     let run = || {
         let (target, dry_run) = (required(target, "target")?, required(dry_run, "dry_run")?);

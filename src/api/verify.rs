@@ -2,13 +2,13 @@
 //! rows from its backup.
 
 use crate::catalog;
-use crate::job::{self, Job, Target};
 use crate::checks::{self, NullRows};
 use crate::error::{report_with_hint, required, BackfillError, OrRaise, Result};
+use crate::guard;
+use crate::job::{self, Job, Target};
 use crate::locks;
 use crate::runs::{self, NewRun, Run, RunKind, RunStatus};
 use crate::sql::{self, get_required, Value};
-use crate::guard;
 use crate::types::RegClass;
 use crate::writer::{self, WriteSpec};
 use pgrx::prelude::*;
@@ -163,7 +163,8 @@ fn written_check(run: &Run, name: &'static str, table: &str) -> Result<Check> {
         sql::ident(table)
     );
     // Counted as the logs' owner: the caller may read the target, which is what validate asks.
-    let actual = sql::as_extension_owner(|| sql::select_value::<i64>(&count_sql, &[Value::int8(run.run_id)]))?.unwrap_or(0);
+    let actual =
+        sql::as_extension_owner(|| sql::select_value::<i64>(&count_sql, &[Value::int8(run.run_id)]))?.unwrap_or(0);
     Ok(Check::compared(
         name,
         run.rows_changed,
@@ -176,9 +177,11 @@ fn written_check(run: &Run, name: &'static str, table: &str) -> Result<Check> {
 /// Only where the target has row-level security, and only for a role it applies to.
 fn isolation(job: &Job, tenant_setting: &str) -> Result<Option<Check>> {
     let t = &job.target;
-    let has_rls =
-        sql::select_value::<bool>("SELECT relrowsecurity FROM pg_catalog.pg_class WHERE oid = $1", &[Value::Oid(t.rel.oid)])?
-            .unwrap_or(false);
+    let has_rls = sql::select_value::<bool>(
+        "SELECT relrowsecurity FROM pg_catalog.pg_class WHERE oid = $1",
+        &[Value::Oid(t.rel.oid)],
+    )?
+    .unwrap_or(false);
     if !has_rls {
         return Ok(None);
     }
@@ -214,7 +217,10 @@ fn isolation(job: &Job, tenant_setting: &str) -> Result<Option<Check>> {
         sql::select_value::<String>("SELECT pg_catalog.current_setting($1, true)", &[Value::text(tenant_setting)])?;
     let mut leaks = Vec::new();
     for tenant in &tenants {
-        sql::execute("SELECT pg_catalog.set_config($1, $2, true)", &[Value::text(tenant_setting), Value::text(tenant.clone())])?;
+        sql::execute(
+            "SELECT pg_catalog.set_config($1, $2, true)",
+            &[Value::text(tenant_setting), Value::text(tenant.clone())],
+        )?;
         let leaked = sql::select_value::<i64>(
             &format!(
                 "SELECT pg_catalog.count(*) FROM {} t WHERE t.{} IS DISTINCT FROM $1::text::{}",
@@ -245,21 +251,25 @@ fn isolation(job: &Job, tenant_setting: &str) -> Result<Option<Check>> {
 
 /// Whether the run replaced NULLs of `column` (its backup holds NULL old values).
 fn replaced_nulls(run_id: i64, column: &catalog::Column) -> Result<bool> {
-    Ok(sql::as_extension_owner(|| sql::select_value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM tenant_backfill.backup\n \
+    Ok(sql::as_extension_owner(|| {
+        sql::select_value::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM tenant_backfill.backup\n \
          WHERE run_id = $1 AND column_name = $2::text::pg_catalog.name AND old_value IS NULL)",
-        &[Value::int8(run_id), Value::text(column.name.clone())],
-    ))?
+            &[Value::int8(run_id), Value::text(column.name.clone())],
+        )
+    })?
     .unwrap_or(false))
 }
 
 /// How many rows a rollback run set back to a NULL tenant.
 fn rows_set_to_null(rollback_run: i64, target: &Target) -> Result<i64> {
-    Ok(sql::as_extension_owner(|| sql::select_value::<i64>(
-        "SELECT pg_catalog.count(*) FROM tenant_backfill.audit_log\n \
+    Ok(sql::as_extension_owner(|| {
+        sql::select_value::<i64>(
+            "SELECT pg_catalog.count(*) FROM tenant_backfill.audit_log\n \
          WHERE run_id = $1 AND column_name = $2::text::pg_catalog.name AND new_value IS NULL",
-        &[Value::int8(rollback_run), Value::text(target.tenant.name.clone())],
-    ))?
+            &[Value::int8(rollback_run), Value::text(target.tenant.name.clone())],
+        )
+    })?
     .unwrap_or(0))
 }
 
@@ -311,7 +321,9 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
     .collect::<Result<Vec<_>>>()?;
     // A run writes one column, by its kind: a backup naming another was not written by it.
     let written = match run.kind {
-        RunKind::SoftDeleteOrphans => runs::soft_delete_column(run_id)?.unwrap_or_else(|| target.soft_delete_column.clone()),
+        RunKind::SoftDeleteOrphans => {
+            runs::soft_delete_column(run_id)?.unwrap_or_else(|| target.soft_delete_column.clone())
+        }
         _ => target.tenant.name.clone(),
     };
     if let Some(other) = columns.iter().find(|c| c.name != written) {
@@ -325,7 +337,10 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
         catalog::require_update(&target.rel, column)?;
         if column.not_null && replaced_nulls(run_id, column)? {
             return Err(BackfillError::WrongState(
-                format!("run {run_id} cannot be rolled back: column {} of {} is NOT NULL now", column.name, target.rel.display),
+                format!(
+                    "run {run_id} cannot be rolled back: column {} of {} is NOT NULL now",
+                    column.name, target.rel.display
+                ),
                 format!("The run filled NULLs of {}, and rolling it back would put them back.", column.name),
                 format!(
                     "Nothing was changed. To undo the run anyway, drop the constraint first \
@@ -347,8 +362,14 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
 
     let (mut restored, mut skipped) = (0i64, 0i64);
     for column in &columns {
-        let spec =
-            WriteSpec { target: &target, column, run_id: rollback_run, skip_locked: false, guard: !force, dry_run: false };
+        let spec = WriteSpec {
+            target: &target,
+            column,
+            run_id: rollback_run,
+            skip_locked: false,
+            guard: !force,
+            dry_run: false,
+        };
         let written = writer::restore(&spec, run_id)?;
         restored += written.changed;
         skipped += written.planned - written.changed;

@@ -218,17 +218,16 @@ mod tests {
             "22P02: invalid value \"Acme\" for column public.customers.company_id of type integer"
         );
         assert_eq!(
-            error_of(r#"SELECT tenant_backfill.set_override('"Sales Ops"."client; DROP TABLE x--"', 'not-a-uuid', '1')"#),
+            error_of(
+                r#"SELECT tenant_backfill.set_override('"Sales Ops"."client; DROP TABLE x--"', 'not-a-uuid', '1')"#
+            ),
             r#"22P02: invalid value "not-a-uuid" for column "Sales Ops"."client; DROP TABLE x--"."Account Id" of type uuid"#
         );
         assert_eq!(
             error_of("SELECT tenant_backfill.set_override('customers', '999', '1')"),
             "22023: public.customers has no row with id = 999"
         );
-        assert_eq!(
-            error_of("SELECT tenant_backfill.set_override('customers', NULL, '1')"),
-            "22023: row_key is NULL"
-        );
+        assert_eq!(error_of("SELECT tenant_backfill.set_override('customers', NULL, '1')"), "22023: row_key is NULL");
         assert_eq!(
             error_of("SELECT tenant_backfill.set_override('companies', '1', '1')"),
             "42704: public.companies is not a tenant_backfill target"
@@ -249,7 +248,9 @@ mod tests {
         run(r#"SELECT tenant_backfill.set_override('"ShiftTypes"', '5', '1')"#);
         assert_eq!(text(r#"SELECT tenant_backfill.override_for('"ShiftTypes"', '5')"#), Some("1".into()));
         // Adding the same config table again updates it instead of adding a second copy.
-        run(r#"SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'Key', 'Value', 'ShiftTypeCompanyOverride:')"#);
+        run(
+            r#"SELECT tenant_backfill.add_override_table('"ShiftTypes"', '"Configs"', 'Key', 'Value', 'ShiftTypeCompanyOverride:')"#,
+        );
         assert_eq!(count("SELECT count(*) FROM tenant_backfill.override_tables"), 1);
     }
 

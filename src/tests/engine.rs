@@ -11,7 +11,9 @@ mod tests {
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
         assert_eq!(
-            rows("SELECT action, count(*)::text FROM tenant_backfill.plan('customers') GROUP BY action ORDER BY action"),
+            rows(
+                "SELECT action, count(*)::text FROM tenant_backfill.plan('customers') GROUP BY action ORDER BY action"
+            ),
             vec!["conflict|4", "fill|23", "orphan|2", "unresolved|2"]
         );
         assert_eq!(
@@ -83,10 +85,7 @@ mod tests {
     fn conflicts_and_review_queue_list_what_is_left_for_a_human() {
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
-        assert_eq!(
-            rows("SELECT row_key FROM tenant_backfill.conflicts('customers')"),
-            vec!["16", "17", "18", "24"]
-        );
+        assert_eq!(rows("SELECT row_key FROM tenant_backfill.conflicts('customers')"), vec!["16", "17", "18", "24"]);
         assert_eq!(
             rows("SELECT row_key, reason, row_data->>'email', coalesce(tenant, '') FROM tenant_backfill.review_queue('customers')"),
             vec![
@@ -120,7 +119,9 @@ mod tests {
         load(&[SHIFT_TYPES]);
         run(SHIFT_TYPES_JOB);
         assert_eq!(
-            rows(r#"SELECT row_key, current_tenant, proposed_tenant, action, phase::text, source, rule FROM tenant_backfill.plan('"ShiftTypes"', 'reassign')"#),
+            rows(
+                r#"SELECT row_key, current_tenant, proposed_tenant, action, phase::text, source, rule FROM tenant_backfill.plan('"ShiftTypes"', 'reassign')"#
+            ),
             vec![
                 "2|1|2|reassign|1|ShiftInstances|majority",
                 "3|1|3|reassign|1|ShiftInstances|majority",
@@ -132,7 +133,9 @@ mod tests {
         // In fill mode nothing is NULL, so nothing is planned.
         assert_eq!(count(r#"SELECT count(*) FROM tenant_backfill.plan('"ShiftTypes"')"#), 0);
         assert_eq!(
-            rows(r#"SELECT check_name, rows::text FROM tenant_backfill.preflight('"ShiftTypes"', 'reassign') WHERE check_name IN ('by_override', 'by_phase_1', 'mismatched')"#),
+            rows(
+                r#"SELECT check_name, rows::text FROM tenant_backfill.preflight('"ShiftTypes"', 'reassign') WHERE check_name IN ('by_override', 'by_phase_1', 'mismatched')"#
+            ),
             vec!["by_override|2", "by_phase_1|3", "mismatched|5"]
         );
     }
@@ -169,7 +172,9 @@ mod tests {
         run("SELECT tenant_backfill.define('customers', 'company_id');
              SELECT tenant_backfill.set_override('customers', '5', '1');");
         assert_eq!(
-            rows("SELECT action, count(*)::text FROM tenant_backfill.plan('customers') GROUP BY action ORDER BY action"),
+            rows(
+                "SELECT action, count(*)::text FROM tenant_backfill.plan('customers') GROUP BY action ORDER BY action"
+            ),
             vec!["fill|1", "orphan|30"]
         );
     }
@@ -180,7 +185,9 @@ mod tests {
         run(r#"SELECT tenant_backfill.define('"Sales Ops"."client; DROP TABLE x--"', 'Tenant Id');
                SELECT tenant_backfill.add_source('"Sales Ops"."client; DROP TABLE x--"', '"Sales Ops"."Deal Log"', 'Account Ref');"#);
         assert_eq!(
-            rows(r#"SELECT row_key, coalesce(proposed_tenant, '-'), action FROM tenant_backfill.plan('"Sales Ops"."client; DROP TABLE x--"')"#),
+            rows(
+                r#"SELECT row_key, coalesce(proposed_tenant, '-'), action FROM tenant_backfill.plan('"Sales Ops"."client; DROP TABLE x--"')"#
+            ),
             vec![
                 "00000000-0000-4000-8000-000000000001|7000000001|fill",
                 "00000000-0000-4000-8000-000000000002|7000000002|fill",
@@ -249,7 +256,13 @@ mod tests {
         crate::sql::select_rows(
             &format!("WITH d AS ({decision}) SELECT d.key::text, d.action FROM d ORDER BY d.key"),
             &st.params,
-            |row| Ok(format!("{}:{}", crate::sql::get_required::<String>(row, 1)?, crate::sql::get_required::<String>(row, 2)?)),
+            |row| {
+                Ok(format!(
+                    "{}:{}",
+                    crate::sql::get_required::<String>(row, 1)?,
+                    crate::sql::get_required::<String>(row, 2)?
+                ))
+            },
         )
         .unwrap()
     }
@@ -272,7 +285,7 @@ mod tests {
     #[pg_test]
     fn configuration_survives_pg_dump() {
         // pg_extension_config_dump registers the configuration, the runs, the backups and
-    // the audit log (and their sequences) for pg_dump.
+        // the audit log (and their sequences) for pg_dump.
         assert_eq!(
             rows("SELECT c.relname::text FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
                    WHERE e.extname = 'tenant_backfill' ORDER BY 1"),

@@ -80,12 +80,16 @@ mod tests {
         assert_eq!(exec(&other, "INSERT INTO t VALUES (1, NULL)"), "ERROR");
         // A writer for that database starts and records it there: poll for ten seconds.
         let recorded = |sql: &str| {
-            Spi::get_one_with_args::<i64>("SELECT n FROM dblink($1, $2) AS x(n int8)", &[other.as_str().into(), sql.into()])
-                .expect("dblink failed")
-                .unwrap_or(0)
+            Spi::get_one_with_args::<i64>(
+                "SELECT n FROM dblink($1, $2) AS x(n int8)",
+                &[other.as_str().into(), sql.into()],
+            )
+            .expect("dblink failed")
+            .unwrap_or(0)
         };
         let found = (0..100).any(|_| {
-            let n = recorded("SELECT count(*) FROM tenant_backfill.violations WHERE row_key = '1' AND action = 'rejected'");
+            let n =
+                recorded("SELECT count(*) FROM tenant_backfill.violations WHERE row_key = '1' AND action = 'rejected'");
             if n == 0 {
                 run("SELECT pg_sleep(0.1)");
             }
@@ -140,7 +144,10 @@ mod tests {
         run("UPDATE customers SET company_id = NULL, email = 'changed@example.com' WHERE id = 40");
         assert_eq!(count("SELECT count(*) FROM customers WHERE id = 103"), 0);
         // The UPDATE did not happen either: customer 40 is as it was.
-        assert_eq!(rows("SELECT company_id::text, email FROM customers WHERE id = 40"), vec!["2|customer40@example.com"]);
+        assert_eq!(
+            rows("SELECT company_id::text, email FROM customers WHERE id = 40"),
+            vec!["2|customer40@example.com"]
+        );
         assert_eq!(
             rows("SELECT row_key, operation, row_data->>'email', coalesce(row_data->>'company_id', 'null') FROM tenant_backfill.quarantine ORDER BY quarantine_id"),
             vec!["103|INSERT|w@example.com|null", "40|UPDATE|changed@example.com|null"]
@@ -149,7 +156,10 @@ mod tests {
         assert_eq!(count("SELECT tenant_backfill.release_quarantine('customers')"), 0);
         run("UPDATE tenant_backfill.quarantine SET row_data = jsonb_set(row_data, '{company_id}', '3') WHERE row_key = '103'");
         assert_eq!(count("SELECT tenant_backfill.release_quarantine('customers')"), 1);
-        assert_eq!(rows("SELECT name, email, company_id::text FROM customers WHERE id = 103"), vec!["waiting|w@example.com|3"]);
+        assert_eq!(
+            rows("SELECT name, email, company_id::text FROM customers WHERE id = 103"),
+            vec!["waiting|w@example.com|3"]
+        );
         assert_eq!(count("SELECT tenant_backfill.release_quarantine('customers', '1')"), 1);
         assert_eq!(rows("SELECT company_id::text, email FROM customers WHERE id = 40"), vec!["1|changed@example.com"]);
         assert_eq!(count("SELECT count(*) FROM tenant_backfill.quarantine WHERE released_at IS NULL"), 0);
@@ -176,7 +186,8 @@ mod tests {
         assert_eq!(count("INSERT INTO appointments (customer_id) VALUES (2) RETURNING company_id::bigint"), 3);
         // ... and without one, the row is rejected.
         run("SET LOCAL tenant_backfill.tenant = ''");
-        assert!(error_of("INSERT INTO appointments (customer_id) VALUES (2)").starts_with("23502: null value in column \"company_id\" of relation public.appointments"));
+        assert!(error_of("INSERT INTO appointments (customer_id) VALUES (2)")
+            .starts_with("23502: null value in column \"company_id\" of relation public.appointments"));
         assert_eq!(count("SELECT count(*) FROM tenant_backfill.violations WHERE target = 'appointments'::regclass AND action = 'assigned'"), 2);
         assert_eq!(
             error_of("SELECT tenant_backfill.enforce('appointments', 'assign', 'starts_at')"),
@@ -195,7 +206,10 @@ mod tests {
         run("SELECT tenant_backfill.enforce('customers', 'log')");
         run("SELECT tenant_backfill.enforce('customers', 'reject')");
         // Mode reject: the guard and its two AFTER backstops, once each.
-        assert_eq!(count("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'customers'::regclass AND NOT tgisinternal"), 3);
+        assert_eq!(
+            count("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'customers'::regclass AND NOT tgisinternal"),
+            3
+        );
         assert!(error_of("INSERT INTO customers (id, name) VALUES (100, 'x')").starts_with("23502"));
         run("SELECT tenant_backfill.unenforce('customers')");
         run("INSERT INTO customers (id, name) VALUES (100, 'x')");
@@ -269,6 +283,7 @@ mod tests {
             Some(r#"{"a": 1, "b": 2}"#)
         );
         assert_eq!(text("SELECT tenant_backfill._evidence_jsonb(NULL)::text"), None);
-        assert!(error_of("SELECT tenant_backfill._evidence_jsonb('{not json')").starts_with("22P02: invalid input syntax for type json"));
+        assert!(error_of("SELECT tenant_backfill._evidence_jsonb('{not json')")
+            .starts_with("22P02: invalid input syntax for type json"));
     }
 }

@@ -62,9 +62,8 @@ pub fn rows(query: &str) -> Vec<String> {
         let mut out = Vec::new();
         for row in table {
             let n = row.columns();
-            let cols: Vec<String> = (1..=n)
-                .map(|i| row.get::<String>(i).expect("cast every column to text").unwrap_or_default())
-                .collect();
+            let cols: Vec<String> =
+                (1..=n).map(|i| row.get::<String>(i).expect("cast every column to text").unwrap_or_default()).collect();
             out.push(cols.join("|"));
         }
         out

@@ -59,10 +59,7 @@ fn a_float_travels_as_text_that_reads_back_as_the_same_float() {
 
 #[test]
 fn a_batch_knows_its_key_range_from_its_ends() {
-    let changes = Changes {
-        key: vec![Some("3".into()), Some("7".into()), Some("12".into())],
-        ..Changes::default()
-    };
+    let changes = Changes { key: vec![Some("3".into()), Some("7".into()), Some("12".into())], ..Changes::default() };
     assert_eq!(changes.key_range(), Some(("3".to_string(), "12".to_string())));
     assert_eq!(Changes::default().key_range(), None);
 }

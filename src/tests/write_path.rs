@@ -10,7 +10,8 @@ mod tests {
     fn run_now_applies_the_plan_with_backup_and_audit_in_one_transaction() {
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
-        let planned = rows("SELECT row_key, proposed_tenant FROM tenant_backfill.plan('customers') WHERE action = 'fill'");
+        let planned =
+            rows("SELECT row_key, proposed_tenant FROM tenant_backfill.plan('customers') WHERE action = 'fill'");
         assert_eq!(
             rows("SELECT rows_changed::text, by_phase::text, left_for_review::text FROM tenant_backfill.run_now('customers')"),
             vec![r#"23|{"1": 15, "2": 5, "3": 2, "override": 1}|8"#]
@@ -20,7 +21,10 @@ mod tests {
             "SELECT a.row_key, c.company_id::text FROM tenant_backfill.audit_log a JOIN customers c ON c.id = a.row_key::int ORDER BY c.id",
         );
         assert_eq!(written, planned);
-        assert_eq!(count("SELECT count(*) FROM tenant_backfill.backup WHERE old_value IS NULL AND column_name = 'company_id'"), 23);
+        assert_eq!(
+            count("SELECT count(*) FROM tenant_backfill.backup WHERE old_value IS NULL AND column_name = 'company_id'"),
+            23
+        );
         assert_eq!(count("SELECT count(*) FROM customers WHERE company_id IS NULL"), 8);
         assert_eq!(
             rows("SELECT kind, mode, status, rows_at_start::text, rows_total::text FROM tenant_backfill.runs"),
@@ -84,7 +88,10 @@ mod tests {
         run(CUSTOMERS_JOB);
         let run_id = count("SELECT run_id FROM tenant_backfill.run_now('customers')");
         run("UPDATE customers SET company_id = 1 WHERE id = 2");
-        assert_eq!(rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")), vec!["22|1"]);
+        assert_eq!(
+            rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")),
+            vec!["22|1"]
+        );
         assert_eq!(count("SELECT count(*) FROM customers WHERE company_id IS NULL"), 30);
         assert_eq!(count("SELECT company_id::bigint FROM customers WHERE id = 2"), 1);
         assert_eq!(
@@ -99,7 +106,12 @@ mod tests {
         run("UPDATE customers SET company_id = 2 WHERE id = 3");
         // Customer 2 kept the application's value, so the second run changed 22 rows;
         // forced, the rollback also restores customer 3, which changed after the run.
-        assert_eq!(rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({second}, force => true)")), vec!["22|0"]);
+        assert_eq!(
+            rows(&format!(
+                "SELECT restored::text, skipped::text FROM tenant_backfill.rollback({second}, force => true)"
+            )),
+            vec!["22|0"]
+        );
         assert_eq!(count("SELECT count(*) FROM customers WHERE company_id IS NULL"), 30);
         assert_eq!(count("SELECT count(*) FROM customers WHERE id = 3 AND company_id IS NULL"), 1);
         assert_eq!(error_of("SELECT * FROM tenant_backfill.rollback(424242)"), "42704: run 424242 does not exist");
@@ -112,7 +124,12 @@ mod tests {
         run("CREATE TABLE decisions (row_key text, tenant text);
              INSERT INTO decisions VALUES ('16', '1'), ('17', ' 2 '), ('18', ''), ('24', NULL);");
         assert_eq!(count("SELECT tenant_backfill.apply_decisions('customers', 'decisions')"), 2);
-        assert_eq!(rows("SELECT id::text, coalesce(company_id::text, '-') FROM customers WHERE id IN (16, 17, 18) ORDER BY id"), vec!["16|1", "17|2", "18|-"]);
+        assert_eq!(
+            rows(
+                "SELECT id::text, coalesce(company_id::text, '-') FROM customers WHERE id IN (16, 17, 18) ORDER BY id"
+            ),
+            vec!["16|1", "17|2", "18|-"]
+        );
         assert_eq!(
             rows("SELECT row_key, new_value, phase, source, rule FROM tenant_backfill.audit_log ORDER BY row_key"),
             vec!["16|1|manual|public.decisions|manual", "17|2|manual|public.decisions|manual"]
@@ -156,8 +173,12 @@ mod tests {
         assert_eq!(rows("SELECT id::text FROM customers WHERE deleted_at IS NOT NULL ORDER BY id"), vec!["30", "31"]);
         // Already deleted orphans are not deleted again.
         assert_eq!(count("SELECT tenant_backfill.soft_delete_orphans('customers')"), 0);
-        let run_id = count("SELECT min(run_id) FROM tenant_backfill.runs WHERE kind = 'soft_delete_orphans' AND NOT dry_run");
-        assert_eq!(rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")), vec!["2|0"]);
+        let run_id =
+            count("SELECT min(run_id) FROM tenant_backfill.runs WHERE kind = 'soft_delete_orphans' AND NOT dry_run");
+        assert_eq!(
+            rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")),
+            vec!["2|0"]
+        );
         assert_eq!(count("SELECT count(*) FROM customers WHERE deleted_at IS NOT NULL"), 0);
         run("SELECT tenant_backfill.define('customers', 'company_id', soft_delete_column => 'archived_at')");
         assert_eq!(
@@ -189,7 +210,9 @@ mod tests {
         // A related row that contradicts its (non-NULL) customer fails sources_agree.
         run("INSERT INTO appointments (customer_id, company_id) VALUES (1, 3)");
         assert_eq!(
-            rows("SELECT ok::text, detail FROM tenant_backfill.validate('customers') WHERE check_name = 'sources_agree'"),
+            rows(
+                "SELECT ok::text, detail FROM tenant_backfill.validate('customers') WHERE check_name = 'sources_agree'"
+            ),
             vec!["false|appointments: 1 related rows disagree (public.customers 1); calls: not checked (majority)"]
         );
         // A missing audit row is found.
