@@ -46,17 +46,23 @@ $$;
 -- functions they call pin their own search_path.
 
 -- The production path. pgrx cannot COMMIT from Rust, so this thin procedure loops over
--- _run_batch (exactly one batch per call) and commits after each. Errors are caught
--- only to record them durably (status failed, advisory lock released) and re-raised.
--- A batch's first try waits only briefly for rows other sessions hold; when that runs
--- out, the batch is done again at once, skipping those rows for a later pass.
+-- the steps of src/committed.rs and commits after each: the throttle check, then exactly
+-- one batch. Errors are caught only to record them durably (status failed, advisory lock
+-- released) and re-raised. A batch's first try waits only briefly for rows other
+-- sessions hold; when that runs out, the batch is done again at once, skipping those
+-- rows for a later pass. (A background run's worker, src/worker.rs, takes the same
+-- steps; its waits are outside any transaction, where this procedure's pg_sleep holds
+-- a snapshot for the length of each wait, at most 2 seconds of a throttle.)
 CREATE PROCEDURE @extschema@.run(
     target pg_catalog.regclass,
     batch_size pg_catalog.int4 DEFAULT 1000,
     pause_ms pg_catalog.int4 DEFAULT 0,
     mode pg_catalog.text DEFAULT 'fill',
     dry_run pg_catalog.bool DEFAULT false,
-    lock_timeout_ms pg_catalog.int4 DEFAULT 1000)
+    lock_timeout_ms pg_catalog.int4 DEFAULT 1000,
+    target_batch_ms pg_catalog.int4 DEFAULT 100,
+    max_replica_lag pg_catalog.interval DEFAULT '10 seconds',
+    max_replica_lag_bytes pg_catalog.int8 DEFAULT 268435456)
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -64,30 +70,43 @@ DECLARE
     finished pg_catalog.bool := false;
     lock_failures pg_catalog.int4 := 0;
     sleep_seconds pg_catalog.float8 := 0;
+    throttled_seconds pg_catalog.float8;
+    step pg_catalog.text;
     skip_held_rows pg_catalog.bool := false;
     err_state pg_catalog.text;
     err_message pg_catalog.text;
     err_detail pg_catalog.text;
     err_hint pg_catalog.text;
 BEGIN
-    this_run := @extschema@._run_begin(target, batch_size, pause_ms, mode, dry_run, lock_timeout_ms);
+    this_run := @extschema@._run_begin(target, batch_size, pause_ms, mode, dry_run, lock_timeout_ms,
+                                       target_batch_ms, max_replica_lag, max_replica_lag_bytes);
     COMMIT;
     WHILE NOT finished LOOP
         err_state := NULL;
-        -- The pause sits inside the block too, so a cancel or statement_timeout that
+        throttled_seconds := 0;
+        -- The waits sit inside the block too, so a cancel or statement_timeout that
         -- lands while sleeping is recorded like one that lands in a batch.
         BEGIN
             IF sleep_seconds OPERATOR(pg_catalog.>) 0::pg_catalog.float8 THEN
                 PERFORM pg_catalog.pg_sleep(sleep_seconds);
             END IF;
-            finished := @extschema@._run_batch(this_run, skip_held_rows);
+            throttled_seconds := @extschema@._run_throttle(this_run);
+            IF throttled_seconds OPERATOR(pg_catalog.=) 0::pg_catalog.float8 THEN
+                step := @extschema@._run_batch(this_run, skip_held_rows);
+                finished := step OPERATOR(pg_catalog.=) 'finished';
+            END IF;
         EXCEPTION WHEN query_canceled OR others THEN
             GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE,
                                     err_message = MESSAGE_TEXT,
                                     err_detail = PG_EXCEPTION_DETAIL,
                                     err_hint = PG_EXCEPTION_HINT;
         END;
-        IF err_state OPERATOR(pg_catalog.=) '55P03' AND NOT skip_held_rows THEN
+        IF err_state IS NULL AND throttled_seconds OPERATOR(pg_catalog.>) 0::pg_catalog.float8 THEN
+            -- A signal is over its limit: wait, then check again before the batch.
+            sleep_seconds := throttled_seconds;
+            COMMIT;
+            CONTINUE;
+        ELSIF err_state OPERATOR(pg_catalog.=) '55P03' AND NOT skip_held_rows THEN
             -- The first try met a lock (a row another session holds, most likely): the
             -- block rolled it back whole; do the batch again, skipping held rows.
             skip_held_rows := true;
@@ -117,14 +136,35 @@ BEGIN
         lock_failures := 0;
         skip_held_rows := false;
         sleep_seconds := pause_ms::pg_catalog.float8 OPERATOR(pg_catalog./) 1000::pg_catalog.float8;
+        IF step OPERATOR(pg_catalog.=) 'waiting' THEN
+            -- A run several workers share, resumed here while some of them still walk
+            -- their parts: wait for them.
+            sleep_seconds := 0.2;
+        END IF;
         COMMIT;
     END LOOP;
     PERFORM @extschema@._run_end(this_run, NULL, NULL);
     COMMIT;
 END
 $$;
-COMMENT ON PROCEDURE @extschema@.run(pg_catalog.regclass, pg_catalog.int4, pg_catalog.int4, pg_catalog.text, pg_catalog.bool, pg_catalog.int4) IS
-    'Backfill a target in committed batches: resumable, one run per target at a time, NOTICE progress per batch.';
+COMMENT ON PROCEDURE @extschema@.run(pg_catalog.regclass, pg_catalog.int4, pg_catalog.int4, pg_catalog.text, pg_catalog.bool,
+                                     pg_catalog.int4, pg_catalog.int4, pg_catalog.interval, pg_catalog.int8) IS
+    'Backfill a target in committed batches in this session: resumable, one run per target at a time, throttled by replica lag, old transactions and autovacuum; batch_size NULL sizes each batch toward target_batch_ms.';
+
+-- One batch of a background run (src/worker.rs), its error caught in this block's
+-- subtransaction and returned, so the worker can record it and go on or stop.
+CREATE FUNCTION @extschema@._run_batch_caught(
+    run_id pg_catalog.int8, skip_held_rows pg_catalog.bool, part pg_catalog.int4,
+    OUT step pg_catalog.text, OUT err_state pg_catalog.text, OUT err_message pg_catalog.text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    step := @extschema@._run_batch(run_id, skip_held_rows, part);
+EXCEPTION WHEN query_canceled OR others THEN
+    GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT;
+END
+$$;
 
 -- NOT NULL without a long lock. Each step is its own transaction under a short
 -- lock_timeout, retried with backoff; it never cancels or kills other sessions. On any

@@ -13,14 +13,33 @@ CREATE TABLE @extschema@.runs (
                                      'rollback', 'release_quarantine')),
     mode             pg_catalog.text,
     dry_run          pg_catalog.bool NOT NULL DEFAULT false,
-    -- planned (a dry run: nothing written), running, done, failed, rolled_back
+    -- planned (a dry run: nothing written), running, paused, done, failed, cancelled,
+    -- rolled_back (src/runs.rs, RunStatus)
     status           pg_catalog.text NOT NULL
-                     CHECK (status IN ('planned', 'running', 'done', 'failed', 'rolled_back')),
-    -- CALL run's settings (NULL for the other kinds); what else a kind was given
-    -- (the decisions table, the run rolled back) is in parameters
+                     CHECK (status IN ('planned', 'running', 'paused', 'done', 'failed', 'cancelled',
+                                       'rolled_back')),
+    -- CALL run's and start's settings (NULL for the other kinds); what else a kind was
+    -- given (the decisions table, the run rolled back) is in parameters. batch_size is
+    -- the current one: an adaptive run sizes each batch toward target_batch_ms.
     batch_size       pg_catalog.int4 CHECK (batch_size > 0),
+    adaptive_batch   pg_catalog.bool NOT NULL DEFAULT false,
+    target_batch_ms  pg_catalog.int4 CHECK (target_batch_ms > 0),
     pause_ms         pg_catalog.int4 CHECK (pause_ms >= 0),
     lock_timeout_ms  pg_catalog.int4 CHECK (lock_timeout_ms > 0),
+    -- the throttle's limits (src/throttle.rs): replay lag of any standby, in time and
+    -- in bytes, and the age of the oldest transaction of another session
+    max_replica_lag       pg_catalog.interval,
+    max_replica_lag_bytes pg_catalog.int8,
+    max_transaction_age   pg_catalog.interval,
+    -- a background run (start): how many workers, their role, and what was asked of it
+    background       pg_catalog.bool NOT NULL DEFAULT false,
+    workers          pg_catalog.int4 NOT NULL DEFAULT 1 CHECK (workers BETWEEN 1 AND 64),
+    run_as           pg_catalog.oid,
+    requested        pg_catalog.text CHECK (requested IN ('pause', 'cancel')),
+    -- the process working on the run now (a worker, or the backend of a CALL run), and
+    -- why it is waiting instead, when it is
+    pid              pg_catalog.int4,
+    throttled_by     pg_catalog.text,
     parameters       pg_catalog.jsonb NOT NULL DEFAULT '{}',
     rows_at_start    pg_catalog.int8,
     rows_total       pg_catalog.int8 NOT NULL DEFAULT 0,
@@ -46,6 +65,42 @@ CREATE TABLE @extschema@.runs (
 CREATE INDEX runs_target_idx ON @extschema@.runs (target, run_id);
 COMMENT ON TABLE @extschema@.runs IS
     'Every run, run_now, apply_decisions, soft_delete_orphans, rollback and release_quarantine, with its counts and status.';
+
+-- The key ranges of a run that several workers share (start(workers => N)): the first
+-- pass over the keys is split into N parts of about as many rows, one per worker, each
+-- with its own cursor. Only src/runs.rs writes here.
+CREATE TABLE @extschema@.run_parts (
+    run_id   pg_catalog.int8 NOT NULL REFERENCES @extschema@.runs (run_id),
+    target   pg_catalog.regclass NOT NULL,
+    part     pg_catalog.int4 NOT NULL CHECK (part >= 0),
+    -- the part's keys: after after_key (NULL: from the first) up to up_to_key
+    after_key pg_catalog.text,
+    up_to_key pg_catalog.text NOT NULL,
+    -- the part's cursor, and whether it has walked all its keys
+    last_key pg_catalog.text,
+    done     pg_catalog.bool NOT NULL DEFAULT false,
+    PRIMARY KEY (run_id, part)
+);
+COMMENT ON TABLE @extschema@.run_parts IS
+    'The key ranges of a run shared by several workers, each with its cursor (start(workers => N)).';
+
+-- Whether the process named by a run is working on it: it holds the target's run lock
+-- (src/locks.rs), which dies with it. A background worker takes the lock before its
+-- start returns. pg_locks is visible to every role, and live (pg_stat_activity is a
+-- snapshot per transaction, which would keep a dead process alive for a whole wait).
+CREATE FUNCTION @extschema@._run_alive(run_pid pg_catalog.int4, run_target pg_catalog.regclass)
+RETURNS pg_catalog.bool
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT run_pid IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pg_catalog.pg_locks l
+         WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory'
+           AND l.classid OPERATOR(pg_catalog.=) 1952804450::pg_catalog.oid
+           AND l.objid OPERATOR(pg_catalog.=) run_target::pg_catalog.oid
+           AND l.objsubid OPERATOR(pg_catalog.=) 2 AND l.granted
+           AND l.pid OPERATOR(pg_catalog.=) run_pid)
+$$;
 
 -- The prior value of every row a run changed, written in the change's transaction
 -- (src/writer.rs): enough to restore it exactly (rollback).
@@ -88,6 +143,7 @@ COMMENT ON TABLE @extschema@.audit_log IS
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.runs_run_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.run_parts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.backup', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log_audit_id_seq', '');
@@ -101,15 +157,32 @@ SELECT r.run_id,
        r.rows_total,
        CASE WHEN s.seconds > 0 THEN pg_catalog.round((r.rows_done / s.seconds)::pg_catalog.numeric, 1) END
            AS rows_per_second,
-       CASE WHEN r.status = 'running' AND r.rows_done > 0 AND s.seconds > 0
+       CASE WHEN w.state IN ('running', 'throttled') AND r.rows_done > 0 AND s.seconds > 0
             THEN pg_catalog.make_interval(secs => GREATEST(r.rows_total - r.rows_done, 0) * s.seconds / r.rows_done)
        END AS eta,
        r.rows_changed,
        r.left_for_review,
        r.pass,
        r.started_at,
-       r.updated_at
+       r.updated_at,
+       -- running, throttled, paused, done, failed, cancelled (and planned, rolled_back):
+       -- a run whose process is gone reads failed at once, with alive false
+       w.state,
+       r.pid,
+       w.alive,
+       r.throttled_by,
+       r.batch_size,
+       CASE WHEN r.rows_total > 0 THEN pg_catalog.round(100.0 * r.rows_done / r.rows_total, 1)
+            WHEN r.status IN ('done', 'planned') THEN 100.0 END AS percent,
+       r.background,
+       r.error
   FROM @extschema@.runs r,
-       LATERAL (SELECT pg_catalog.date_part('epoch', r.updated_at - r.started_at) AS seconds) s;
+       LATERAL (SELECT pg_catalog.date_part('epoch', r.updated_at - r.started_at) AS seconds) s,
+       LATERAL (SELECT a.alive,
+                       CASE WHEN r.status <> 'running' THEN r.status
+                            WHEN NOT a.alive THEN 'failed'
+                            WHEN r.throttled_by IS NOT NULL THEN 'throttled'
+                            ELSE 'running' END AS state
+                  FROM (SELECT r.status = 'running' AND @extschema@._run_alive(r.pid, r.target) AS alive) a) w;
 COMMENT ON VIEW @extschema@.progress IS
-    'Rows done and total, rows per second and time left for each run.';
+    'Each run''s state (running, throttled, paused, done, failed, cancelled), its process and whether it is alive, rows done and total, percent, rows per second and time left.';

@@ -267,7 +267,9 @@ fn source_ctes(
     // majority phase takes the most frequent, ties to the lowest.
     let top_of_several = match source.rule {
         Rule::Unanimous => "NULL".to_string(),
-        Rule::Majority => format!("(SELECT x.tenant FROM ({per_tenant}) x ORDER BY x.n DESC, x.tenant LIMIT 1)"),
+        Rule::Majority => {
+            format!("(SELECT x.tenant FROM ({per_tenant}) x ORDER BY x.n DESC, x.tenant LIMIT 1)")
+        }
     };
     // The source's member of the evidence object, as JSON text: `"calls": {"7": 3}`.
     // Text, not jsonb, until a consumer needs jsonb: the write path carries it into the

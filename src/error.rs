@@ -131,6 +131,13 @@ impl BackfillError {
         }
     }
 
+    /// The SQLSTATE as its five characters (`55P03`), as a run records it.
+    pub fn sqlstate_text(&self) -> String {
+        let code = self.sqlstate() as i32;
+        // Postgres packs each character in six bits, counted from '0' (MAKE_SQLSTATE).
+        (0..5).map(|i| char::from(((code >> (6 * i)) & 0x3F) as u8 + b'0')).collect()
+    }
+
     /// Facts about the error, shown as its DETAIL.
     pub fn detail(&self) -> Option<String> {
         match self {

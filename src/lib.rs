@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guard::init();
+    throttle::init();
     rejections::init();
 }
 
@@ -26,6 +27,10 @@ mod runs;
 mod sql;
 mod types;
 mod writer;
+// A run of committed batches: its steps, its throttle, and the worker of a background run.
+mod committed;
+mod throttle;
+mod worker;
 // The SQL functions, one file per API section; the guard trigger and its queue.
 mod api;
 mod guard;

@@ -18,6 +18,60 @@ use pgrx::pg_sys;
 /// First key of the advisory lock ('tenb'); the second is the target's OID.
 const LOCK_CLASS: i32 = 0x7465_6e62;
 
+/// First key of the advisory lock a session holds (shared, for its transaction) while
+/// it waits for a run in `wait` ('tenq'; the second key is the target's OID). The
+/// throttle does not count such a session's open transaction as pressure: it waits for
+/// the run, which must not wait for it in turn.
+pub const WAITER_CLASS: i32 = 0x7465_6e71;
+
+/// Marks this session as waiting for a run of the target until its transaction ends.
+pub fn mark_waiting(target: pg_sys::Oid) -> Result<()> {
+    sql::execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2::pg_catalog.oid::pg_catalog.int4)",
+        &[Value::Int4(Some(WAITER_CLASS)), Value::Oid(target)],
+    )?;
+    Ok(())
+}
+
+/// The lock of one part of a run several workers share: (`PART_CLASS` + part, run id).
+/// The process that holds it walks that part; a part whose lock is free (its worker is
+/// gone) is taken over by the run's lead.
+const PART_CLASS: i32 = 0x7465_6f00;
+
+fn part_keys(run_id: i64, part: i32) -> [Value; 2] {
+    [Value::Int4(Some(PART_CLASS + part)), Value::Int4(Some(run_id as i32))]
+}
+
+/// Takes a part's lock for the session if it is free (or this session holds it).
+pub fn try_take_part(run_id: i64, part: i32) -> Result<bool> {
+    if part_held_by(run_id, part, None)? {
+        return Ok(true);
+    }
+    Ok(sql::select_value::<bool>("SELECT pg_catalog.pg_try_advisory_lock($1, $2)", &part_keys(run_id, part))?
+        .unwrap_or(false))
+}
+
+/// Releases a part's lock, if this session holds it.
+pub fn release_part(run_id: i64, part: i32) -> Result<()> {
+    if part_held_by(run_id, part, None)? {
+        sql::execute("SELECT pg_catalog.pg_advisory_unlock($1, $2)", &part_keys(run_id, part))?;
+    }
+    Ok(())
+}
+
+/// Whether backend `pid` (None: this one) holds a part's lock.
+pub fn part_held_by(run_id: i64, part: i32, pid: Option<i32>) -> Result<bool> {
+    let [class, key] = part_keys(run_id, part);
+    Ok(sql::select_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l\n \
+         WHERE l.locktype = 'advisory' AND l.classid = $1::pg_catalog.int4::pg_catalog.oid\n   \
+         AND l.objid = $2::pg_catalog.int4::pg_catalog.oid AND l.objsubid = 2 AND l.granted\n   \
+         AND l.pid = COALESCE($3, pg_catalog.pg_backend_pid()))",
+        &[class, key, Value::Int4(pid)],
+    )?
+    .unwrap_or(false))
+}
+
 /// What the caller wanted the lock for, which says what to do when it is taken.
 #[derive(Clone, Copy, Debug)]
 pub enum Purpose {
@@ -42,6 +96,43 @@ pub fn take_for_session(target: &Relation) -> Result<()> {
     }
 }
 
+/// Fails with 55P03, as `take_for_session` would, when another process runs the target
+/// now. Takes nothing: `start` and `resume` leave the lock to their worker.
+pub fn require_free(target: &Relation) -> Result<()> {
+    let free = sql::select_value::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_lock($1, $2::pg_catalog.oid::pg_catalog.int4)\n   \
+         AND pg_catalog.pg_advisory_unlock($1, $2::pg_catalog.oid::pg_catalog.int4)",
+        &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid)],
+    )?
+    .unwrap_or(false);
+    if free {
+        Ok(())
+    } else {
+        Err(busy(target, Purpose::Run)?)
+    }
+}
+
+/// Takes the target's run lock for the session if it is free: a background worker's
+/// first step.
+pub fn try_take_for_session(target: pg_sys::Oid) -> Result<bool> {
+    Ok(sql::select_value::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_lock($1, $2::pg_catalog.oid::pg_catalog.int4)",
+        &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target)],
+    )?
+    .unwrap_or(false))
+}
+
+/// Whether backend `pid` holds the target's run lock.
+pub fn held_by(target: pg_sys::Oid, pid: i32) -> Result<bool> {
+    Ok(sql::select_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l\n \
+         WHERE l.locktype = 'advisory' AND l.classid = $1::pg_catalog.int4::pg_catalog.oid\n   \
+         AND l.objid = $2::pg_catalog.oid AND l.objsubid = 2 AND l.granted AND l.pid = $3)",
+        &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target), Value::Int4(Some(pid))],
+    )?
+    .unwrap_or(false))
+}
+
 /// Takes the target's run lock until the end of the transaction.
 pub fn take_for_transaction(target: &Relation, purpose: Purpose) -> Result<()> {
     let taken = sql::select_value::<bool>(
@@ -61,6 +152,20 @@ pub fn release_session(target: pg_sys::Oid) -> Result<()> {
     if held_here(target)? {
         sql::execute(
             "SELECT pg_catalog.pg_advisory_unlock($1, $2::pg_catalog.oid::pg_catalog.int4)",
+            &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Releases the session's run lock of the target when the transaction ends: the end of
+/// a run is recorded in this transaction, and until it commits the run must still read
+/// as alive (a transaction-level hold of the same lock bridges the gap).
+pub fn release_session_at_commit(target: pg_sys::Oid) -> Result<()> {
+    if held_here(target)? {
+        sql::execute(
+            "SELECT pg_catalog.pg_advisory_xact_lock($1, $2::pg_catalog.oid::pg_catalog.int4),\n       \
+             pg_catalog.pg_advisory_unlock($1, $2::pg_catalog.oid::pg_catalog.int4)",
             &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target)],
         )?;
     }

@@ -334,6 +334,40 @@ pub fn as_extension_owner<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     work()
 }
 
+/// Runs `work` under a snapshot taken now, so it sees what other sessions committed
+/// since the statement began (a read-only SPI statement uses the statement's own).
+/// Read committed only: in a stricter transaction the snapshot is fixed.
+pub fn with_fresh_snapshot<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            // SAFETY: pops the snapshot pushed below (an error aborting the transaction
+            // pops it too, and then this runs during unwinding first).
+            unsafe { pg_sys::PopActiveSnapshot() }
+        }
+    }
+    // SAFETY: a new snapshot for this backend, pushed as the active one.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let _pop = Pop;
+    work()
+}
+
+/// Sleeps, answering a cancel or termination at once (the latch wakes on either).
+pub fn sleep(how_long: std::time::Duration) {
+    // SAFETY: waits on this backend's own latch, as pg_sleep does, then resets it and
+    // lets Postgres act on a pending interrupt (a cancel raises an ERROR here).
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            how_long.as_millis() as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        pg_sys::check_for_interrupts!();
+    }
+}
+
 /// The current user's name (`CURRENT_USER`), for rows the extension writes as its owner
 /// on the caller's behalf.
 pub fn current_role() -> String {

@@ -104,6 +104,8 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
         mode: None,
         dry_run: false,
         settings: None,
+        limits: runs::ThrottleLimits::default(),
+        driver: runs::Driver::Foreground,
         parameters: serde_json::json!({ "decisions": rel.display }),
     })?;
     let mut select = Statement::new();
@@ -140,6 +142,7 @@ fn write_and_finish(spec: &WriteSpec, select: Statement) -> Result<i64> {
             by_phase: written.by_phase,
             ..BatchCounts::default()
         },
+        None,
     )?;
     runs::finish(spec.run_id, spec.dry_run, None)?;
     Ok(written.changed)
@@ -189,6 +192,8 @@ fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
         mode: None,
         dry_run,
         settings: None,
+        limits: runs::ThrottleLimits::default(),
+        driver: runs::Driver::Foreground,
         parameters: serde_json::json!({ "column": column.name }),
     })?;
     let mut select = Statement::new();

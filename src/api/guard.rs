@@ -124,6 +124,8 @@ fn release_impl(target: RegClass, tenant: Option<&str>) -> Result<i64> {
         mode: None,
         dry_run: false,
         settings: None,
+        limits: runs::ThrottleLimits::default(),
+        driver: runs::Driver::Foreground,
         parameters: serde_json::json!({}),
     })?;
     let spec =

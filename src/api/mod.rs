@@ -7,6 +7,7 @@ mod config;
 mod decisions;
 mod finalize;
 mod guard;
+mod operate;
 mod reports;
 mod run;
 mod verify;

@@ -357,6 +357,8 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
         mode: None,
         dry_run: false,
         settings: None,
+        limits: runs::ThrottleLimits::default(),
+        driver: runs::Driver::Foreground,
         parameters: serde_json::json!({ "rolls_back": run_id, "force": force }),
     })?;
 

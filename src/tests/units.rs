@@ -1,9 +1,10 @@
 //! Plain `#[test]`s of the pure helpers: they run in the test binary itself, without
 //! a Postgres (quoting is Postgres' own `quote_identifier`, tested through SQL).
 
+use crate::committed::application_name;
 use crate::engine::Mode;
 use crate::error::BackfillError;
-use crate::runs::{BatchSettings, Progress};
+use crate::runs::{BatchSettings, Progress, ADAPTIVE_MAX, ADAPTIVE_MIN};
 use crate::sql::{Statement, Value};
 use crate::writer::Changes;
 
@@ -66,15 +67,57 @@ fn a_batch_knows_its_key_range_from_its_ends() {
 
 #[test]
 fn batch_settings_default_for_null_and_refuse_nonsense() {
-    assert_eq!(BatchSettings::new(None, None, None).ok(), Some(BatchSettings::DEFAULT));
+    // A NULL batch size is adaptive, starting at 1000; NULL elsewhere is the default.
+    let adaptive = BatchSettings::new(None, None, None, None).ok();
+    assert_eq!(adaptive, Some(BatchSettings { adaptive: true, ..BatchSettings::DEFAULT }));
     assert_eq!(BatchSettings::DEFAULT.batch_size, 1000);
+    assert_eq!(BatchSettings::DEFAULT.target_batch_ms, 100);
     assert_eq!(
-        BatchSettings::new(Some(5), Some(10), Some(200)).ok(),
-        Some(BatchSettings { batch_size: 5, pause_ms: 10, lock_timeout_ms: 200 })
+        BatchSettings::new(Some(5), Some(250), Some(10), Some(200)).ok(),
+        Some(BatchSettings {
+            batch_size: 5,
+            adaptive: false,
+            target_batch_ms: 250,
+            pause_ms: 10,
+            lock_timeout_ms: 200
+        })
     );
-    for (size, pause, lock) in [(Some(0), None, None), (None, Some(-1), None), (None, None, Some(0))] {
-        assert!(matches!(BatchSettings::new(size, pause, lock), Err(BackfillError::BadArgument(..))));
+    for (size, target, pause, lock) in [
+        (Some(0), None, None, None),
+        (None, Some(0), None, None),
+        (None, None, Some(-1), None),
+        (None, None, None, Some(0)),
+    ] {
+        assert!(matches!(BatchSettings::new(size, target, pause, lock), Err(BackfillError::BadArgument(..))));
     }
+}
+
+#[test]
+fn an_adaptive_batch_moves_toward_its_target_time_within_bounds() {
+    let adaptive = BatchSettings { adaptive: true, ..BatchSettings::DEFAULT };
+    // 1000 rows in 50 ms against 100 ms: double; in 400 ms: at most half.
+    assert_eq!(adaptive.next_size(1000, 50.0), 2000);
+    assert_eq!(adaptive.next_size(1000, 400.0), 500);
+    assert_eq!(adaptive.next_size(1000, 125.0), 800);
+    assert_eq!(adaptive.next_size(1000, 0.0), 2000);
+    assert_eq!(adaptive.next_size(ADAPTIVE_MAX, 1.0), ADAPTIVE_MAX);
+    assert_eq!(adaptive.next_size(ADAPTIVE_MIN, 10_000.0), ADAPTIVE_MIN);
+    // A fixed size stays whatever the batch took.
+    assert_eq!(BatchSettings::DEFAULT.next_size(1000, 10_000.0), 1000);
+}
+
+#[test]
+fn an_error_names_its_sqlstate_in_five_characters() {
+    assert_eq!(BackfillError::Busy("x".into(), "y".into()).sqlstate_text(), "55P03");
+    assert_eq!(BackfillError::UnknownRun(1).sqlstate_text(), "42704");
+    assert_eq!(BackfillError::Internal("x".into()).sqlstate_text(), "XX000");
+}
+
+#[test]
+fn a_run_names_itself_within_application_names_bound() {
+    assert_eq!(application_name(12, "public.customers"), "tenant_backfill run 12 (public.customers)");
+    let long = application_name(1, &"é".repeat(60));
+    assert!(long.len() <= 63 && long.starts_with("tenant_backfill run 1 ("));
 }
 
 #[test]
@@ -88,10 +131,24 @@ fn modes_read_back_as_they_print() {
 
 #[test]
 fn progress_is_a_percentage_and_a_rate() {
-    let p = Progress { rows_done: 25, rows_total: 100, rows_changed: 20, left_for_review: 5, seconds: 0.5 };
+    let p = Progress {
+        status: "running".into(),
+        rows_done: 25,
+        rows_total: 100,
+        rows_changed: 20,
+        left_for_review: 5,
+        seconds: 0.5,
+    };
     assert_eq!(p.percent(), 25.0);
     assert_eq!(p.rows_per_second(), 50.0);
-    let empty = Progress { rows_done: 0, rows_total: 0, rows_changed: 0, left_for_review: 0, seconds: 0.0 };
+    let empty = Progress {
+        status: "done".into(),
+        rows_done: 0,
+        rows_total: 0,
+        rows_changed: 0,
+        left_for_review: 0,
+        seconds: 0.0,
+    };
     assert_eq!(empty.percent(), 100.0);
     assert_eq!(empty.rows_per_second(), 0.0);
 }

@@ -8,7 +8,7 @@ SELECT p.oid::regprocedure AS function, pg_get_function_result(p.oid) AS returns
 -- Defaults a DBA relies on.
 SELECT p.proname, pg_get_function_arguments(p.oid) AS arguments
   FROM pg_proc p
- WHERE p.pronamespace = 'tenant_backfill'::regnamespace AND p.proname IN ('define', 'add_source', 'plan')
+ WHERE p.pronamespace = 'tenant_backfill'::regnamespace AND p.proname IN ('define', 'add_source', 'plan', 'run', 'start', 'wait')
  ORDER BY p.proname;
 -- Every function runs with the caller's rights, but the two event trigger functions
 -- (they act on DDL of roles that need no rights on the extension), which pin their

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Background runs against a real cluster and a real streaming replica: what pg_regress
+# cannot show, because it needs other sessions, a client that goes away, a killed
+# worker and a standby. Run by scripts/test as: operated_runs.sh VERSION
+# (the extension installed into that version, no shared_preload_libraries).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+primary_start operated
+sql -q >/dev/null <<'SQL'
+CREATE EXTENSION tenant_backfill;
+-- The lean schema: no index on the tenant column, no foreign keys; a unanimous source.
+-- Every copy gets the same rows, so each background run can be compared with run_now.
+CREATE FUNCTION make_copy(name text, n int) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('CREATE TABLE %I (id bigint PRIMARY KEY, company_id int, name text)', name);
+    EXECUTE format('CREATE TABLE %I (id bigserial PRIMARY KEY, customer_id bigint, company_id int)', name || '_appts');
+    EXECUTE format('INSERT INTO %I SELECT i, CASE WHEN i %% 2 = 0 THEN i %% 7 + 1 END, ''c'' || i FROM generate_series(1, %s) i', name, n);
+    -- Odd customers: two agreeing appointments; every 50th disagrees (a conflict).
+    EXECUTE format('INSERT INTO %I (customer_id, company_id) SELECT i, i %% 5 + 1 FROM generate_series(1, %s) i, generate_series(1, 2)', name || '_appts', n);
+    EXECUTE format('INSERT INTO %I (customer_id, company_id) SELECT i, i %% 5 + 2 FROM generate_series(1, %s) i WHERE i %% 50 = 1', name || '_appts', n);
+    EXECUTE format('CREATE INDEX ON %I (customer_id)', name || '_appts');
+    PERFORM tenant_backfill.define(name::regclass, 'company_id');
+    PERFORM tenant_backfill.add_source(name::regclass, (name || '_appts')::regclass, 'customer_id');
+END
+$$;
+SELECT make_copy('reference', 20000);
+SELECT run_id FROM tenant_backfill.run_now('reference');
+-- Rows that differ from run_now's result, and changed rows not audited exactly once.
+CREATE FUNCTION differs(name text, run bigint) RETURNS TABLE (differing bigint, audited_wrongly bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'SELECT (SELECT count(*) FROM %I t FULL JOIN reference r USING (id)
+                  WHERE t.company_id IS DISTINCT FROM r.company_id),
+                (SELECT count(*) FROM (SELECT row_key FROM tenant_backfill.audit_log WHERE run_id = $1
+                                        GROUP BY row_key HAVING count(*) <> 1) a)
+              + abs((SELECT count(*) FROM tenant_backfill.audit_log WHERE run_id = $1)
+                    - (SELECT rows_changed FROM tenant_backfill.runs WHERE run_id = $1))', name) USING run;
+END
+$$;
+SQL
+
+section "start returns at once; the run outlives the client that started it"
+quiet "SELECT make_copy('walkaway', 20000)"
+run=$(val "SELECT tenant_backfill.start('walkaway', batch_size => 500, pause_ms => 20)")
+# The psql above has disconnected; the worker goes on.
+assert_eq "worker named in pg_stat_activity" "tenant_backfill run $run (public.walkaway)" \
+    "$(val "SELECT application_name FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'")"
+assert_eq "alive and running" "running|t" \
+    "$(val "SELECT state, alive FROM tenant_backfill.progress WHERE run_id = $run")"
+assert_eq "wait returns the final state" "done" "$(val "SELECT tenant_backfill.wait($run)")"
+assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('walkaway', $run)")"
+assert_eq "done, no process, 100%" "done|f||100.0" \
+    "$(val "SELECT state, alive, pid, percent FROM tenant_backfill.progress WHERE run_id = $run")"
+
+section "pause holds nothing; resume goes on from where it stopped"
+quiet "SELECT make_copy('paused', 20000)"
+run=$(val "SELECT tenant_backfill.start('paused', batch_size => 500, pause_ms => 50)")
+sleep 0.5
+quiet "SELECT tenant_backfill.pause($run)"
+assert_eq "wait returns paused" "paused" "$(val "SELECT tenant_backfill.wait($run)")"
+assert_eq "paused: no worker, no lock, no transaction" "0|0" "$(val "
+    SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'),
+           (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 'paused'::regclass::oid)")"
+done_at_pause=$(val "SELECT rows_done FROM tenant_backfill.progress WHERE run_id = $run")
+sleep 0.5
+assert_eq "no progress while paused" "$done_at_pause" "$(val "SELECT rows_done FROM tenant_backfill.progress WHERE run_id = $run")"
+assert_true "it had done part of the work" "$(val "SELECT rows_done > 0 AND rows_done < rows_total FROM tenant_backfill.progress WHERE run_id = $run")"
+quiet "SELECT tenant_backfill.resume($run)"
+assert_eq "resumed to the end" "done" "$(val "SELECT tenant_backfill.wait($run)")"
+assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('paused', $run)")"
+
+section "a terminated worker reads alive = false at once; resume finishes the run"
+quiet "SELECT make_copy('killed', 20000)"
+run=$(val "SELECT tenant_backfill.start('killed', batch_size => 500, pause_ms => 50)")
+sleep 0.5
+quiet "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'"
+sleep 0.3
+assert_eq "status running, state failed, not alive, no eta" "running|failed|f|" \
+    "$(val "SELECT status, state, alive, eta FROM tenant_backfill.progress WHERE run_id = $run")"
+assert_eq "wait does not wait for a dead run" "failed" "$(val "SELECT tenant_backfill.wait($run, '5 seconds')")"
+quiet "SELECT tenant_backfill.resume($run)"
+assert_eq "resumed to the end" "done" "$(val "SELECT tenant_backfill.wait($run)")"
+assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('killed', $run)")"
+
+section "cancel stops for good; what was written stays, and rollback undoes it"
+quiet "SELECT make_copy('cancelled', 20000)"
+run=$(val "SELECT tenant_backfill.start('cancelled', batch_size => 500, pause_ms => 50)")
+sleep 0.5
+quiet "SELECT tenant_backfill.cancel($run)"
+assert_eq "wait returns cancelled" "cancelled" "$(val "SELECT tenant_backfill.wait($run)")"
+assert_true "part of the rows changed, each audited once" "$(val "
+    SELECT r.rows_changed > 0 AND r.rows_changed < 10000
+           AND r.rows_changed = (SELECT count(DISTINCT row_key) FROM tenant_backfill.audit_log WHERE run_id = $run)
+           AND r.rows_changed = (SELECT count(*) FROM tenant_backfill.audit_log WHERE run_id = $run)
+      FROM tenant_backfill.runs r WHERE r.run_id = $run")"
+assert_fails "a cancelled run is not resumed" "cannot be resumed: it is cancelled" "SELECT tenant_backfill.resume($run)"
+quiet "SELECT * FROM tenant_backfill.rollback($run)"
+assert_eq "rolled back to where it began" "10000" "$(val "SELECT count(*) FROM cancelled WHERE company_id IS NULL")"
+
+section "two workers split the first pass; the lead takes over a killed helper's part"
+quiet "SELECT make_copy('split', 20000)"
+run=$(val "SELECT tenant_backfill.start('split', workers => 2, batch_size => 500, pause_ms => 20)")
+assert_eq "two workers, both named for the run" "2" \
+    "$(val "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenant_backfill run $run (public.split)'")"
+assert_eq "two parts of about as many rows" "2|t" "$(val "
+    SELECT count(*), bool_and(p.up_to_key::bigint > COALESCE(p.after_key::bigint, 0))
+      FROM tenant_backfill.run_parts p WHERE p.run_id = $run")"
+sleep 0.3
+quiet "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a, tenant_backfill.runs r
+        WHERE r.run_id = $run AND a.backend_type = 'tenant_backfill run' AND a.pid <> r.pid"
+assert_eq "the run goes on without its helper" "done" "$(val "SELECT tenant_backfill.wait($run)")"
+assert_eq "every part walked" "2" "$(val "SELECT count(*) FROM tenant_backfill.run_parts WHERE run_id = $run AND done")"
+assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('split', $run)")"
+
+section "a killed lead stops its helpers; resume starts them again"
+quiet "SELECT make_copy('leadless', 20000)"
+run=$(val "SELECT tenant_backfill.start('leadless', workers => 2, batch_size => 500, pause_ms => 50)")
+sleep 0.3
+quiet "SELECT pg_terminate_backend(r.pid) FROM tenant_backfill.runs r WHERE r.run_id = $run"
+sleep 1
+assert_eq "no worker left, the run reads failed" "0|failed" "$(val "
+    SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'),
+           (SELECT state FROM tenant_backfill.progress WHERE run_id = $run)")"
+quiet "SELECT tenant_backfill.resume($run)"
+assert_eq "two workers again" "2" "$(val "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'")"
+assert_eq "resumed to the end" "done" "$(val "SELECT tenant_backfill.wait($run)")"
+assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('leadless', $run)")"
+
+section "a run started in a transaction that rolls back never begins"
+quiet "SELECT make_copy('rolledback', 2000)"
+assert_fails "wait in the starting transaction refuses" "was started or resumed in this transaction" \
+    "BEGIN; SELECT tenant_backfill.start('rolledback'); SELECT tenant_backfill.wait(currval('tenant_backfill.runs_run_id_seq'));"
+sleep 0.3
+assert_eq "no run, no worker, nothing written" "0|0|1000" "$(val "
+    SELECT (SELECT count(*) FROM tenant_backfill.runs WHERE target_name = 'public.rolledback'),
+           (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'),
+           (SELECT count(*) FROM rolledback WHERE company_id IS NULL)")"
+
+section "the worker has the rights of the role that called start, and cannot SET ROLE"
+sql -q >/dev/null <<'SQL'
+SELECT make_copy('owned', 2000);
+CREATE ROLE app_owner LOGIN;
+CREATE ROLE nologin_owner NOLOGIN;
+ALTER TABLE owned OWNER TO app_owner;
+ALTER TABLE owned_appts OWNER TO app_owner;
+CREATE TABLE who (current_role_name name, session_role_name name);
+GRANT INSERT ON who TO app_owner;
+CREATE FUNCTION note_who() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.who VALUES (current_user, session_user); RETURN NEW; END $$;
+CREATE TRIGGER note_who AFTER UPDATE ON owned FOR EACH STATEMENT EXECUTE FUNCTION note_who();
+SQL
+run=$(val "SET ROLE app_owner; SELECT tenant_backfill.start('owned', batch_size => 500)")
+assert_eq "done" "done" "$(val "SELECT tenant_backfill.wait($run)")"
+assert_eq "the writes ran as app_owner" "app_owner" "$(val "SELECT DISTINCT current_role_name FROM who")"
+assert_eq "started_by is the role" "app_owner" "$(val "SELECT started_by FROM tenant_backfill.runs WHERE run_id = $run")"
+quiet "SELECT make_copy('noright', 2000); GRANT SELECT ON noright, noright_appts TO app_owner"
+assert_fails "a role without UPDATE on the tenant column cannot start" "permission denied" \
+    "SET ROLE app_owner; SELECT tenant_backfill.start('noright')"
+sql -q >/dev/null <<'SQL'
+SELECT make_copy('escalate', 2000);
+ALTER TABLE escalate OWNER TO app_owner;
+ALTER TABLE escalate_appts OWNER TO app_owner;
+CREATE FUNCTION escalate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN SET ROLE postgres; RETURN NEW; END $$;
+CREATE TRIGGER escalate BEFORE UPDATE ON escalate FOR EACH ROW EXECUTE FUNCTION escalate();
+SQL
+run=$(val "SET ROLE app_owner; SELECT tenant_backfill.start('escalate', batch_size => 500)")
+assert_eq "a trigger's SET ROLE fails the run" "failed" "$(val "SELECT tenant_backfill.wait($run)")"
+assert_contains "with the reason recorded" "cannot set parameter \"role\"" \
+    "$(val "SELECT error FROM tenant_backfill.runs WHERE run_id = $run")"
+quiet "SELECT make_copy('nologin', 2000); ALTER TABLE nologin OWNER TO nologin_owner; ALTER TABLE nologin_appts OWNER TO nologin_owner"
+run=$(val "SET ROLE nologin_owner; SELECT tenant_backfill.start('nologin', batch_size => 500)")
+assert_eq "a NOLOGIN role's run works too" "done" "$(val "SELECT tenant_backfill.wait($run)")"
+
+section "a foreground CALL run prints progress every few seconds, not once per batch"
+quiet "SELECT make_copy('noisy', 20000)"
+output=$(sql -c "SET client_min_messages = notice" -c "CALL tenant_backfill.run('noisy', batch_size => 100)" 2>&1)
+notices=$(echo "$output" | grep -c "NOTICE:  tenant_backfill: run" || true)
+assert_true "100 batches, at most 3 progress lines ($notices)" "$([ "$notices" -ge 1 ] && [ "$notices" -le 3 ] && echo t || echo f)"
+assert_contains "the last one says where it ended" "of public.noisy done: 10000/10000 rows (100.0%), 9600 changed" \
+    "$(echo "$output" | grep "NOTICE:  tenant_backfill: run" | tail -n 1)"
+
+section "throttled by an old transaction, and on again when it ends"
+quiet "SELECT make_copy('xmin', 5000)"
+quiet "BEGIN; SELECT pg_current_xact_id(); SELECT pg_sleep(4); COMMIT;" &
+holder=$!
+sleep 1.5
+run=$(val "SET tenant_backfill.max_transaction_age = 1; SELECT tenant_backfill.start('xmin', batch_size => 500)")
+sleep 1
+assert_eq "throttled before its first batch" "throttled|0" \
+    "$(val "SELECT state, rows_done FROM tenant_backfill.progress WHERE run_id = $run")"
+assert_contains "by the transaction, named" "transaction of pid" \
+    "$(val "SELECT throttled_by FROM tenant_backfill.progress WHERE run_id = $run")"
+assert_eq "a throttled worker holds no transaction open" "" "$(val "
+    SELECT xact_start FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'")"
+wait "$holder"
+assert_eq "it goes on by itself" "done" "$(val "SELECT tenant_backfill.wait($run, '30 seconds')")"
+
+section "throttled by a lagging replica, and on again when it catches up"
+replica_start
+quiet "SELECT make_copy('lagged', 20000)"
+replica_quiet "SELECT pg_wal_replay_pause()"
+run=$(val "SELECT tenant_backfill.start('lagged', batch_size => 1000, max_replica_lag_bytes => 65536)")
+sleep 2
+assert_eq "throttled" "throttled" "$(val "SELECT state FROM tenant_backfill.progress WHERE run_id = $run")"
+assert_contains "by the replica, named, with its lag" "replica lag" \
+    "$(val "SELECT throttled_by FROM tenant_backfill.progress WHERE run_id = $run")"
+done_throttled=$(val "SELECT rows_done FROM tenant_backfill.progress WHERE run_id = $run")
+assert_true "no progress beyond a batch ($done_throttled rows)" "$([ "$done_throttled" -le 2000 ] && echo t || echo f)"
+sleep 1
+assert_eq "still no progress" "$done_throttled" "$(val "SELECT rows_done FROM tenant_backfill.progress WHERE run_id = $run")"
+replica_quiet "SELECT pg_wal_replay_resume()"
+assert_eq "it finishes once the replica catches up" "done" "$(val "SELECT tenant_backfill.wait($run, '60 seconds')")"
+assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('lagged', $run)")"
+replica_stop
+
+finish
