@@ -284,7 +284,7 @@ mod tests {
 
     #[pg_test]
     fn configuration_survives_pg_dump() {
-        // pg_extension_config_dump registers the configuration, the runs, the backups and
+        // pg_extension_config_dump registers the configuration, the runs (and their parts), the backups and
         // the audit log (and their sequences) for pg_dump.
         assert_eq!(
             rows("SELECT c.relname::text FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
@@ -297,6 +297,7 @@ mod tests {
                 "overrides",
                 "quarantine",
                 "quarantine_quarantine_id_seq",
+                "run_parts",
                 "runs",
                 "runs_run_id_seq",
                 "sources",
