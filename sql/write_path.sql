@@ -166,7 +166,8 @@ SELECT r.run_id,
        r.started_at,
        r.updated_at,
        -- running, throttled, paused, done, failed, cancelled (and planned, rolled_back):
-       -- a run whose process is gone reads failed at once, with alive false
+       -- a run whose process is gone reads failed at once, with alive false; a paused or
+       -- cancelled one stays alive until its workers have finished the batch they are in
        w.state,
        r.pid,
        w.alive,
@@ -183,6 +184,6 @@ SELECT r.run_id,
                             WHEN NOT a.alive THEN 'failed'
                             WHEN r.throttled_by IS NOT NULL THEN 'throttled'
                             ELSE 'running' END AS state
-                  FROM (SELECT r.status = 'running' AND @extschema@._run_alive(r.pid, r.target) AS alive) a) w;
+                  FROM (SELECT @extschema@._run_alive(r.pid, r.target) AS alive) a) w;
 COMMENT ON VIEW @extschema@.progress IS
     'Each run''s state (running, throttled, paused, done, failed, cancelled), its process and whether it is alive, rows done and total, percent, rows per second and time left.';

@@ -198,11 +198,11 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
     }
     match run.requested.as_deref() {
         Some("pause") => {
-            runs::stop(run_id, RunStatus::Paused)?;
+            runs::stop(run_id, RunStatus::Paused, &[RunStatus::Running], false)?;
             return Ok(Step::Finished);
         }
         Some("cancel") => {
-            runs::stop(run_id, RunStatus::Cancelled)?;
+            runs::stop(run_id, RunStatus::Cancelled, &[RunStatus::Running], false)?;
             return Ok(Step::Finished);
         }
         _ => {}
@@ -252,6 +252,13 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
     let began = Instant::now();
     let mut batch = batch::run_batch(&job, mode, &scope, &spec)?;
     let next_size = settings.next_size(settings.batch_size, began.elapsed().as_secs_f64() * 1000.0);
+    // The bookkeeping below updates the run's row, which the other workers of the run
+    // update too: it may wait for them as long as lock_timeout_ms, not the first try's
+    // short wait meant for application rows.
+    sql::execute(
+        "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
+        &[Value::text(format!("{}ms", settings.lock_timeout_ms))],
+    )?;
     if let Some(p) = &walking {
         // A part moves its own cursor; the run's stays where the parts began.
         runs::record_part(run_id, p.part, batch.last_key.take(), batch.scanned == 0)?;
@@ -355,6 +362,11 @@ pub fn end(run_id: i64, error: Option<String>) -> Result<()> {
     let run = runs::load(run_id)?;
     require_driven_here(&run, None)?;
     runs::finish(run_id, run.dry_run, error)?;
+    runs::detach(run_id)?;
+    // The parts this backend took over (a CALL run resuming a run workers shared).
+    for part in runs::parts(run_id)? {
+        locks::release_part(run_id, part.part)?;
+    }
     if !run.background {
         let target =
             job::target(run.target).map(|t| t.rel.display).unwrap_or_else(|_| u32::from(run.target).to_string());

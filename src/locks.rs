@@ -79,6 +79,30 @@ pub enum Purpose {
     Rollback,
 }
 
+/// First key of the advisory lock the helper workers of a run hold, shared, on its
+/// target ('tenh'): whoever takes the run lock (a CALL run, run_now, a rollback) must
+/// also find it free, so nothing else writes the target while a helper finishes a batch.
+const HELPER_CLASS: i32 = 0x7465_6e68;
+
+/// A helper worker joins its run's target.
+pub fn join_as_helper(target: pg_sys::Oid) -> Result<bool> {
+    Ok(sql::select_value::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_lock_shared($1, $2::pg_catalog.oid::pg_catalog.int4)",
+        &[Value::Int4(Some(HELPER_CLASS)), Value::Oid(target)],
+    )?
+    .unwrap_or(false))
+}
+
+/// Whether no helper worker holds the target.
+pub fn no_helpers(target: pg_sys::Oid) -> Result<bool> {
+    Ok(sql::select_value::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_lock($1, $2::pg_catalog.oid::pg_catalog.int4)\n   \
+         AND pg_catalog.pg_advisory_unlock($1, $2::pg_catalog.oid::pg_catalog.int4)",
+        &[Value::Int4(Some(HELPER_CLASS)), Value::Oid(target)],
+    )?
+    .unwrap_or(false))
+}
+
 /// Takes the target's run lock for the session, unless this session holds it already.
 pub fn take_for_session(target: &Relation) -> Result<()> {
     if held_here(target.oid)? {
@@ -89,6 +113,11 @@ pub fn take_for_session(target: &Relation) -> Result<()> {
         &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid)],
     )?
     .unwrap_or(false);
+    if taken && !no_helpers(target.oid)? {
+        // The helpers of a run whose lead is gone are finishing their batches.
+        release_session(target.oid)?;
+        return Err(busy(target, Purpose::Run)?);
+    }
     if taken {
         Ok(())
     } else {
@@ -104,7 +133,8 @@ pub fn require_free(target: &Relation) -> Result<()> {
          AND pg_catalog.pg_advisory_unlock($1, $2::pg_catalog.oid::pg_catalog.int4)",
         &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid)],
     )?
-    .unwrap_or(false);
+    .unwrap_or(false)
+        && no_helpers(target.oid)?;
     if free {
         Ok(())
     } else {
@@ -135,9 +165,11 @@ pub fn held_by(target: pg_sys::Oid, pid: i32) -> Result<bool> {
 
 /// Takes the target's run lock until the end of the transaction.
 pub fn take_for_transaction(target: &Relation, purpose: Purpose) -> Result<()> {
+    // The helpers' lock too, for the transaction: no helper of a run may be writing.
     let taken = sql::select_value::<bool>(
-        "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2::pg_catalog.oid::pg_catalog.int4)",
-        &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid)],
+        "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2::pg_catalog.oid::pg_catalog.int4)\n   \
+         AND pg_catalog.pg_try_advisory_xact_lock($3, $2::pg_catalog.oid::pg_catalog.int4)",
+        &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid), Value::Int4(Some(HELPER_CLASS))],
     )?
     .unwrap_or(false);
     if taken {

@@ -679,15 +679,32 @@ pub fn finish(run_id: i64, dry_run: bool, error: Option<String>) -> Result<()> {
 /// Stops a run of committed batches on request: paused (`resume` continues it) or
 /// cancelled (for good). A running run is stopped by its driver between batches; one
 /// with no process behind it, paused or failed, by `pause` or `cancel` directly.
-pub fn stop(run_id: i64, status: RunStatus) -> Result<()> {
+///
+/// `from` lists the statuses it may stop from; `only_without_process` (pause or cancel
+/// of a run nothing drives) also leaves a run alone that a process drives meanwhile
+/// (a resume that came first).
+pub fn stop(run_id: i64, status: RunStatus, from: &[RunStatus], only_without_process: bool) -> Result<()> {
+    let from: Vec<Option<String>> = from.iter().map(|s| Some(s.as_str().to_string())).collect();
     sql::as_extension_owner(|| {
         sql::execute(
             "UPDATE tenant_backfill.runs\n   \
-         SET status = $2, pid = NULL, throttled_by = NULL, requested = NULL,\n       \
-         finished_at = CASE WHEN $2 = 'cancelled' THEN pg_catalog.clock_timestamp() END,\n       \
-         updated_at = pg_catalog.clock_timestamp()\n \
-         WHERE run_id = $1",
-            &[Value::int8(run_id), Value::text(status.as_str())],
+             SET status = $2, throttled_by = NULL, requested = NULL,\n       \
+             finished_at = CASE WHEN $2 = 'cancelled' THEN pg_catalog.clock_timestamp() END,\n       \
+             updated_at = pg_catalog.clock_timestamp()\n \
+             WHERE run_id = $1 AND status = ANY ($3)\n   \
+             AND NOT ($4 AND tenant_backfill._run_alive(pid, target))",
+            &[Value::int8(run_id), Value::text(status.as_str()), Value::TextArray(from), Value::Bool(Some(only_without_process))],
+        )
+    })?;
+    Ok(())
+}
+
+/// The run has no process any more (its driver ended it).
+pub fn detach(run_id: i64) -> Result<()> {
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "UPDATE tenant_backfill.runs SET pid = NULL, throttled_by = NULL WHERE run_id = $1",
+            &[Value::int8(run_id)],
         )
     })?;
     Ok(())

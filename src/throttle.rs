@@ -20,7 +20,26 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 /// `tenant_backfill.max_transaction_age`, in seconds; 0 watches nothing.
 static MAX_TRANSACTION_AGE: GucSetting<i32> = GucSetting::<i32>::new(3600);
 
+/// `tenant_backfill.max_workers`: the most workers one run may have (superuser only: each
+/// takes one of max_worker_processes, which parallel query and replication need too).
+static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+
+/// The most workers a run may have now.
+pub fn max_workers() -> i32 {
+    MAX_WORKERS.get()
+}
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"tenant_backfill.max_workers",
+        c"The most background workers one run (start(workers => N)) may have.",
+        c"Each takes one of max_worker_processes. Only a superuser may change it.",
+        &MAX_WORKERS,
+        1,
+        64,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"tenant_backfill.max_transaction_age",
         c"A run waits while another session of the database has had a transaction open longer than this.",

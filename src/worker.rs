@@ -36,7 +36,13 @@ const STARTUP: Duration = Duration::from_secs(10);
 /// lock. The lead (`part` None) holds the target's run lock: from then on `progress`
 /// sees the run alive, and no other run of the target can start. A helper holds the
 /// lock of its part of a run several workers share.
-pub fn launch(run_id: i64, target: pg_sys::Oid, part: Option<i32>, run_as: pg_sys::Oid, starter: u64) -> Result<i32> {
+pub fn launch(
+    run_id: i64,
+    target: pg_sys::Oid,
+    part: Option<i32>,
+    session: (pg_sys::Oid, pg_sys::Oid),
+    starter: u32,
+) -> Result<i32> {
     // SAFETY: MyDatabaseId and MyProcPid are set in every backend connected to a database.
     let (database, me) = unsafe { (u32::from(pg_sys::MyDatabaseId), pg_sys::MyProcPid) };
     let worker = BackgroundWorkerBuilder::new(&format!("tenant_backfill run {run_id}"))
@@ -44,7 +50,13 @@ pub fn launch(run_id: i64, target: pg_sys::Oid, part: Option<i32>, run_as: pg_sy
         .set_function("tenant_backfill_run_worker")
         .set_library("tenant_backfill")
         .set_argument(Some(pg_sys::Datum::from(run_id)))
-        .set_extra(&format!("{database} {} {starter} {} {}", u32::from(run_as), u32::from(target), part.unwrap_or(-1)))
+        .set_extra(&format!(
+            "{database} {} {} {starter} {} {}",
+            u32::from(session.0),
+            u32::from(session.1),
+            u32::from(target),
+            part.unwrap_or(-1)
+        ))
         .enable_spi_access()
         .set_restart_time(None)
         .set_notify_pid(me)
@@ -60,10 +72,12 @@ pub fn launch(run_id: i64, target: pg_sys::Oid, part: Option<i32>, run_as: pg_sy
     };
     while !holds()? {
         if worker.pid().is_err() {
-            // It stopped without the lock: another process took it first.
+            // It stopped without its lock: another process holds it, or it failed.
             return Err(BackfillError::Busy(
-                format!("run {run_id} could not start: another run of its target began meanwhile"),
-                "Wait for it (SELECT * FROM tenant_backfill.progress), then start again.".into(),
+                format!("run {run_id} could not start: its worker stopped before it took its lock"),
+                "Another process runs the target (SELECT * FROM tenant_backfill.progress), or the worker failed \
+                 (the server log says why); try again once the target is free."
+                    .into(),
             ));
         }
         if began.elapsed() > STARTUP {
@@ -83,12 +97,14 @@ fn no_worker(run_id: i64, why: &str) -> BackfillError {
     )
 }
 
-/// What a worker is given: the database, the role, the starter's full xid, the target,
-/// and its part (None: the lead).
+/// What a worker is given: the database, the starting session's session user and
+/// current user, the starter's (sub)transaction id, the target, and its part (None: the
+/// lead).
 struct Given {
     database: pg_sys::Oid,
+    session_user: pg_sys::Oid,
     role: pg_sys::Oid,
-    starter: u64,
+    starter: u32,
     target: pg_sys::Oid,
     part: Option<i32>,
 }
@@ -96,11 +112,12 @@ struct Given {
 fn parse_extra(extra: &str) -> Option<Given> {
     let mut parts = extra.split(' ');
     let database = pg_sys::Oid::from(parts.next()?.parse::<u32>().ok()?);
+    let session_user = pg_sys::Oid::from(parts.next()?.parse::<u32>().ok()?);
     let role = pg_sys::Oid::from(parts.next()?.parse::<u32>().ok()?);
-    let starter = parts.next()?.parse::<u64>().ok()?;
+    let starter = parts.next()?.parse::<u32>().ok()?;
     let target = pg_sys::Oid::from(parts.next()?.parse::<u32>().ok()?);
     let part = parts.next()?.parse::<i32>().ok().filter(|p| *p >= 0);
-    Some(Given { database, role, starter, target, part })
+    Some(Given { database, session_user, role, starter, target, part })
 }
 
 /// The worker's entry point.
@@ -112,31 +129,39 @@ pub extern "C-unwind" fn tenant_backfill_run_worker(arg: pg_sys::Datum) {
     let Some(given) = parse_extra(BackgroundWorker::get_extra()) else {
         return;
     };
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(given.database), None);
-    // The run lock first, before the run is even visible: `start` waits for it.
+    // As the starting session's user, so session_user reads the same in the run (a trigger
+    // or a policy may check it); it logged in, so it may connect.
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(given.database), Some(given.session_user));
+    // SAFETY: sets this backend's current user for the rest of its life; the local
+    // user-id change forbids SET ROLE and SET SESSION AUTHORIZATION meanwhile, so
+    // nothing the run executes (a trigger on the target) can become anyone else.
+    unsafe { pg_sys::SetUserIdAndSecContext(given.role, pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32) };
+    // Its lock first, before the run is even visible: `start` waits for it.
     let locked = BackgroundWorker::transaction(|| -> Result<bool> {
         // This session is the extension's own: nothing in it resolves through a
         // search_path other than the pinned one.
         sql::execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)", &[])?;
-        let target = job::target(given.target)?;
+        let name = sql::select_value::<String>(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c\n \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[Value::Oid(given.target)],
+        )?
+        .unwrap_or_default();
         sql::execute(
             "SELECT pg_catalog.set_config('application_name', $1, false)",
-            &[Value::text(committed::application_name(run_id, &target.rel.sql_name()))],
+            &[Value::text(committed::application_name(run_id, &name))],
         )?;
         match given.part {
             None => locks::try_take_for_session(given.target),
-            Some(part) => locks::try_take_part(run_id, part),
+            Some(part) => Ok(locks::try_take_part(run_id, part)? && locks::join_as_helper(given.target)?),
         }
     });
     if !matches!(locked, Ok(true)) || !starter_committed(given.starter) {
         return;
     }
-    // SAFETY: sets this backend's current user for the rest of its life; the local
-    // user-id change forbids SET ROLE and SET SESSION AUTHORIZATION meanwhile.
-    unsafe { pg_sys::SetUserIdAndSecContext(given.role, pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32) };
     match BackgroundWorker::transaction(|| claim(run_id, given.part)) {
-        Ok(true) => drive(run_id, given.part),
-        Ok(false) => {}
+        Ok(true) => drive(run_id, given.part, given.target),
+        Ok(false) => log_failure(run_id, "the run was not running when its worker began"),
         // Another process drives the target (a CALL run took this run over meanwhile):
         // the run is that process's now.
         Err(err @ BackfillError::Busy(..)) => log_failure(run_id, &err.to_string()),
@@ -149,29 +174,26 @@ pub extern "C-unwind" fn tenant_backfill_run_worker(arg: pg_sys::Datum) {
     }
 }
 
-/// Waits for the transaction that started the worker: whether it committed.
-fn starter_committed(starter: u64) -> bool {
+/// Waits for the (sub)transaction that started the worker to end: whether it committed.
+/// It waits until the transaction is no longer running at all (not only recorded as
+/// committed, which under synchronous replication comes while it still waits for the
+/// standby), so the worker's next snapshot sees the run it started.
+fn starter_committed(starter: u32) -> bool {
     if starter == 0 {
         return true;
     }
+    let xid = pg_sys::TransactionId::from(starter);
     loop {
-        let status = BackgroundWorker::transaction(|| {
-            sql::select_value::<String>(
-                "SELECT pg_catalog.pg_xact_status($1::pg_catalog.text::pg_catalog.xid8)",
-                &[Value::text(starter.to_string())],
-            )
-        });
-        match status.ok().flatten().as_deref() {
-            Some("in progress") => {
-                if !BackgroundWorker::wait_latch(Some(Duration::from_millis(10))) {
-                    return false;
-                }
-            }
-            Some("aborted") => return false,
-            // Committed, or so old its status is gone (it committed: the run is there).
-            _ => return true,
+        // SAFETY: a look at the proc array, in a transaction of this worker's.
+        if !BackgroundWorker::transaction(|| unsafe { pg_sys::TransactionIdIsInProgress(xid) }) {
+            break;
+        }
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(10))) {
+            return false;
         }
     }
+    // SAFETY: reads the commit log for an xid that has ended.
+    BackgroundWorker::transaction(|| unsafe { pg_sys::TransactionIdDidCommit(xid) })
 }
 
 /// Takes the run over (the lead) or joins it (a helper), its rights checked as CALL run
@@ -233,7 +255,7 @@ fn lead_alive(run_id: i64) -> Result<bool> {
 
 /// The worker's loop over the run's batches, as CALL run's procedure loops over them. A
 /// helper walks its part and stops; the lead walks the rest and ends the run.
-fn drive(run_id: i64, part: Option<i32>) {
+fn drive(run_id: i64, part: Option<i32>, target: pg_sys::Oid) {
     let pause = BackgroundWorker::transaction(|| runs::load(run_id))
         .ok()
         .and_then(|r| r.settings)
@@ -242,7 +264,10 @@ fn drive(run_id: i64, part: Option<i32>) {
     // How a worker stops on an error: the lead ends the run failed; a helper fails it,
     // and the lead stops at its next batch.
     let stop = |error: String| match part {
-        None => end(run_id, Some(error)),
+        None => {
+            wait_for_helpers(target);
+            end(run_id, Some(error))
+        }
         Some(_) => {
             if let Err(err) = BackgroundWorker::transaction(|| runs::finish(run_id, false, Some(error))) {
                 log_failure(run_id, &err.to_string());
@@ -278,7 +303,10 @@ fn drive(run_id: i64, part: Option<i32>) {
         };
         match outcome {
             Outcome::Finished if part.is_some() => return,
-            Outcome::Finished => return end(run_id, None),
+            Outcome::Finished => {
+                wait_for_helpers(target);
+                return end(run_id, None);
+            }
             Outcome::More => {
                 skip_held_rows = false;
                 lock_failures = 0;
@@ -297,6 +325,16 @@ fn drive(run_id: i64, part: Option<i32>) {
                 wait = Duration::from_millis(50u64 << lock_failures.min(6)).min(Duration::from_secs(2));
             }
             Outcome::Failed { state, message } => return stop(format!("{state}: {message}")),
+        }
+    }
+}
+
+/// The lead ends the run only once its helpers are gone (each stops after its current
+/// batch once the run is no longer running), so nothing writes after `wait` returns.
+fn wait_for_helpers(target: pg_sys::Oid) {
+    while !matches!(BackgroundWorker::transaction(|| locks::no_helpers(target)), Ok(true)) {
+        if !BackgroundWorker::wait_latch(Some(WAIT_FOR_HELPERS)) {
+            return;
         }
     }
 }

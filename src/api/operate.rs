@@ -39,19 +39,19 @@ fn start(
         let settings = BatchSettings::new(batch_size, target_batch_ms, pause_ms, lock_timeout_ms)?;
         let limits = ThrottleLimits::new(max_replica_lag, max_replica_lag_bytes, throttle::max_transaction_age())?;
         let workers = required(workers, "workers")?;
-        if !(1..=MAX_WORKERS).contains(&workers) {
+        let most = throttle::max_workers();
+        if !(1..=most).contains(&workers) {
             return Err(BackfillError::BadArgument(
-                format!("workers => {workers} is not between 1 and {MAX_WORKERS}"),
-                "Each worker takes one of max_worker_processes; about one per core suits most machines.".into(),
+                format!("workers => {workers} is not between 1 and {most}"),
+                "Each worker takes one of max_worker_processes; about one per core suits most machines. \
+                 A superuser sets the most a run may have with tenant_backfill.max_workers."
+                    .into(),
             ));
         }
         start_impl(target, mode, settings, limits, workers)
     })()
     .or_raise()
 }
-
-/// At most this many workers share a run (the runs table's CHECK says the same).
-const MAX_WORKERS: i32 = 64;
 
 fn start_impl(
     target: RegClass,
@@ -101,16 +101,19 @@ fn current_user() -> pg_sys::Oid {
 /// lead: one worker per part of its first pass not yet walked (the lead walks the
 /// first, and any part whose worker is gone), else one.
 fn launch(run_id: i64, target: pg_sys::Oid) -> Result<()> {
-    let xid = sql::select_value::<String>("SELECT pg_catalog.pg_current_xact_id()::pg_catalog.text", &[])?
-        .and_then(|x| x.parse::<u64>().ok())
-        .unwrap_or(0);
-    let lead = worker::launch(run_id, target, None, current_user(), xid)?;
+    // SAFETY: this backend's users, and the id of the (sub)transaction that starts the
+    // run (assigned now if it has none): the workers begin once it commits, and not at
+    // all if it (or a savepoint around it) rolls back.
+    let (session, starter) = unsafe {
+        ((pg_sys::GetSessionUserId(), current_user()), u32::from(pg_sys::GetCurrentTransactionId()))
+    };
+    let lead = worker::launch(run_id, target, None, session, starter)?;
     runs::set_pid(run_id, lead)?;
     let run = runs::load(run_id)?;
     if run.pass == 1 {
         let left: Vec<i32> = runs::parts(run_id)?.into_iter().filter(|p| !p.done).map(|p| p.part).collect();
         for part in left.into_iter().skip(1) {
-            worker::launch(run_id, target, Some(part), current_user(), xid)?;
+            worker::launch(run_id, target, Some(part), session, starter)?;
         }
     }
     Ok(())
@@ -146,7 +149,9 @@ fn pause(run_id: Option<i64>) {
         let run = load_operable(required(run_id, "run_id")?)?;
         match run.status {
             RunStatus::Running if runs::alive(&run)? => runs::request(run.run_id, "pause"),
-            RunStatus::Running | RunStatus::Failed => runs::stop(run.run_id, RunStatus::Paused),
+            RunStatus::Running | RunStatus::Failed => {
+                runs::stop(run.run_id, RunStatus::Paused, &[RunStatus::Running, RunStatus::Failed], true)
+            }
             RunStatus::Paused => Ok(()),
             _ => Err(not_now(&run, "paused")),
         }
@@ -163,7 +168,12 @@ fn cancel(run_id: Option<i64>) {
         let run = load_operable(required(run_id, "run_id")?)?;
         match run.status {
             RunStatus::Running if runs::alive(&run)? => runs::request(run.run_id, "cancel"),
-            RunStatus::Running | RunStatus::Paused | RunStatus::Failed => runs::stop(run.run_id, RunStatus::Cancelled),
+            RunStatus::Running | RunStatus::Paused | RunStatus::Failed => runs::stop(
+                run.run_id,
+                RunStatus::Cancelled,
+                &[RunStatus::Running, RunStatus::Paused, RunStatus::Failed],
+                true,
+            ),
             RunStatus::Cancelled => Ok(()),
             _ => Err(not_now(&run, "cancelled")),
         }
@@ -215,14 +225,20 @@ fn wait(run_id: Option<i64>, timeout: default!(Option<Interval>, "NULL")) -> Str
         // Visible to the run's throttle, which must not wait for this session in turn.
         locks::mark_waiting(runs::load(run_id)?.target)?;
         loop {
-            let state = sql::with_fresh_snapshot(|| {
-                sql::select_value::<String>(
-                    "SELECT p.state FROM tenant_backfill.progress p WHERE p.run_id = $1",
+            // Until no process of the run is left: a paused or failed run's workers may
+            // still finish the batch they are in.
+            let (state, alive) = sql::with_fresh_snapshot(|| {
+                sql::select_rows(
+                    "SELECT p.state, p.alive FROM tenant_backfill.progress p WHERE p.run_id = $1",
                     &[Value::int8(run_id)],
+                    |row| Ok((sql::get_required::<String>(row, 1)?, sql::get_required::<bool>(row, 2)?)),
                 )
             })?
+            .into_iter()
+            .next()
             .ok_or(BackfillError::UnknownRun(run_id))?;
-            if !matches!(state.as_str(), "running" | "throttled") || deadline.is_some_and(|d| Instant::now() >= d) {
+            let ended = !matches!(state.as_str(), "running" | "throttled") && !alive;
+            if ended || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(state);
             }
             sql::sleep(WAIT_POLL);
@@ -234,14 +250,17 @@ fn wait(run_id: Option<i64>, timeout: default!(Option<Interval>, "NULL")) -> Str
 /// `wait` sees other sessions' commits only with a snapshot per look, and a run started
 /// in this very transaction does not begin before it commits.
 fn require_can_wait(run_id: i64) -> Result<()> {
-    let (isolation, started_here) = sql::select_one_row(
+    let (isolation, xmin) = sql::select_one_row(
         "SELECT pg_catalog.current_setting('transaction_isolation'),\n       \
-         EXISTS (SELECT 1 FROM tenant_backfill.runs r WHERE r.run_id = $1\n                  \
-         AND r.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()))",
+         (SELECT r.xmin::pg_catalog.text FROM tenant_backfill.runs r WHERE r.run_id = $1)",
         &[Value::int8(run_id)],
         "the transaction's state",
-        |row| Ok((sql::get_required::<String>(row, 1)?, sql::get_required::<bool>(row, 2)?)),
+        |row| Ok((sql::get_required::<String>(row, 1)?, sql::get::<String>(row, 2)?)),
     )?;
+    let xmin = xmin.and_then(|x| x.parse::<u32>().ok()).unwrap_or(0);
+    // SAFETY: whether the run's row was written by this transaction or one of its
+    // subtransactions (a savepoint around start).
+    let started_here = xmin != 0 && unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xmin.into()) };
     if started_here {
         return Err(BackfillError::WrongState(
             format!("run {run_id} was started or resumed in this transaction"),

@@ -66,6 +66,19 @@ replica_stop() {
     sudo -u postgres "$BIN/pg_ctl" -D "$REPLICA/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
+# wait_until QUERY [SECONDS]: polls until QUERY returns t (at most SECONDS, default 30),
+# instead of sleeping a fixed time that a loaded machine may not keep.
+wait_until() {
+    local deadline=$((SECONDS + ${2:-30}))
+    until [ "$(val "$1")" = t ]; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "timed out waiting for: $1" >&2
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
 section() { printf "\n--- %s (%ss)\n" "$*" "$SECONDS"; }
 
 pass() { PASSED=$((PASSED + 1)); printf 'ok     %s\n' "$1"; }

@@ -56,7 +56,7 @@ assert_eq "done, no process, 100%" "done|f||100.0" \
 section "pause holds nothing; resume goes on from where it stopped"
 quiet "SELECT make_copy('paused', 20000)"
 run=$(val "SELECT tenant_backfill.start('paused', batch_size => 500, pause_ms => 50)")
-sleep 0.5
+wait_until "SELECT rows_done > 0 FROM tenant_backfill.progress WHERE run_id = $run"
 quiet "SELECT tenant_backfill.pause($run)"
 assert_eq "wait returns paused" "paused" "$(val "SELECT tenant_backfill.wait($run)")"
 assert_eq "paused: no worker, no lock, no transaction" "0|0" "$(val "
@@ -73,9 +73,9 @@ assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT 
 section "a terminated worker reads alive = false at once; resume finishes the run"
 quiet "SELECT make_copy('killed', 20000)"
 run=$(val "SELECT tenant_backfill.start('killed', batch_size => 500, pause_ms => 50)")
-sleep 0.5
+wait_until "SELECT rows_done > 0 FROM tenant_backfill.progress WHERE run_id = $run"
 quiet "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'"
-sleep 0.3
+wait_until "SELECT NOT alive FROM tenant_backfill.progress WHERE run_id = $run"
 assert_eq "status running, state failed, not alive, no eta" "running|failed|f|" \
     "$(val "SELECT status, state, alive, eta FROM tenant_backfill.progress WHERE run_id = $run")"
 assert_eq "wait does not wait for a dead run" "failed" "$(val "SELECT tenant_backfill.wait($run, '5 seconds')")"
@@ -86,7 +86,7 @@ assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT 
 section "cancel stops for good; what was written stays, and rollback undoes it"
 quiet "SELECT make_copy('cancelled', 20000)"
 run=$(val "SELECT tenant_backfill.start('cancelled', batch_size => 500, pause_ms => 50)")
-sleep 0.5
+wait_until "SELECT rows_done > 0 FROM tenant_backfill.progress WHERE run_id = $run"
 quiet "SELECT tenant_backfill.cancel($run)"
 assert_eq "wait returns cancelled" "cancelled" "$(val "SELECT tenant_backfill.wait($run)")"
 assert_true "part of the rows changed, each audited once" "$(val "
@@ -100,13 +100,15 @@ assert_eq "rolled back to where it began" "10000" "$(val "SELECT count(*) FROM c
 
 section "two workers split the first pass; the lead takes over a killed helper's part"
 quiet "SELECT make_copy('split', 20000)"
-run=$(val "SELECT tenant_backfill.start('split', workers => 2, batch_size => 500, pause_ms => 20)")
+run=$(val "SELECT tenant_backfill.start('split', workers => 2, batch_size => 500, pause_ms => 50)")
 assert_eq "two workers, both named for the run" "2" \
     "$(val "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenant_backfill run $run (public.split)'")"
 assert_eq "two parts of about as many rows" "2|t" "$(val "
     SELECT count(*), bool_and(p.up_to_key::bigint > COALESCE(p.after_key::bigint, 0))
       FROM tenant_backfill.run_parts p WHERE p.run_id = $run")"
-sleep 0.3
+wait_until "SELECT last_key IS NOT NULL FROM tenant_backfill.run_parts WHERE run_id = $run AND part = 1"
+assert_eq "the helper's part is under way when it is killed" "f" \
+    "$(val "SELECT done FROM tenant_backfill.run_parts WHERE run_id = $run AND part = 1")"
 quiet "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a, tenant_backfill.runs r
         WHERE r.run_id = $run AND a.backend_type = 'tenant_backfill run' AND a.pid <> r.pid"
 assert_eq "the run goes on without its helper" "done" "$(val "SELECT tenant_backfill.wait($run)")"
@@ -116,9 +118,9 @@ assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT 
 section "a killed lead stops its helpers; resume starts them again"
 quiet "SELECT make_copy('leadless', 20000)"
 run=$(val "SELECT tenant_backfill.start('leadless', workers => 2, batch_size => 500, pause_ms => 50)")
-sleep 0.3
+wait_until "SELECT rows_done > 0 FROM tenant_backfill.progress WHERE run_id = $run"
 quiet "SELECT pg_terminate_backend(r.pid) FROM tenant_backfill.runs r WHERE r.run_id = $run"
-sleep 1
+wait_until "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'"
 assert_eq "no worker left, the run reads failed" "0|failed" "$(val "
     SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'),
            (SELECT state FROM tenant_backfill.progress WHERE run_id = $run)")"
@@ -133,6 +135,15 @@ assert_fails "wait in the starting transaction refuses" "was started or resumed 
     "BEGIN; SELECT tenant_backfill.start('rolledback'); SELECT tenant_backfill.wait(currval('tenant_backfill.runs_run_id_seq'));"
 sleep 0.3
 assert_eq "no run, no worker, nothing written" "0|0|1000" "$(val "
+    SELECT (SELECT count(*) FROM tenant_backfill.runs WHERE target_name = 'public.rolledback'),
+           (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'),
+           (SELECT count(*) FROM rolledback WHERE company_id IS NULL)")"
+
+assert_fails "nor after a savepoint" "was started or resumed in this transaction" \
+    "BEGIN; SAVEPOINT s; SELECT tenant_backfill.start('rolledback'); RELEASE s; SELECT tenant_backfill.wait(currval('tenant_backfill.runs_run_id_seq'));"
+quiet "BEGIN; SAVEPOINT s; SELECT tenant_backfill.start('rolledback'); ROLLBACK TO s; COMMIT;"
+sleep 0.3
+assert_eq "a start rolled back to a savepoint never begins" "0|0|1000" "$(val "
     SELECT (SELECT count(*) FROM tenant_backfill.runs WHERE target_name = 'public.rolledback'),
            (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenant_backfill run'),
            (SELECT count(*) FROM rolledback WHERE company_id IS NULL)")"
@@ -152,7 +163,8 @@ CREATE TRIGGER note_who AFTER UPDATE ON owned FOR EACH STATEMENT EXECUTE FUNCTIO
 SQL
 run=$(val "SET ROLE app_owner; SELECT tenant_backfill.start('owned', batch_size => 500)")
 assert_eq "done" "done" "$(val "SELECT tenant_backfill.wait($run)")"
-assert_eq "the writes ran as app_owner" "app_owner" "$(val "SELECT DISTINCT current_role_name FROM who")"
+assert_eq "the writes ran as app_owner, in a session of the starting session's user" "app_owner|postgres" \
+    "$(val "SELECT DISTINCT current_role_name, session_role_name FROM who")"
 assert_eq "started_by is the role" "app_owner" "$(val "SELECT started_by FROM tenant_backfill.runs WHERE run_id = $run")"
 quiet "SELECT make_copy('noright', 2000); GRANT SELECT ON noright, noright_appts TO app_owner"
 assert_fails "a role without UPDATE on the tenant column cannot start" "permission denied" \
@@ -183,7 +195,7 @@ assert_contains "the last one says where it ended" "of public.noisy done: 10000/
 
 section "throttled by an old transaction, and on again when it ends"
 quiet "SELECT make_copy('xmin', 5000)"
-quiet "BEGIN; SELECT pg_current_xact_id(); SELECT pg_sleep(4); COMMIT;" &
+quiet "BEGIN; SELECT pg_current_xact_id(); SELECT pg_sleep(6); COMMIT;" &
 holder=$!
 sleep 1.5
 run=$(val "SET tenant_backfill.max_transaction_age = 1; SELECT tenant_backfill.start('xmin', batch_size => 500)")

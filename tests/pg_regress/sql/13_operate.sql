@@ -23,7 +23,14 @@ SELECT tenant_backfill.start('customers', target_batch_ms => 0);
 SELECT tenant_backfill.start('customers', max_replica_lag => '-1 second');
 SELECT tenant_backfill.start('customers', max_replica_lag_bytes => -1);
 SELECT tenant_backfill.start('customers', workers => 0);
-SELECT tenant_backfill.start('customers', workers => 65);
+SELECT tenant_backfill.start('customers', workers => 5);
+-- Each worker takes a slot of max_worker_processes: only a superuser raises the cap.
+SHOW tenant_backfill.max_workers;
+CREATE ROLE operate_nobody;
+SET ROLE operate_nobody;
+SET tenant_backfill.max_workers = 8;
+RESET ROLE;
+DROP ROLE operate_nobody;
 SELECT tenant_backfill.start('companies');
 SELECT count(*) AS runs_started FROM tenant_backfill.runs WHERE target_name = 'operate.customers';
 
