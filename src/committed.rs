@@ -63,6 +63,37 @@ pub fn load_job_for_writing(target: pg_sys::Oid, dry_run: bool) -> Result<Job> {
     Ok(job)
 }
 
+/// The target's unfinished run of committed batches in this mode and dry-run-ness,
+/// resumed with these settings and driver (said in a NOTICE), or else a new one: the
+/// one rule `CALL run`, `start` and a resume by either follow.
+pub fn resume_or_insert(
+    job: &Job,
+    mode: crate::engine::Mode,
+    dry_run: bool,
+    settings: BatchSettings,
+    limits: runs::ThrottleLimits,
+    driver: runs::Driver,
+) -> Result<i64> {
+    if let Some(run_id) = runs::resume(&job.target, mode, dry_run, settings, &limits, driver)? {
+        ereport!(
+            NOTICE,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("tenant_backfill: resuming run {run_id} of {} where it stopped", job.target.rel.display)
+        );
+        return Ok(run_id);
+    }
+    runs::insert(runs::NewRun {
+        target: &job.target,
+        kind: RunKind::Run,
+        mode: Some(mode),
+        dry_run,
+        settings: Some(settings),
+        limits,
+        driver,
+        parameters: serde_json::json!({}),
+    })
+}
+
 /// This backend drives the run from now on: it holds the target's run lock, and
 /// `pg_stat_activity` names the run (the old application_name comes back at the end).
 pub fn drive_here(run_id: i64, target_name: &str) -> Result<()> {

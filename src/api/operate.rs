@@ -3,12 +3,12 @@
 //! the same run of committed batches as `CALL run`'s (src/committed.rs): one run per
 //! target, resumable by either, with the same backup and audit.
 
-use crate::committed::load_job_for_writing;
+use crate::committed::{self, load_job_for_writing};
 use crate::engine::Mode;
 use crate::error::{required, BackfillError, OrRaise, Result};
 use crate::job;
 use crate::locks;
-use crate::runs::{self, BatchSettings, Driver, NewRun, Run, RunKind, RunStatus, ThrottleLimits};
+use crate::runs::{self, BatchSettings, Driver, Run, RunKind, RunStatus, ThrottleLimits};
 use crate::sql::{self, Value};
 use crate::throttle;
 use crate::types::RegClass;
@@ -63,26 +63,7 @@ fn start_impl(
     let job = load_job_for_writing(target.0, false)?;
     locks::require_free(&job.target.rel)?;
     let driver = Driver::Background { run_as: current_user() };
-    let run_id = match runs::resume(&job.target, mode, false, settings, &limits, driver)? {
-        Some(run_id) => {
-            ereport!(
-                NOTICE,
-                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-                format!("tenant_backfill: resuming run {run_id} of {} where it stopped", job.target.rel.display)
-            );
-            run_id
-        }
-        None => runs::insert(NewRun {
-            target: &job.target,
-            kind: RunKind::Run,
-            mode: Some(mode),
-            dry_run: false,
-            settings: Some(settings),
-            limits,
-            driver,
-            parameters: serde_json::json!({}),
-        })?,
-    };
+    let run_id = committed::resume_or_insert(&job, mode, false, settings, limits, driver)?;
     // A new run, or one still in its first pass without parts, is split for its workers.
     let run = runs::load(run_id)?;
     if workers > 1 && run.pass == 1 && runs::parts(run_id)?.is_empty() {

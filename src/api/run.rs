@@ -61,26 +61,7 @@ fn begin(target: RegClass, mode: Mode, dry_run: bool, settings: BatchSettings, l
     let job = load_job_for_writing(target.0, dry_run)?;
     locks::take_for_session(&job.target.rel)?;
     let started = (|| {
-        let run_id = match runs::resume(&job.target, mode, dry_run, settings, &limits, Driver::Foreground)? {
-            Some(run_id) => {
-                ereport!(
-                    NOTICE,
-                    PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-                    format!("tenant_backfill: resuming run {run_id} of {} where it stopped", job.target.rel.display)
-                );
-                run_id
-            }
-            None => runs::insert(NewRun {
-                target: &job.target,
-                kind: RunKind::Run,
-                mode: Some(mode),
-                dry_run,
-                settings: Some(settings),
-                limits,
-                driver: Driver::Foreground,
-                parameters: serde_json::json!({}),
-            })?,
-        };
+        let run_id = committed::resume_or_insert(&job, mode, dry_run, settings, limits, Driver::Foreground)?;
         committed::drive_here(run_id, &job.target.rel.sql_name())?;
         Ok(run_id)
     })();
