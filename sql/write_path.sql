@@ -56,6 +56,11 @@ CREATE TABLE @extschema@.runs (
     last_key         pg_catalog.text,
     upper_key        pg_catalog.text,
     started_at       pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    -- when the walk that goes on now began (the end of its first batch since the run
+    -- started or was last resumed), and rows_done then: the rate and ETA of progress are
+    -- this walk's, without the start-up, the cold first batch or the time it was paused
+    walk_started_at  pg_catalog.timestamptz,
+    walk_rows_base   pg_catalog.int8 NOT NULL DEFAULT 0,
     updated_at       pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     finished_at      pg_catalog.timestamptz,
     started_by       pg_catalog.name NOT NULL DEFAULT CURRENT_USER,
@@ -155,10 +160,10 @@ SELECT r.run_id,
        r.status,
        r.rows_done,
        r.rows_total,
-       CASE WHEN s.seconds > 0 THEN pg_catalog.round((r.rows_done / s.seconds)::pg_catalog.numeric, 1) END
+       CASE WHEN s.seconds > 0 THEN pg_catalog.round((s.rows / s.seconds)::pg_catalog.numeric, 1) END
            AS rows_per_second,
-       CASE WHEN w.state IN ('running', 'throttled') AND r.rows_done > 0 AND s.seconds > 0
-            THEN pg_catalog.make_interval(secs => GREATEST(r.rows_total - r.rows_done, 0) * s.seconds / r.rows_done)
+       CASE WHEN w.state IN ('running', 'throttled') AND s.rows > 0 AND s.seconds > 0
+            THEN pg_catalog.make_interval(secs => GREATEST(r.rows_total - r.rows_done, 0) * s.seconds / s.rows)
        END AS eta,
        r.rows_changed,
        r.left_for_review,
@@ -178,7 +183,8 @@ SELECT r.run_id,
        r.background,
        r.error
   FROM @extschema@.runs r,
-       LATERAL (SELECT pg_catalog.date_part('epoch', r.updated_at - r.started_at) AS seconds) s,
+       LATERAL (SELECT pg_catalog.date_part('epoch', r.updated_at - COALESCE(r.walk_started_at, r.started_at)) AS seconds,
+                       r.rows_done - CASE WHEN r.walk_started_at IS NULL THEN 0 ELSE r.walk_rows_base END AS rows) s,
        LATERAL (SELECT a.alive,
                        CASE WHEN r.status <> 'running' THEN r.status
                             WHEN NOT a.alive THEN 'failed'

@@ -282,7 +282,8 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
     };
     let began = Instant::now();
     let mut batch = batch::run_batch(&job, mode, &scope, &spec)?;
-    let next_size = settings.next_size(settings.batch_size, began.elapsed().as_secs_f64() * 1000.0);
+    let took_ms = began.elapsed().as_secs_f64() * 1000.0;
+    let next_size = settings.next_size(settings.batch_size, took_ms);
     // The bookkeeping below updates the run's row, which the other workers of the run
     // update too: it may wait for them as long as lock_timeout_ms, not the first try's
     // short wait meant for application rows.

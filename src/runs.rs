@@ -427,6 +427,7 @@ pub fn restart(run_id: i64, settings: Option<BatchSettings>, limits: &ThrottleLi
         sql::execute(
         "UPDATE tenant_backfill.runs\n   \
          SET status = 'running', error = NULL, requested = NULL, throttled_by = NULL,\n       \
+         walk_started_at = NULL, walk_rows_base = rows_done,\n       \
          background = $2, run_as = NULLIF($3::pg_catalog.oid, 0::pg_catalog.oid), pid = CASE WHEN $2 THEN NULL ELSE pg_catalog.pg_backend_pid() END,\n       \
          batch_size = CASE WHEN $4 THEN $5 ELSE batch_size END,\n       \
          adaptive_batch = CASE WHEN $4 THEN $6 ELSE adaptive_batch END,\n       \
@@ -610,6 +611,11 @@ pub struct BatchCounts {
 /// batches). Examined rows and
 /// rows for review are counted in the first pass only: a later pass walks the same
 /// keys again for held rows.
+///
+/// `next_size` is the size of the next batch of a run of committed batches. The end of
+/// its first batch since it started or resumed starts the walk that `progress` rates:
+/// the first batch, which warms the caches and plans the statements, would make an
+/// early ETA too long.
 pub fn record_batch(run_id: i64, batch: &BatchCounts, next_size: Option<i32>) -> Result<()> {
     sql::as_extension_owner(|| {
         sql::execute(
@@ -627,6 +633,10 @@ pub fn record_batch(run_id: i64, batch: &BatchCounts, next_size: Option<i32>) ->
          longest_batch_ms = GREATEST(r.longest_batch_ms, $7),\n       \
          last_key = COALESCE($8, r.last_key),\n       \
          batch_size = COALESCE($9, r.batch_size),\n       \
+         walk_started_at = CASE WHEN $9 IS NULL THEN r.walk_started_at\n                                \
+         ELSE COALESCE(r.walk_started_at, pg_catalog.clock_timestamp()) END,\n       \
+         walk_rows_base = CASE WHEN $9 IS NOT NULL AND r.walk_started_at IS NULL\n                               \
+         THEN r.rows_done + CASE WHEN r.pass = 1 THEN $2 ELSE 0 END ELSE r.walk_rows_base END,\n       \
          updated_at = pg_catalog.clock_timestamp()\n \
          WHERE r.run_id = $1",
         &[
