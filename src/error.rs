@@ -93,6 +93,11 @@ pub enum BackfillError {
     #[error("tenant_backfill.guard() is a trigger function and can only be called as a trigger")]
     NotCalledAsTrigger,
 
+    /// An error Postgres raised, caught where nothing can raise it on (a background
+    /// worker's transaction), to be recorded on the run.
+    #[error("{1}")]
+    Caught(PgSqlErrorCode, String),
+
     /// XX000: SPI failed in a way Postgres itself did not report.
     #[error("internal error: {0}")]
     Internal(String),
@@ -127,6 +132,7 @@ impl BackfillError {
             BackfillError::CannotCommit { in_block: true, .. } => ERRCODE_ACTIVE_SQL_TRANSACTION,
             BackfillError::CannotCommit { in_block: false, .. } => ERRCODE_INVALID_TRANSACTION_TERMINATION,
             BackfillError::NotCalledAsTrigger => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            BackfillError::Caught(code, _) => *code,
             BackfillError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -200,7 +206,7 @@ impl BackfillError {
             BackfillError::NotCalledAsTrigger => {
                 Some("tenant_backfill.enforce(target) installs it as the guard trigger of a target.".into())
             }
-            BackfillError::Internal(_) => None,
+            BackfillError::Caught(..) | BackfillError::Internal(_) => None,
         }
     }
 

@@ -137,7 +137,7 @@ pub extern "C-unwind" fn tenant_backfill_run_worker(arg: pg_sys::Datum) {
     // nothing the run executes (a trigger on the target) can become anyone else.
     unsafe { pg_sys::SetUserIdAndSecContext(given.role, pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32) };
     // Its lock first, before the run is even visible: `start` waits for it.
-    let locked = BackgroundWorker::transaction(|| -> Result<bool> {
+    let locked = transaction(|| -> Result<bool> {
         // This session is the extension's own: nothing in it resolves through a
         // search_path other than the pinned one.
         sql::execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)", &[])?;
@@ -159,7 +159,7 @@ pub extern "C-unwind" fn tenant_backfill_run_worker(arg: pg_sys::Datum) {
     if !matches!(locked, Ok(true)) || !starter_committed(given.starter) {
         return;
     }
-    match BackgroundWorker::transaction(|| claim(run_id, given.part)) {
+    match transaction(|| claim(run_id, given.part)) {
         Ok(true) => drive(run_id, given.part, given.target),
         Ok(false) => log_failure(run_id, "the run was not running when its worker began"),
         // Another process drives the target (a CALL run took this run over meanwhile):
@@ -168,7 +168,7 @@ pub extern "C-unwind" fn tenant_backfill_run_worker(arg: pg_sys::Datum) {
         // Anything else (rights revoked since start, a dropped target) fails the run.
         Err(err) => {
             let error = format!("{}: {err}", err.sqlstate_text());
-            let _ = BackgroundWorker::transaction(|| runs::finish(run_id, false, Some(error)));
+            let _ = transaction(|| runs::finish(run_id, false, Some(error)));
             log_failure(run_id, &err.to_string());
         }
     }
@@ -218,6 +218,27 @@ fn claim(run_id: i64, part: Option<i32>) -> Result<bool> {
     Ok(true)
 }
 
+/// One transaction of the worker. An ERROR in it (one the batch's own subtransaction did
+/// not catch: in the throttle check, the bookkeeping, the end) rolls it back and comes
+/// back as a value, as Postgres' own background processes recover, so the worker can
+/// record it on the run instead of dying with the run's error unsaid.
+fn transaction<R>(work: impl FnOnce() -> Result<R> + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> Result<R> {
+    PgTryBuilder::new(|| BackgroundWorker::transaction(work))
+        .catch_others(|caught| {
+            // SAFETY: rolls back the transaction the error interrupted; the worker starts
+            // a new one for its next step.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            Err(match caught {
+                pg_sys::panic::CaughtError::PostgresError(report)
+                | pg_sys::panic::CaughtError::ErrorReport(report)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: report, .. } => {
+                    BackfillError::Caught(report.sql_error_code(), report.message().to_string())
+                }
+            })
+        })
+        .execute()
+}
+
 /// What a batch's transaction ended with.
 enum Outcome {
     More,
@@ -256,7 +277,7 @@ fn lead_alive(run_id: i64) -> Result<bool> {
 /// The worker's loop over the run's batches, as CALL run's procedure loops over them. A
 /// helper walks its part and stops; the lead walks the rest and ends the run.
 fn drive(run_id: i64, part: Option<i32>, target: pg_sys::Oid) {
-    let pause = BackgroundWorker::transaction(|| runs::load(run_id))
+    let pause = transaction(|| runs::load(run_id))
         .ok()
         .and_then(|r| r.settings)
         .map(|s| Duration::from_millis(s.pause_ms as u64))
@@ -269,7 +290,7 @@ fn drive(run_id: i64, part: Option<i32>, target: pg_sys::Oid) {
             end(run_id, Some(error))
         }
         Some(_) => {
-            if let Err(err) = BackgroundWorker::transaction(|| runs::finish(run_id, false, Some(error))) {
+            if let Err(err) = transaction(|| runs::finish(run_id, false, Some(error))) {
                 log_failure(run_id, &err.to_string());
             }
         }
@@ -286,10 +307,10 @@ fn drive(run_id: i64, part: Option<i32>, target: pg_sys::Oid) {
             return;
         }
         wait = Duration::ZERO;
-        if part.is_some() && !matches!(BackgroundWorker::transaction(|| lead_alive(run_id)), Ok(true)) {
+        if part.is_some() && !matches!(transaction(|| lead_alive(run_id)), Ok(true)) {
             return;
         }
-        match BackgroundWorker::transaction(|| committed::throttle(run_id, part)) {
+        match transaction(|| committed::throttle(run_id, part)) {
             Ok(Some(throttled)) => {
                 wait = throttled;
                 continue;
@@ -297,7 +318,7 @@ fn drive(run_id: i64, part: Option<i32>, target: pg_sys::Oid) {
             Ok(None) => {}
             Err(err) => return stop(format!("{}: {err}", err.sqlstate_text())),
         }
-        let outcome = match BackgroundWorker::transaction(|| caught_batch(run_id, skip_held_rows, part)) {
+        let outcome = match transaction(|| caught_batch(run_id, skip_held_rows, part)) {
             Ok(outcome) => outcome,
             Err(err) => return stop(format!("{}: {err}", err.sqlstate_text())),
         };
@@ -332,7 +353,7 @@ fn drive(run_id: i64, part: Option<i32>, target: pg_sys::Oid) {
 /// The lead ends the run only once its helpers are gone (each stops after its current
 /// batch once the run is no longer running), so nothing writes after `wait` returns.
 fn wait_for_helpers(target: pg_sys::Oid) {
-    while !matches!(BackgroundWorker::transaction(|| locks::no_helpers(target)), Ok(true)) {
+    while !matches!(transaction(|| locks::no_helpers(target)), Ok(true)) {
         if !BackgroundWorker::wait_latch(Some(WAIT_FOR_HELPERS)) {
             return;
         }
@@ -344,7 +365,7 @@ const WAIT_FOR_HELPERS: Duration = Duration::from_millis(100);
 
 /// Ends the run (done, planned, or failed with the error) and its worker.
 fn end(run_id: i64, error: Option<String>) {
-    if let Err(err) = BackgroundWorker::transaction(|| committed::end(run_id, error)) {
+    if let Err(err) = transaction(|| committed::end(run_id, error)) {
         log_failure(run_id, &err.to_string());
     }
 }
