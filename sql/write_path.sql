@@ -90,7 +90,7 @@ COMMENT ON TABLE @extschema@.run_parts IS
     'The key ranges of a run shared by several workers, each with its cursor (start(workers => N)).';
 
 -- Whether the process named by a run is working on it: it holds the target's run lock
--- (src/locks.rs), which dies with it. A background worker takes the lock before its
+-- (src/locks.rs: classid 1952804450 is its LOCK_CLASS, 'tenb'), which dies with it. A background worker takes the lock before its
 -- start returns. pg_locks is visible to every role, and live (pg_stat_activity is a
 -- snapshot per transaction, which would keep a dead process alive for a whole wait).
 CREATE FUNCTION @extschema@._run_alive(run_pid pg_catalog.int4, run_target pg_catalog.regclass)

@@ -78,7 +78,11 @@ quiet "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type
 wait_until "SELECT NOT alive FROM tenant_backfill.progress WHERE run_id = $run"
 assert_eq "status running, state failed, not alive, no eta" "running|failed|f|" \
     "$(val "SELECT status, state, alive, eta FROM tenant_backfill.progress WHERE run_id = $run")"
-assert_eq "wait does not wait for a dead run" "failed" "$(val "SELECT tenant_backfill.wait($run, '5 seconds')")"
+assert_eq "wait does not wait for a dead run" "failed|t" \
+    "$(val "SELECT tenant_backfill.wait($run, '5 seconds'), clock_timestamp() - now() < interval '1 second'")"
+quiet "SELECT tenant_backfill.pause($run)"
+assert_eq "a run nothing drives is paused at once" "paused|paused|f" \
+    "$(val "SELECT status, state, alive FROM tenant_backfill.progress WHERE run_id = $run")"
 quiet "SELECT tenant_backfill.resume($run)"
 assert_eq "resumed to the end" "done" "$(val "SELECT tenant_backfill.wait($run)")"
 assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('killed', $run)")"
