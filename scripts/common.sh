@@ -91,10 +91,15 @@ setup_machine() {
 }
 
 # Builds the extension and installs it into that version's Postgres.
+# cargo pgrx installs the library (tenant_backfill-<version>.so), the control file, the
+# generated install script and the upgrade scripts of sql/; the frozen install scripts of
+# earlier releases (sql/tenant_backfill--<version>.sql) are copied too, so that
+# CREATE EXTENSION ... VERSION '<old>' works where the upgrade test needs it.
 install_extension() {
     local v=$1
     log "building and installing tenant_backfill into Postgres $v"
     (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$(pg_config_for "$v")" --no-default-features --features "pg$v")
+    cp "$REPO_ROOT"/sql/tenant_backfill--[0-9]*.sql "$("$(pg_config_for "$v")" --sharedir)/extension/"
 }
 
 # cluster_start VERSION DIR PORT: a throwaway cluster owned by postgres, listening only

@@ -1,9 +1,11 @@
 -- Keep it fixed: the guard trigger function, and what it leaves behind.
 
 -- The guard (src/trigger.rs); tenant_backfill.enforce(target) installs it on a target.
+-- The library is versioned (see LIBRARY in src/lib.rs): this name changes with Cargo.toml's
+-- version, and CREATE EXTENSION fails at once if the two disagree.
 CREATE FUNCTION @extschema@.guard() RETURNS trigger
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'guard_wrapper';
+AS 'tenant_backfill-0.2.0', 'guard_wrapper';
 
 -- Every logged, assigned, quarantined or rejected write of a NULL tenant. Rejected
 -- writes (mode reject) abort their statement, so they reach this table only when

@@ -1,6 +1,6 @@
 -- Raises an error caught by a procedure below again, once it has been recorded and
 -- committed: the same SQLSTATE and message, and the detail and hint when there are.
-CREATE FUNCTION @extschema@._raise(
+CREATE FUNCTION tenant_backfill_internal._raise(
     err_state pg_catalog.text, err_message pg_catalog.text, err_detail pg_catalog.text, err_hint pg_catalog.text)
 RETURNS void
 LANGUAGE plpgsql
@@ -25,7 +25,7 @@ $$;
 -- time (55P03) is tried again, at most 5 more times, after 0.1, 0.2, 0.4, 0.8 and 1.6
 -- seconds. Given the failures so far, says so in a NOTICE and returns the seconds to
 -- sleep before the next try, or NULL when the tries are used up.
-CREATE FUNCTION @extschema@._lock_retry(failures pg_catalog.int4, what pg_catalog.text)
+CREATE FUNCTION tenant_backfill_internal._lock_retry(failures pg_catalog.int4, what pg_catalog.text)
 RETURNS pg_catalog.float8
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -78,7 +78,7 @@ DECLARE
     err_detail pg_catalog.text;
     err_hint pg_catalog.text;
 BEGIN
-    this_run := @extschema@._run_begin(target, batch_size, pause_ms, mode, dry_run, lock_timeout_ms,
+    this_run := tenant_backfill_internal._run_begin(target, batch_size, pause_ms, mode, dry_run, lock_timeout_ms,
                                        target_batch_ms, max_replica_lag, max_replica_lag_bytes);
     COMMIT;
     WHILE NOT finished LOOP
@@ -90,9 +90,9 @@ BEGIN
             IF sleep_seconds OPERATOR(pg_catalog.>) 0::pg_catalog.float8 THEN
                 PERFORM pg_catalog.pg_sleep(sleep_seconds);
             END IF;
-            throttled_seconds := @extschema@._run_throttle(this_run);
+            throttled_seconds := tenant_backfill_internal._run_throttle(this_run);
             IF throttled_seconds OPERATOR(pg_catalog.=) 0::pg_catalog.float8 THEN
-                step := @extschema@._run_batch(this_run, skip_held_rows);
+                step := tenant_backfill_internal._run_batch(this_run, skip_held_rows);
                 finished := step OPERATOR(pg_catalog.=) 'finished';
             END IF;
         EXCEPTION WHEN query_canceled OR others THEN
@@ -114,7 +114,7 @@ BEGIN
             CONTINUE;
         ELSIF err_state OPERATOR(pg_catalog.=) '55P03' THEN
             -- The batch could not get its locks in time: back off and try it again.
-            sleep_seconds := @extschema@._lock_retry(
+            sleep_seconds := tenant_backfill_internal._lock_retry(
                 lock_failures, pg_catalog.format('run %s could not lock its batch', this_run));
             lock_failures := lock_failures OPERATOR(pg_catalog.+) 1;
         END IF;
@@ -122,7 +122,7 @@ BEGIN
             COMMIT;
             CONTINUE;
         ELSIF err_state IS NOT NULL THEN
-            PERFORM @extschema@._run_end(this_run, err_state, err_message);
+            PERFORM tenant_backfill_internal._run_end(this_run, err_state, err_message);
             COMMIT;
             IF err_state OPERATOR(pg_catalog.=) '55P03' THEN
                 err_message := pg_catalog.format(
@@ -131,7 +131,7 @@ BEGIN
                 err_detail := 'Its status is failed.';
                 err_hint := 'CALL run again with the same mode to resume where it stopped.';
             END IF;
-            PERFORM @extschema@._raise(err_state, err_message, err_detail, err_hint);
+            PERFORM tenant_backfill_internal._raise(err_state, err_message, err_detail, err_hint);
         END IF;
         lock_failures := 0;
         skip_held_rows := false;
@@ -143,7 +143,7 @@ BEGIN
         END IF;
         COMMIT;
     END LOOP;
-    PERFORM @extschema@._run_end(this_run, NULL, NULL);
+    PERFORM tenant_backfill_internal._run_end(this_run, NULL, NULL);
     COMMIT;
 END
 $$;
@@ -153,14 +153,14 @@ COMMENT ON PROCEDURE @extschema@.run(pg_catalog.regclass, pg_catalog.int4, pg_ca
 
 -- One batch of a background run (src/worker.rs), its error caught in this block's
 -- subtransaction and returned, so the worker can record it and go on or stop.
-CREATE FUNCTION @extschema@._run_batch_caught(
+CREATE FUNCTION tenant_backfill_internal._run_batch_caught(
     run_id pg_catalog.int8, skip_held_rows pg_catalog.bool, part pg_catalog.int4,
     OUT step pg_catalog.text, OUT err_state pg_catalog.text, OUT err_message pg_catalog.text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    step := @extschema@._run_batch(run_id, skip_held_rows, part);
+    step := tenant_backfill_internal._run_batch(run_id, skip_held_rows, part);
 EXCEPTION WHEN query_canceled OR others THEN
     GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT;
 END
@@ -183,7 +183,7 @@ DECLARE
     err_detail pg_catalog.text;
     err_hint pg_catalog.text;
 BEGIN
-    IF @extschema@._finalize_check(target) OPERATOR(pg_catalog.=) 'already' THEN
+    IF tenant_backfill_internal._finalize_check(target) OPERATOR(pg_catalog.=) 'already' THEN
         RETURN;
     END IF;
     COMMIT;
@@ -193,7 +193,7 @@ BEGIN
             IF sleep_seconds OPERATOR(pg_catalog.>) 0::pg_catalog.float8 THEN
                 PERFORM pg_catalog.pg_sleep(sleep_seconds);
             END IF;
-            PERFORM @extschema@._finalize_step(target, step, lock_timeout_ms);
+            PERFORM tenant_backfill_internal._finalize_step(target, step, lock_timeout_ms);
         EXCEPTION WHEN query_canceled OR others THEN
             GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE,
                                     err_message = MESSAGE_TEXT,
@@ -201,7 +201,7 @@ BEGIN
                                     err_hint = PG_EXCEPTION_HINT;
         END;
         IF err_state OPERATOR(pg_catalog.=) '55P03' THEN
-            sleep_seconds := @extschema@._lock_retry(
+            sleep_seconds := tenant_backfill_internal._lock_retry(
                 lock_failures, pg_catalog.format('finalize step %s of %s could not get its lock', step, target));
             lock_failures := lock_failures OPERATOR(pg_catalog.+) 1;
         END IF;
@@ -209,7 +209,7 @@ BEGIN
             COMMIT;
             CONTINUE;
         ELSIF err_state IS NOT NULL THEN
-            PERFORM @extschema@._finalize_abort(target);
+            PERFORM tenant_backfill_internal._finalize_abort(target);
             COMMIT;
             IF err_state OPERATOR(pg_catalog.=) '55P03' THEN
                 err_message := pg_catalog.format(
@@ -218,7 +218,7 @@ BEGIN
                 err_detail := 'Other sessions held locks on the table.';
                 err_hint := 'CALL finalize again when it is quieter.';
             END IF;
-            PERFORM @extschema@._raise(err_state, err_message, err_detail, err_hint);
+            PERFORM tenant_backfill_internal._raise(err_state, err_message, err_detail, err_hint);
         END IF;
         lock_failures := 0;
         sleep_seconds := 0;
@@ -249,7 +249,7 @@ DECLARE
     statement record;
     jit_setting pg_catalog.text := pg_catalog.current_setting('jit');
 BEGIN
-    SELECT * INTO statement FROM @extschema@._plan_statement(target, mode);
+    SELECT * INTO statement FROM tenant_backfill_internal._plan_statement(target, mode);
     -- Without JIT, as every engine statement runs (sql::without_jit in src/sql.rs says
     -- why); the change is transaction-local and put back after.
     PERFORM pg_catalog.set_config('jit', 'off', true);
@@ -267,7 +267,7 @@ COMMENT ON FUNCTION @extschema@.plan(pg_catalog.regclass, pg_catalog.text) IS
 -- for a table that inherits from a guarded one and has no guard of its own; as the
 -- extension's owner, since the role that runs the DDL need not have any rights on the
 -- extension (it owns the table the guard goes on).
-CREATE FUNCTION @extschema@._on_ddl_command_end()
+CREATE FUNCTION tenant_backfill_internal._on_ddl_command_end()
 RETURNS event_trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -288,19 +288,19 @@ BEGIN
                             WHERE t.tgrelid OPERATOR(pg_catalog.=) c.objid
                               AND t.tgname OPERATOR(pg_catalog.=) 'tenant_backfill_guard')
     LOOP
-        PERFORM @extschema@._guard_inheritors(command.objid::pg_catalog.regclass);
+        PERFORM tenant_backfill_internal._guard_inheritors(command.objid::pg_catalog.regclass);
     END LOOP;
 END
 $$;
 CREATE EVENT TRIGGER tenant_backfill_inheritors ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
-    EXECUTE FUNCTION @extschema@._on_ddl_command_end();
+    EXECUTE FUNCTION tenant_backfill_internal._on_ddl_command_end();
 
 -- A dropped target, source or override table leaves the configuration with a NOTICE;
 -- runs, backups and the audit log stay (runs keep the target's name as text). As the
 -- extension's owner, since the role that drops a table may not write the
 -- configuration: what it may do is shown by the DROP it just did.
-CREATE FUNCTION @extschema@._on_sql_drop()
+CREATE FUNCTION tenant_backfill_internal._on_sql_drop()
 RETURNS event_trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -338,11 +338,11 @@ BEGIN
 END
 $$;
 CREATE EVENT TRIGGER tenant_backfill_drops ON sql_drop
-    EXECUTE FUNCTION @extschema@._on_sql_drop();
+    EXECUTE FUNCTION tenant_backfill_internal._on_sql_drop();
 
 -- Called only by the event trigger above, as the extension's owner: no one else needs it.
 -- (The other internal functions stay executable: CALL run, CALL finalize and plan run
 -- with the caller's rights and call them; each refuses outside its context.)
-REVOKE EXECUTE ON FUNCTION @extschema@._guard_inheritors(pg_catalog.regclass) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@._on_ddl_command_end() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@._on_sql_drop() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenant_backfill_internal._guard_inheritors(pg_catalog.regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenant_backfill_internal._on_ddl_command_end() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenant_backfill_internal._on_sql_drop() FROM PUBLIC;

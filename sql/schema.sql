@@ -1,3 +1,11 @@
+-- The functions only the extension's own SQL calls (the steps of CALL run and CALL
+-- finalize, the event triggers, helpers of the generated SQL) live in a schema of their
+-- own, so that \df tenant_backfill.* lists the interface and nothing else. CALL run and
+-- CALL finalize run with the caller's rights and call them, so PUBLIC may use the schema;
+-- each refuses outside its context (README, "Security").
+CREATE SCHEMA tenant_backfill_internal;
+GRANT USAGE ON SCHEMA tenant_backfill_internal TO PUBLIC;
+
 -- The configuration of tenant_backfill: plain tables, so a DBA can read them with
 -- SELECT, and registered with pg_extension_config_dump so pg_dump keeps them.
 
@@ -69,7 +77,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.override_tables', '');
 -- would not parse; from text, the type's input function). The exception block is a
 -- subtransaction, the one safe way to try a cast on Postgres 15. A domain's CHECK or NOT
 -- NULL fails with an integrity error (class 23), a bad value with a data exception (22).
-CREATE FUNCTION @extschema@._casts_to(value anyelement, type_name pg_catalog.regtype)
+CREATE FUNCTION tenant_backfill_internal._casts_to(value anyelement, type_name pg_catalog.regtype)
 RETURNS pg_catalog.bool
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp

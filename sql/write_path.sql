@@ -93,7 +93,7 @@ COMMENT ON TABLE @extschema@.run_parts IS
 -- (src/locks.rs: classid 1952804450 is its LOCK_CLASS, 'tenb'), which dies with it. A background worker takes the lock before its
 -- start returns. pg_locks is visible to every role, and live (pg_stat_activity is a
 -- snapshot per transaction, which would keep a dead process alive for a whole wait).
-CREATE FUNCTION @extschema@._run_alive(run_pid pg_catalog.int4, run_target pg_catalog.regclass)
+CREATE FUNCTION tenant_backfill_internal._run_alive(run_pid pg_catalog.int4, run_target pg_catalog.regclass)
 RETURNS pg_catalog.bool
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -190,6 +190,6 @@ SELECT r.run_id,
                             WHEN NOT a.alive THEN 'failed'
                             WHEN r.throttled_by IS NOT NULL THEN 'throttled'
                             ELSE 'running' END AS state
-                  FROM (SELECT @extschema@._run_alive(r.pid, r.target) AS alive) a) w;
+                  FROM (SELECT tenant_backfill_internal._run_alive(r.pid, r.target) AS alive) a) w;
 COMMENT ON VIEW @extschema@.progress IS
     'Each run''s state (running, throttled, paused, done, failed, cancelled), its process and whether it is alive, rows done and total, percent, rows per second and time left.';

@@ -304,7 +304,7 @@ pub fn require_table_privilege(rel: &Relation, privilege: &str) -> Result<()> {
 /// for an integer column becomes `'7'`), so stored keys match the table's own.
 pub fn canonical_value(value: &str, col: &Column, rel: &Relation) -> Result<String> {
     let ok = sql::select_value::<bool>(
-        "SELECT tenant_backfill._casts_to($1, $2::pg_catalog.regtype)",
+        "SELECT tenant_backfill_internal._casts_to($1, $2::pg_catalog.regtype)",
         &[Value::text(value), Value::Oid(col.type_oid)],
     )?
     .unwrap_or(false);

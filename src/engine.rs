@@ -155,7 +155,7 @@ pub fn tenant_casts(st: &mut Statement, expr: &str, from: &Column, to: &Column) 
         return format!("pg_catalog.pg_input_is_valid({expr}::text, {type_name}::text)");
     }
     let type_oid = st.param(Value::Oid(to.type_oid));
-    format!("tenant_backfill._casts_to({expr}, {type_oid}::pg_catalog.oid::pg_catalog.regtype)")
+    format!("tenant_backfill_internal._casts_to({expr}, {type_oid}::pg_catalog.oid::pg_catalog.regtype)")
 }
 
 /// `scope`: the rows to decide, with their current tenant.

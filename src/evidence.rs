@@ -35,7 +35,7 @@ thread_local! {
 }
 
 /// `evidence::jsonb`, remembered per backend.
-#[pg_extern(immutable, strict, parallel_safe)]
+#[pg_extern(immutable, strict, parallel_safe, schema = "tenant_backfill_internal")]
 fn _evidence_jsonb(evidence: &str) -> RawJsonb {
     evidence_jsonb(evidence).or_raise()
 }

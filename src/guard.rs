@@ -193,7 +193,7 @@ pub fn installed(table: pg_sys::Oid) -> Result<Option<GuardArgs>> {
 
 /// Gives a table that inherits from a guarded table the same guard (called by the DDL
 /// event trigger after CREATE TABLE ... INHERITS and ALTER TABLE ... INHERIT).
-#[pg_extern]
+#[pg_extern(schema = "tenant_backfill_internal")]
 #[search_path(pg_catalog, pg_temp)]
 fn _guard_inheritors(table: Option<crate::types::RegClass>) {
     let Some(table) = table else { return };

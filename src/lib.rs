@@ -5,13 +5,42 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+/// The shared library's name: versioned, so that installing a new release leaves the
+/// library of the old one in place under the objects its SQL created, until
+/// `ALTER EXTENSION tenant_backfill UPDATE` moves them to this one (README, "Upgrading").
+/// cargo pgrx installs it under this name because the control file has no module_pathname.
+pub const LIBRARY: &str = concat!("tenant_backfill-", env!("CARGO_PKG_VERSION"));
+
 /// Settings always; shared memory and the violations writer when preloaded.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    if another_release_loaded() {
+        return;
+    }
     guard::init();
     throttle::init();
     rejections::init();
 }
+
+/// Whether the library of another release already defined the settings in this backend:
+/// a session that used the extension and then ran `ALTER EXTENSION tenant_backfill UPDATE`
+/// loads both. Defining a setting twice is an ERROR, so this library leaves them (and the
+/// preloaded machinery) to the one loaded first, for the rest of that session only; the
+/// README tells to reconnect after an update.
+fn another_release_loaded() -> bool {
+    // An integer setting: GetConfigOption gives NULL for a string one that is unset (15).
+    let name = c"tenant_backfill.max_workers";
+    // SAFETY: lookups by name; missing_ok, so an unknown name gives NULL rather than an ERROR.
+    let (value, flags) =
+        unsafe { (pg_sys::GetConfigOption(name.as_ptr(), true, false), pg_sys::GetConfigOptionFlags(name.as_ptr(), true)) };
+    // A placeholder (a SET before any library defined it) is replaced by the definition.
+    !value.is_null() && flags & pg_sys::GUC_CUSTOM_PLACEHOLDER as i32 == 0
+}
+
+/// The schema of the functions only the extension's own SQL calls (sql/schema.sql creates
+/// it first; this declares it to pgrx for their `schema = "tenant_backfill_internal"`).
+#[pg_schema]
+mod tenant_backfill_internal {}
 
 // The core, bottom up: errors and types, SQL text and SPI, the catalog, the decision
 // engine; then the write path (writer, batch) and a run's bookkeeping (runs, locks).
@@ -57,6 +86,6 @@ pub mod pg_test {
     pub fn postgresql_conf_options() -> Vec<&'static str> {
         // Preloaded, so the guard's rejections go through shared memory and a writer
         // of the test database into its violations.
-        vec!["shared_preload_libraries = 'tenant_backfill'"]
+        vec![concat!("shared_preload_libraries = 'tenant_backfill-", env!("CARGO_PKG_VERSION"), "'")]
     }
 }

@@ -171,7 +171,7 @@ pub fn init() {
     BackgroundWorkerBuilder::new("tenant_backfill rejections launcher")
         .set_type("tenant_backfill launcher")
         .set_function("tenant_backfill_rejections_launcher")
-        .set_library("tenant_backfill")
+        .set_library(crate::LIBRARY)
         .enable_spi_access()
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
@@ -326,7 +326,7 @@ fn start_writer(database: u32) -> Result<DynamicBackgroundWorker, pgrx::bgworker
     BackgroundWorkerBuilder::new("tenant_backfill violations writer")
         .set_type("tenant_backfill writer")
         .set_function("tenant_backfill_violations_writer")
-        .set_library("tenant_backfill")
+        .set_library(crate::LIBRARY)
         .set_argument(Some(pg_sys::Datum::from(database as usize)))
         .enable_spi_access()
         .set_restart_time(None)

@@ -702,7 +702,7 @@ pub fn stop(run_id: i64, status: RunStatus, from: &[RunStatus], only_without_pro
              finished_at = CASE WHEN $2 = 'cancelled' THEN pg_catalog.clock_timestamp() END,\n       \
              updated_at = pg_catalog.clock_timestamp()\n \
              WHERE run_id = $1 AND status = ANY ($3)\n   \
-             AND NOT ($4 AND tenant_backfill._run_alive(pid, target))",
+             AND NOT ($4 AND tenant_backfill_internal._run_alive(pid, target))",
             &[Value::int8(run_id), Value::text(status.as_str()), Value::TextArray(from), Value::Bool(Some(only_without_process))],
         )
     })?;
@@ -746,7 +746,7 @@ pub fn set_pid(run_id: i64, pid: i32) -> Result<()> {
 /// _run_alive: it holds the target's run lock, or it is a worker about to take it).
 pub fn alive(run: &Run) -> Result<bool> {
     Ok(sql::select_value::<bool>(
-        "SELECT tenant_backfill._run_alive($1, $2::pg_catalog.oid::pg_catalog.regclass)",
+        "SELECT tenant_backfill_internal._run_alive($1, $2::pg_catalog.oid::pg_catalog.regclass)",
         &[Value::Int4(run.pid), Value::Oid(run.target)],
     )?
     .unwrap_or(false))

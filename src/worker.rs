@@ -48,7 +48,7 @@ pub fn launch(
     let worker = BackgroundWorkerBuilder::new(&format!("tenant_backfill run {run_id}"))
         .set_type("tenant_backfill run")
         .set_function("tenant_backfill_run_worker")
-        .set_library("tenant_backfill")
+        .set_library(crate::LIBRARY)
         .set_argument(Some(pg_sys::Datum::from(run_id)))
         .set_extra(&format!(
             "{database} {} {} {starter} {} {}",
@@ -251,7 +251,7 @@ enum Outcome {
 /// subtransaction) so the worker can record it and decide what to do.
 fn caught_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result<Outcome> {
     sql::select_one_row(
-        "SELECT step, err_state, err_message FROM tenant_backfill._run_batch_caught($1, $2, $3)",
+        "SELECT step, err_state, err_message FROM tenant_backfill_internal._run_batch_caught($1, $2, $3)",
         &[Value::int8(run_id), Value::Bool(Some(skip_held_rows)), Value::Int4(part)],
         "a batch's outcome",
         |row| {

@@ -370,7 +370,7 @@ fn changes_as_text(changes: Changes, st: &mut Statement) -> String {
     let rows = unnest_changes(changes, st);
     format!(
         "changes AS (\n    SELECT c.key, c.old, c.new, c.phase, c.source, c.rule,\n           \
-         tenant_backfill._evidence_jsonb(c.evidence) AS evidence\n{rows})"
+         tenant_backfill_internal._evidence_jsonb(c.evidence) AS evidence\n{rows})"
     )
 }
 
@@ -380,7 +380,7 @@ fn changes_from_arrays(spec: &WriteSpec, changes: Changes, st: &mut Statement) -
     let rows = unnest_changes(changes, st);
     format!(
         "changes AS (\n    SELECT c.key::{key_type} AS key, c.old::{column_type} AS old, c.new::{column_type} AS new,\n           \
-         c.phase, c.source, c.rule, tenant_backfill._evidence_jsonb(c.evidence) AS evidence\n{rows})",
+         c.phase, c.source, c.rule, tenant_backfill_internal._evidence_jsonb(c.evidence) AS evidence\n{rows})",
         key_type = spec.target.key.type_sql,
         column_type = spec.column.type_sql,
     )

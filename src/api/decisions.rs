@@ -46,7 +46,7 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     let bad_keys = first_values(
         &format!(
             "SELECT d.row_key::text FROM {table} d\n \
-             WHERE d.row_key IS NULL OR NOT tenant_backfill._casts_to(d.row_key::text, $1::pg_catalog.regtype)\n \
+             WHERE d.row_key IS NULL OR NOT tenant_backfill_internal._casts_to(d.row_key::text, $1::pg_catalog.regtype)\n \
              ORDER BY 1 LIMIT 5"
         ),
         &[Value::Oid(target.key.type_oid)],
@@ -57,7 +57,7 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     let bad_tenants = first_values(
         &format!(
             "SELECT d.tenant::text FROM {table} d\n \
-             WHERE {DECIDED} AND NOT tenant_backfill._casts_to(pg_catalog.btrim(d.tenant::text), $1::pg_catalog.regtype)\n \
+             WHERE {DECIDED} AND NOT tenant_backfill_internal._casts_to(pg_catalog.btrim(d.tenant::text), $1::pg_catalog.regtype)\n \
              ORDER BY 1 LIMIT 5"
         ),
         &[Value::Oid(target.tenant.type_oid)],
@@ -202,7 +202,7 @@ fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
     select.sql = format!(
         "WITH d AS (\n{decision})\n\
          SELECT t.{key} AS key, t.{col} AS old, {deleted_value} AS new, 'orphan'::text AS phase,\n       \
-         'soft_delete_orphans'::text AS source, 'orphan'::text AS rule, tenant_backfill._evidence_jsonb(d.evidence) AS evidence\n  \
+         'soft_delete_orphans'::text AS source, 'orphan'::text AS rule, tenant_backfill_internal._evidence_jsonb(d.evidence) AS evidence\n  \
          FROM d JOIN {table} t ON t.{key} = d.key\n \
          WHERE d.action = 'orphan' AND t.{col} IS NULL",
         key = t.key.sql_name(),

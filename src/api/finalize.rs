@@ -51,7 +51,7 @@ fn remaining_nulls(target: &Target) -> Result<Option<BackfillError>> {
 
 /// Step 0 of `CALL finalize`: 'already' when the column is NOT NULL, an error when NULL
 /// rows remain, else 'ready'.
-#[pg_extern]
+#[pg_extern(schema = "tenant_backfill_internal")]
 #[search_path(pg_catalog, pg_temp)]
 fn _finalize_check(target: Option<RegClass>) -> String {
     required(target, "target").and_then(finalize_check).or_raise()
@@ -82,7 +82,7 @@ fn finalize_check(target: RegClass) -> Result<String> {
 }
 
 /// One step of `CALL finalize`, in its own transaction, under `lock_timeout`.
-#[pg_extern]
+#[pg_extern(schema = "tenant_backfill_internal")]
 #[search_path(pg_catalog, pg_temp)]
 fn _finalize_step(target: RegClass, step: i32, lock_timeout_ms: i32) {
     finalize_step(target, step, lock_timeout_ms).or_raise()
@@ -125,7 +125,7 @@ fn finalize_step(target: RegClass, step: i32, lock_timeout_ms: i32) -> Result<()
 }
 
 /// Undoes a failed `CALL finalize`: drops its check constraint so nothing is left behind.
-#[pg_extern]
+#[pg_extern(schema = "tenant_backfill_internal")]
 #[search_path(pg_catalog, pg_temp)]
 fn _finalize_abort(target: RegClass) {
     finalize_abort(target).or_raise()

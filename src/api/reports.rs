@@ -27,7 +27,7 @@ fn load(target: Option<RegClass>) -> Result<Job> {
 /// a detour through Rust values, which for a big table cost as much as the query.
 /// `EXECUTE ... USING` takes a fixed number of arguments, so the statement reads all
 /// its values from one `text[]`.
-#[pg_extern]
+#[pg_extern(schema = "tenant_backfill_internal")]
 #[search_path(pg_catalog, pg_temp)]
 fn _plan_statement(
     target: Option<RegClass>,
@@ -46,7 +46,7 @@ fn plan_statement(target: Option<RegClass>, mode: Option<&str>) -> Result<(Strin
         mode,
         Detail::Full,
         "SELECT d.key::text, d.current::text, d.proposed::text, d.action, d.phase, d.source, d.rule,\n       \
-         tenant_backfill._evidence_jsonb(d.evidence)\n  FROM d WHERE d.action IS NOT NULL ORDER BY d.key",
+         tenant_backfill_internal._evidence_jsonb(d.evidence)\n  FROM d WHERE d.action IS NOT NULL ORDER BY d.key",
     );
     st.into_text_array()
 }
@@ -250,7 +250,7 @@ fn conflict_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<(Op
         &job,
         mode,
         Detail::Full,
-        "SELECT d.key::text, tenant_backfill._evidence_jsonb(d.evidence)\n  FROM d WHERE d.action = 'conflict' ORDER BY d.key",
+        "SELECT d.key::text, tenant_backfill_internal._evidence_jsonb(d.evidence)\n  FROM d WHERE d.action = 'conflict' ORDER BY d.key",
     );
     sql::select_rows(&st.sql, &st.params, |row| Ok((get(row, 1)?, get(row, 2)?)))
 }
@@ -290,7 +290,7 @@ fn review_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<Revie
         mode,
         Detail::Full,
         &format!(
-            "SELECT d.key::text, d.action, tenant_backfill._evidence_jsonb(d.evidence), pg_catalog.to_jsonb(t.*), NULL::text\n  \
+            "SELECT d.key::text, d.action, tenant_backfill_internal._evidence_jsonb(d.evidence), pg_catalog.to_jsonb(t.*), NULL::text\n  \
              FROM d JOIN {table} t ON t.{key} = d.key\n \
              WHERE d.action IN ('conflict', 'unresolved', 'orphan') ORDER BY d.key",
             table = job.target.rel.sql_name(),

@@ -29,7 +29,7 @@ fn tenant_spec<'a>(job: &'a Job, run_id: i64, dry_run: bool) -> WriteSpec<'a> {
 /// Starts (or resumes) a `CALL run`: validates, takes the target's run lock, and returns
 /// the run id. An unfinished run of the same target, mode and dry_run (running with no
 /// process behind it, paused or failed) is resumed where it stopped.
-#[pg_extern]
+#[pg_extern(schema = "tenant_backfill_internal")]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn _run_begin(
@@ -73,7 +73,7 @@ fn begin(target: RegClass, mode: Mode, dry_run: bool, settings: BatchSettings, l
 
 /// Before each batch of a `CALL run`: how many seconds to wait first, 0 when no signal
 /// is over its limit (src/throttle.rs).
-#[pg_extern]
+#[pg_extern(schema = "tenant_backfill_internal")]
 #[search_path(pg_catalog, pg_temp)]
 fn _run_throttle(run_id: i64) -> f64 {
     committed::throttle(run_id, None).map(|wait| wait.map(|w| w.as_secs_f64()).unwrap_or(0.0)).or_raise()
@@ -82,7 +82,7 @@ fn _run_throttle(run_id: i64) -> f64 {
 /// Does exactly one batch of a `CALL run` (or of a background worker, which names its
 /// part of a run several workers share) and says what next: `more`, `finished`, or
 /// `waiting` for other workers (src/committed.rs). The caller commits after each call.
-#[pg_extern]
+#[pg_extern(schema = "tenant_backfill_internal")]
 #[search_path(pg_catalog, pg_temp)]
 fn _run_batch(run_id: i64, skip_held_rows: bool, part: default!(Option<i32>, "NULL")) -> &'static str {
     sql::without_jit(|| committed::one_batch(run_id, skip_held_rows, part)).map(|step| step.as_str()).or_raise()
@@ -90,7 +90,7 @@ fn _run_batch(run_id: i64, skip_held_rows: bool, part: default!(Option<i32>, "NU
 
 /// Ends a `CALL run`: records done (planned for a dry run) or failed with the error,
 /// and releases the target's run lock. Called on every exit path of the procedure.
-#[pg_extern]
+#[pg_extern(schema = "tenant_backfill_internal")]
 #[search_path(pg_catalog, pg_temp)]
 fn _run_end(run_id: i64, error_state: Option<String>, error_message: Option<String>) {
     let error = error_state.map(|state| format!("{state}: {}", error_message.unwrap_or_default()));

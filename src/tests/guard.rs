@@ -268,22 +268,22 @@ mod tests {
                      WHEN 1 THEN '{"calls":{"' || i % 7 || '":2,"' || i % 5000 || '":1},"phone_numbers":{"9":1}}'
                      WHEN 2 THEN '{"\"Shift\" \\ ä":{"' || i % 3000 || '":' || i || '}}'
                      ELSE '{}' END AS t) x
-               WHERE tenant_backfill._evidence_jsonb(x.t)::text IS DISTINCT FROM x.t::jsonb::text
-                  OR tenant_backfill._evidence_jsonb(x.t) IS DISTINCT FROM x.t::jsonb"#,
+               WHERE tenant_backfill_internal._evidence_jsonb(x.t)::text IS DISTINCT FROM x.t::jsonb::text
+                  OR tenant_backfill_internal._evidence_jsonb(x.t) IS DISTINCT FROM x.t::jsonb"#,
         );
         assert_eq!(differences, 0);
         assert_eq!(
-            text(r#"SELECT tenant_backfill._evidence_jsonb('{"b": {"2": 1}, "a": {"1": 2}}')::text"#).as_deref(),
+            text(r#"SELECT tenant_backfill_internal._evidence_jsonb('{"b": {"2": 1}, "a": {"1": 2}}')::text"#).as_deref(),
             Some(r#"{"a": {"1": 2}, "b": {"2": 1}}"#)
         );
         // Two results of one remembered text are separate values.
         assert_eq!(
-            text(r#"SELECT (tenant_backfill._evidence_jsonb('{"a": 1}') || tenant_backfill._evidence_jsonb('{"a": 1}') || '{"b": 2}')::text"#)
+            text(r#"SELECT (tenant_backfill_internal._evidence_jsonb('{"a": 1}') || tenant_backfill_internal._evidence_jsonb('{"a": 1}') || '{"b": 2}')::text"#)
                 .as_deref(),
             Some(r#"{"a": 1, "b": 2}"#)
         );
-        assert_eq!(text("SELECT tenant_backfill._evidence_jsonb(NULL)::text"), None);
-        assert!(error_of("SELECT tenant_backfill._evidence_jsonb('{not json')")
+        assert_eq!(text("SELECT tenant_backfill_internal._evidence_jsonb(NULL)::text"), None);
+        assert!(error_of("SELECT tenant_backfill_internal._evidence_jsonb('{not json')")
             .starts_with("22P02: invalid input syntax for type json"));
     }
 }

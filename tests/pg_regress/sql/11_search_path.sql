@@ -116,8 +116,8 @@ BEGIN
 EXCEPTION WHEN others THEN
     RETURN SQLSTATE || ': ' || regexp_replace(SQLERRM, 'run \d+', 'run N', 'g');
 END $$;
-SELECT pg_temp.error_of(format('SELECT tenant_backfill._run_batch(%s, false)', :last_run));
-SELECT pg_temp.error_of(format('SELECT tenant_backfill._run_end(%s, NULL, NULL)', :last_run));
+SELECT pg_temp.error_of(format('SELECT tenant_backfill_internal._run_batch(%s, false)', :last_run));
+SELECT pg_temp.error_of(format('SELECT tenant_backfill_internal._run_end(%s, NULL, NULL)', :last_run));
 -- A rollback writes only the column its run's kind writes, whatever the backup says.
 SELECT max(run_id) AS fill_run FROM tenant_backfill.runs WHERE kind = 'run_now' AND NOT dry_run \gset
 INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value)

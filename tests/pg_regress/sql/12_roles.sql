@@ -96,8 +96,8 @@ DELETE FROM tenant_backfill.runs;
 SELECT tenant_backfill.set_override('roles.customers', '16', '2');
 SELECT tenant_backfill.define('roles.customers', 'company_id');
 SELECT * FROM tenant_backfill.rollback(:dba_call);
-SELECT tenant_backfill._run_end(:dba_call, NULL, NULL);
-SELECT tenant_backfill._guard_inheritors('roles.customers');
+SELECT tenant_backfill_internal._run_end(:dba_call, NULL, NULL);
+SELECT tenant_backfill_internal._guard_inheritors('roles.customers');
 RESET ROLE;
 
 -- Code of the user's never runs as the extension's owner: a domain whose CHECK records

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# ALTER EXTENSION tenant_backfill UPDATE from every shipped release, on a real cluster with
+# that release's own library: the data survives, runs made before the update can be rolled
+# back after it, the guard keeps guarding, and the upgraded database holds exactly what a
+# fresh install of the current release holds (tests/fixtures/upgrade/fingerprint.sql).
+# Run by scripts/test as: upgrade.sh VERSION (the current release installed into it).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# Every shipped release: its version and the commit whose install script
+# sql/tenant_backfill--<version>.sql is. Add a line when a release ships.
+RELEASES=(
+    "0.1.0 6597aff183e8621a3895336f4259bf3c2ad0090a"
+)
+CURRENT=$(sed -nE 's/^version = "(.*)"/\1/p' "$REPO_ROOT/Cargo.toml" | head -n 1)
+PG_CONFIG=$(pg_config_for "$PGV")
+PKGLIBDIR=$("$PG_CONFIG" --pkglibdir)
+
+# release_library VERSION COMMIT: builds that release's library from git and installs only
+# the library (its control file and scripts would replace the current release's), under
+# the name its install script loads. The build shares target/ with the current one, so
+# only the crate itself compiles; the sources get fresh times so cargo cannot take an
+# artefact of other sources with the same version for theirs.
+release_library() {
+    local version=$1 commit=$2 src="$SCRATCH/src-$1" lib name
+    if ! git -C "$REPO_ROOT" cat-file -e "$commit^{commit}" 2>/dev/null; then
+        echo "release $version: commit $commit is not in this clone (a shallow clone?)" >&2
+        return 1
+    fi
+    mkdir -p "$src"
+    git -C "$REPO_ROOT" archive "$commit" | tar -x -m -C "$src"
+    (cd "$src" && CARGO_TARGET_DIR="$REPO_ROOT/target" cargo pgrx package --debug --pg-config "$PG_CONFIG" \
+        --no-default-features --features "pg$PGV" --out-dir "$SCRATCH/package-$version" >"$SCRATCH/build-$version.log" 2>&1) || {
+        tail -n 30 "$SCRATCH/build-$version.log" >&2
+        return 1
+    }
+    lib=$(find "$SCRATCH/package-$version" -name 'tenant_backfill*.so' | head -n 1)
+    name=$(basename "$lib")
+    # The current release's library has another name; never overwrite it.
+    [ "$name" != "tenant_backfill-$CURRENT.so" ] || { echo "release $version ships $name" >&2; return 1; }
+    install -m 755 "$lib" "$PKGLIBDIR/$name"
+    echo "$name"
+}
+
+primary_start upgrade
+fresh_fingerprint() {
+    sudo -u postgres "$BIN/createdb" -h "$PRIMARY" -p "$PORT" -U postgres fresh
+    sudo -u postgres "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PRIMARY" -p "$PORT" -U postgres -d fresh \
+        -c "CREATE EXTENSION tenant_backfill" -f "$REPO_ROOT/tests/fixtures/upgrade/fingerprint.sql"
+}
+FRESH=$(fresh_fingerprint)
+assert_contains "a fresh install is the current release" "version | $CURRENT | f | tenant_backfill" "$FRESH"
+
+for release in "${RELEASES[@]}"; do
+    read -r version commit <<<"$release"
+    section "from $version"
+    old_library=$(release_library "$version" "$commit") || { fail "build the $version library" "built" "failed"; continue; }
+    db="from_${version//./_}"
+    sudo -u postgres "$BIN/createdb" -h "$PRIMARY" -p "$PORT" -U postgres "$db"
+    in_db() { sudo -u postgres "$BIN/psql" -X -v ON_ERROR_STOP=1 -h "$PRIMARY" -p "$PORT" -U postgres -d "$db" "$@"; }
+    in_db_val() { in_db -tAq -c "$1"; }
+
+    # One session does everything a user of the old release did, then updates: the old
+    # library is loaded in it when the new one arrives.
+    out=$(in_db -tAq 2>&1 <<SQL
+CREATE EXTENSION tenant_backfill VERSION '$version';
+CREATE TABLE companies (id int PRIMARY KEY);
+INSERT INTO companies SELECT generate_series(1, 5);
+CREATE TABLE customers (id bigint PRIMARY KEY, company_id int, name text);
+CREATE TABLE appointments (id bigserial PRIMARY KEY, customer_id bigint, company_id int);
+INSERT INTO customers SELECT i, CASE WHEN i % 2 = 0 THEN i % 5 + 1 END, 'c' || i FROM generate_series(1, 3000) i;
+INSERT INTO appointments (customer_id, company_id) SELECT i, i % 5 + 1 FROM generate_series(1, 3000) i;
+CREATE TABLE orders (id bigint PRIMARY KEY, company_id int);
+INSERT INTO orders SELECT i, CASE WHEN i % 3 <> 0 THEN i % 5 + 1 END FROM generate_series(1, 900) i;
+CREATE TABLE order_lines (id bigserial PRIMARY KEY, order_id bigint, company_id int);
+INSERT INTO order_lines (order_id, company_id) SELECT i, i % 5 + 1 FROM generate_series(1, 900) i;
+SELECT tenant_backfill.define('customers', 'company_id');
+SELECT tenant_backfill.add_source('customers', 'appointments', 'customer_id');
+SELECT tenant_backfill.define('orders', 'company_id');
+SELECT tenant_backfill.add_source('orders', 'order_lines', 'order_id');
+SELECT 'run_now', run_id, rows_changed FROM tenant_backfill.run_now('customers');
+SELECT 'nulls', count(*) FROM orders WHERE company_id IS NULL;
+SELECT 'started', tenant_backfill.start('orders', batch_size => 50) IS NOT NULL;
+SELECT 'waited', tenant_backfill.wait((SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'orders'::regclass));
+SELECT 'enforced', tenant_backfill.enforce('orders');
+SELECT 'old library', count(DISTINCT probin), min(probin) FROM pg_proc
+ WHERE pronamespace::regnamespace::text LIKE 'tenant_backfill%' AND prolang = (SELECT oid FROM pg_language WHERE lanname = 'c');
+ALTER EXTENSION tenant_backfill UPDATE;
+SELECT 'updated', extversion FROM pg_extension WHERE extname = 'tenant_backfill';
+SELECT 'new library', count(DISTINCT probin), min(probin) FROM pg_proc
+ WHERE pronamespace::regnamespace::text LIKE 'tenant_backfill%' AND prolang = (SELECT oid FROM pg_language WHERE lanname = 'c');
+SQL
+    ) || true
+    assert_contains "$version: run_now filled the 1500 NULL customers" "run_now|1|1500" "$out"
+    assert_contains "$version: a background run of its own library finished" "nulls|300
+started|t
+waited|done" "$out"
+    assert_contains "$version: every C function in its library" "old library|1|${old_library%.so}" "$out"
+    assert_contains "$version: the update in the same session" "updated|$CURRENT" "$out"
+    assert_contains "$version: every C function moved to the current library" "new library|1|tenant_backfill-$CURRENT" "$out"
+
+    # The next sessions load only the current library.
+    assert_eq "$version: the data survived the update" "0|0|1500" \
+        "$(in_db_val "SELECT (SELECT count(*) FROM customers WHERE company_id IS NULL),
+                             (SELECT count(*) FROM orders WHERE company_id IS NULL),
+                             (SELECT count(*) FROM tenant_backfill.audit_log WHERE run_id = 1)")"
+    assert_contains "$version: the guard installed before still rejects a NULL tenant" "ERROR:  23502" \
+        "$(in_db -tAq -v VERBOSITY=verbose -c "INSERT INTO orders VALUES (100000, NULL)" 2>&1)"
+    assert_eq "$version: a run made before the update rolls back after it" "1500|0|1500" \
+        "$(in_db_val "SELECT restored || '|' || skipped FROM tenant_backfill.rollback(1)")|$(in_db_val \
+            "SELECT count(*) FROM customers WHERE company_id IS NULL")"
+    assert_eq "$version: the current library backfills again" "1500" \
+        "$(in_db_val "SELECT rows_changed FROM tenant_backfill.run_now('customers')")"
+    orders_run=$(in_db_val "SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'orders'::regclass")
+    quiet_db() { in_db -q -c "$1" >/dev/null; }
+    quiet_db "SELECT tenant_backfill.unenforce('orders')"
+    assert_eq "$version: the background run of the old release rolls back with the new" "300|0|300" \
+        "$(in_db_val "SELECT restored || '|' || skipped FROM tenant_backfill.rollback($orders_run)")|$(in_db_val \
+            "SELECT count(*) FROM orders WHERE company_id IS NULL")"
+    orders_run=$(in_db_val "SELECT tenant_backfill.start('orders', batch_size => 50)")
+    assert_eq "$version: a background run on the current library" "done|300" \
+        "$(in_db_val "SELECT tenant_backfill.wait($orders_run)")|$(in_db_val \
+            "SELECT rows_changed FROM tenant_backfill.runs WHERE run_id = $orders_run")"
+
+    upgraded=$(in_db -q -f "$REPO_ROOT/tests/fixtures/upgrade/fingerprint.sql")
+    if [ "$upgraded" = "$FRESH" ]; then
+        pass "$version: the upgraded extension is identical to a fresh install"
+    else
+        fail "$version: the upgraded extension is identical to a fresh install" "no difference" \
+            "$(diff <(echo "$FRESH") <(echo "$upgraded") | head -n 40)"
+    fi
+    rm -f "$PKGLIBDIR/$old_library"
+done
+
+[ -n "${KEEP:-}" ] && { trap - EXIT; echo "kept $PRIMARY port $PORT"; }
+finish
