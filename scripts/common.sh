@@ -28,7 +28,7 @@ bindir_for() { "$(pg_config_for "$1")" --bindir; }
 
 install_apt_packages() {
     local missing=()
-    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pgbouncer python3-venv; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -47,6 +47,10 @@ fresh_fingerprint() {
     sudo -u postgres "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PRIMARY" -p "$PORT" -U postgres -d fresh \
         -c "CREATE EXTENSION tenant_backfill" -f "$REPO_ROOT/tests/fixtures/upgrade/fingerprint.sql"
 }
+# What ships says which release it is in every place that names one.
+assert_eq "META.json and the control file's default name the release of Cargo.toml" "$CURRENT $CURRENT $CURRENT" \
+    "$(python3 -c "import json; m = json.load(open('$REPO_ROOT/META.json')); print(m['version'], m['provides']['tenant_backfill']['version'])") $(
+        grep -oE "tenant_backfill-[0-9.]+'" "$REPO_ROOT/sql/guard.sql" | tr -d "'" | sed 's/tenant_backfill-//')"
 FRESH=$(fresh_fingerprint)
 assert_contains "a fresh install is the current release" "version | $CURRENT | f | tenant_backfill" "$FRESH"
 
