@@ -133,7 +133,7 @@ CREATE TABLE @extschema@.audit_log (
     column_name pg_catalog.name NOT NULL,
     old_value   pg_catalog.text,
     new_value   pg_catalog.text,
-    -- a phase number, override, manual, orphan or rollback
+    -- a phase number, override, manual, orphan, quarantine or rollback
     phase       pg_catalog.text,
     source      pg_catalog.text,
     rule        pg_catalog.text,
@@ -192,4 +192,4 @@ SELECT r.run_id,
                             ELSE 'running' END AS state
                   FROM (SELECT tenant_backfill_internal._run_alive(r.pid, r.target) AS alive) a) w;
 COMMENT ON VIEW @extschema@.progress IS
-    'Each run''s state (running, throttled, paused, done, failed, cancelled), its process and whether it is alive, rows done and total, percent, rows per second and time left.';
+    'Each run''s state (planned, running, throttled, paused, done, failed, cancelled, rolled_back), its process and whether it is alive, rows done and total, percent, rows per second and time left.';

@@ -71,8 +71,25 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/write_path.sql", name = "write_path", requires = ["schema"]);
 extension_sql_file!("../sql/guard.sql", name = "guard_tables", requires = ["write_path"]);
 extension_sql_file!("../sql/access.sql", name = "access", requires = ["guard_tables"]);
-// plan, the procedures and the event triggers call the Rust functions by name, so they come last.
-extension_sql_file!("../sql/procedures.sql", name = "procedures", finalize);
+// plan, the procedures and the event triggers call the Rust functions by name, so they come after those.
+extension_sql_file!(
+    "../sql/procedures.sql",
+    name = "procedures",
+    requires = [
+        "access",
+        api::reports::_plan_statement,
+        api::run::_run_begin,
+        api::run::_run_throttle,
+        api::run::_run_batch,
+        api::run::_run_end,
+        api::finalize::_finalize_check,
+        api::finalize::_finalize_step,
+        api::finalize::_finalize_abort,
+        guard::_guard_inheritors
+    ]
+);
+// The COMMENTs on every public object, once all of them exist (pg_regress 14_described).
+extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

@@ -44,7 +44,7 @@ pub fn init() {
         c"tenant_backfill.max_transaction_age",
         c"A run waits while another session of the database has had a transaction open longer than this.",
         c"Such a transaction holds back the xmin horizon: no row version a run replaces can be vacuumed meanwhile. \
-          0 watches nothing. Read when a run starts or resumes.",
+          0 watches nothing. Read when CALL run or start begins a run (or picks up an unfinished one); resume keeps the run's.",
         &MAX_TRANSACTION_AGE,
         0,
         i32::MAX,
