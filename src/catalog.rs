@@ -333,7 +333,10 @@ pub struct ParentLink {
 pub fn parent_link(rel: &Relation, column: &str, tenant_column: &str) -> Result<ParentLink> {
     let rows = sql::select_rows(
         "SELECT pn.nspname::text, pc.relname::text, pa.attname::text, tn.nspname::text, t.typname::text, \
-                COALESCE((SELECT tg.tenant_column::text FROM tenant_backfill.targets tg WHERE tg.target = pc.oid::pg_catalog.regclass), $3) \
+                COALESCE((SELECT tg.tenant_column::text FROM tenant_backfill.targets tg WHERE tg.target = pc.oid::pg_catalog.regclass), $3), \
+                (SELECT b.typnamespace = 'pg_catalog'::pg_catalog.regnamespace OR b.typtype = 'e' \
+                   FROM pg_catalog.pg_type b WHERE b.oid = COALESCE(NULLIF(t.typbasetype, 0), t.oid)), \
+                pg_catalog.format_type(pa.atttypid, pa.atttypmod) \
            FROM pg_catalog.pg_constraint con \
            JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1] \
            JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid \
@@ -346,18 +349,36 @@ pub fn parent_link(rel: &Relation, column: &str, tenant_column: &str) -> Result<
           ORDER BY con.conname LIMIT 1",
         &[Value::Oid(rel.oid), Value::text(column), Value::text(tenant_column)],
         |row| {
-            Ok(ParentLink {
+            let link = ParentLink {
                 parent_table: qualified(&get_required::<String>(row, 1)?, &get_required::<String>(row, 2)?),
                 parent_key: get_required(row, 3)?,
                 parent_key_type: qualified(&get_required::<String>(row, 4)?, &get_required::<String>(row, 5)?),
                 parent_tenant: get_required(row, 6)?,
-            })
+            };
+            Ok((link, get_required::<bool>(row, 7)?, get_required::<String>(row, 8)?))
         },
     )?;
-    rows.into_iter().next().ok_or_else(|| {
+    let (link, builtin_ops, type_display) = rows.into_iter().next().ok_or_else(|| {
         BackfillError::BadArgument(
             format!("column {column} of {} is not a single-column foreign key", rel.display),
             "assign reads the parent's tenant through a foreign key column of the guarded table.".into(),
         )
-    })
+    })?;
+    // The parent row is found with `=` under the pinned search_path, as keys are
+    // (require_builtin_ops): a type with operators of its own would be compared as another.
+    if !builtin_ops {
+        return Err(BackfillError::Unsupported(
+            format!(
+                "the parent key {} of {} is {type_display}, whose comparison operators are not in pg_catalog",
+                link.parent_key, link.parent_table
+            ),
+            "tenant_backfill runs its statements with search_path pinned to pg_catalog, so it would find the parent \
+             row with another type's comparison."
+                .into(),
+            "Give the parent key a built-in type or a domain over one, or use assign without parent_column (the \
+             tenant_backfill.tenant setting)."
+                .into(),
+        ));
+    }
+    Ok(link)
 }

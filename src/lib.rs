@@ -31,8 +31,9 @@ fn another_release_loaded() -> bool {
     // An integer setting: GetConfigOption gives NULL for a string one that is unset (15).
     let name = c"tenant_backfill.max_workers";
     // SAFETY: lookups by name; missing_ok, so an unknown name gives NULL rather than an ERROR.
-    let (value, flags) =
-        unsafe { (pg_sys::GetConfigOption(name.as_ptr(), true, false), pg_sys::GetConfigOptionFlags(name.as_ptr(), true)) };
+    let (value, flags) = unsafe {
+        (pg_sys::GetConfigOption(name.as_ptr(), true, false), pg_sys::GetConfigOptionFlags(name.as_ptr(), true))
+    };
     // A placeholder (a SET before any library defined it) is replaced by the definition.
     !value.is_null() && flags & pg_sys::GUC_CUSTOM_PLACEHOLDER as i32 == 0
 }

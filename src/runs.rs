@@ -703,7 +703,12 @@ pub fn stop(run_id: i64, status: RunStatus, from: &[RunStatus], only_without_pro
              updated_at = pg_catalog.clock_timestamp()\n \
              WHERE run_id = $1 AND status = ANY ($3)\n   \
              AND NOT ($4 AND tenant_backfill_internal._run_alive(pid, target))",
-            &[Value::int8(run_id), Value::text(status.as_str()), Value::TextArray(from), Value::Bool(Some(only_without_process))],
+            &[
+                Value::int8(run_id),
+                Value::text(status.as_str()),
+                Value::TextArray(from),
+                Value::Bool(Some(only_without_process)),
+            ],
         )
     })?;
     Ok(())

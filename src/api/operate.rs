@@ -85,9 +85,8 @@ fn launch(run_id: i64, target: pg_sys::Oid) -> Result<()> {
     // SAFETY: this backend's users, and the id of the (sub)transaction that starts the
     // run (assigned now if it has none): the workers begin once it commits, and not at
     // all if it (or a savepoint around it) rolls back.
-    let (session, starter) = unsafe {
-        ((pg_sys::GetSessionUserId(), current_user()), u32::from(pg_sys::GetCurrentTransactionId()))
-    };
+    let (session, starter) =
+        unsafe { ((pg_sys::GetSessionUserId(), current_user()), u32::from(pg_sys::GetCurrentTransactionId())) };
     let lead = worker::launch(run_id, target, None, session, starter)?;
     runs::set_pid(run_id, lead)?;
     let run = runs::load(run_id)?;

@@ -328,7 +328,11 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
     };
     if let Some(other) = columns.iter().find(|c| c.name != written) {
         return Err(BackfillError::WrongState(
-            format!("the backup of run {run_id} names column {}, which a {} run does not write", other.name, run.kind.as_str()),
+            format!(
+                "the backup of run {run_id} names column {}, which a {} run does not write",
+                other.name,
+                run.kind.as_str()
+            ),
             format!("A {} run writes {written} only. Nothing was changed.", run.kind.as_str()),
             "Restore those columns by hand if they need it; rolling the run back restores only what it wrote.".into(),
         ));

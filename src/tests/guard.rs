@@ -273,7 +273,8 @@ mod tests {
         );
         assert_eq!(differences, 0);
         assert_eq!(
-            text(r#"SELECT tenant_backfill_internal._evidence_jsonb('{"b": {"2": 1}, "a": {"1": 2}}')::text"#).as_deref(),
+            text(r#"SELECT tenant_backfill_internal._evidence_jsonb('{"b": {"2": 1}, "a": {"1": 2}}')::text"#)
+                .as_deref(),
             Some(r#"{"a": {"1": 2}, "b": {"2": 1}}"#)
         );
         // Two results of one remembered text are separate values.

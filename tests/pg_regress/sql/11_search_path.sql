@@ -133,6 +133,12 @@ CREATE TABLE pinned.tags (name public.citext PRIMARY KEY, org int);
 SELECT tenant_backfill.define('pinned.tags', 'org');
 CREATE TABLE pinned.labels (id int PRIMARY KEY, org public.citext);
 SELECT tenant_backfill.define('pinned.labels', 'org');
+-- So is a parent key of that type for the guard's assign mode, which finds the parent
+-- row by it.
+CREATE TABLE pinned.tag_uses (id int PRIMARY KEY, tag public.citext REFERENCES pinned.tags, org int);
+SELECT tenant_backfill.define('pinned.tag_uses', 'org');
+SELECT tenant_backfill.enforce('pinned.tag_uses', 'assign', parent_column => 'tag');
+SELECT tenant_backfill.undefine('pinned.tag_uses');
 -- A domain over a built-in type, and an enum, compare with pg_catalog's operators.
 CREATE DOMAIN pinned.shop_id AS int CHECK (VALUE > 0);
 CREATE TYPE pinned.region AS ENUM ('north', 'south');
