@@ -13,8 +13,8 @@ COMMENT ON FUNCTION @extschema@.define(pg_catalog.regclass, pg_catalog.name, pg_
     'Registers a target table, or updates its configuration: its tenant column, its key column (default: the single-column primary key) and its soft-delete column (default deleted_at). Needs UPDATE on the tenant column; changes no user row.';
 COMMENT ON FUNCTION @extschema@.undefine(pg_catalog.regclass) IS
     'Forgets a target''s configuration, its sources, overrides and override tables with it. Its runs, backups and audit log stay.';
-COMMENT ON FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4, pg_catalog.text) IS
-    'Adds (or updates) a source: a table whose via column holds the target''s key and whose tenant column (default: named like the target''s) is the evidence. phase defaults to the next free one (or the source''s current one); rule is unanimous (every related row with a tenant agrees, else a conflict) or majority (most related rows, ties to the lowest tenant).';
+COMMENT ON FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4, pg_catalog.text, pg_catalog.text) IS
+    'Adds (or updates) a source whose tenant column (default: named like the target''s) is the evidence: direction child (the default), a table whose via column holds the target''s key; direction parent, the table the target''s own via column points at (its row''s tenant; matched on what via''s foreign key references, else its primary key). phase defaults to the next free one (or the source''s current one); rule is unanimous (every related row with a tenant agrees, else a conflict) or majority (most related rows, ties to the lowest tenant).';
 COMMENT ON FUNCTION @extschema@.set_override(pg_catalog.regclass, pg_catalog.text, pg_catalog.text, pg_catalog.text) IS
     'Records a DBA''s decision for one existing row (key and tenant as text, cast to the columns'' types), which beats every phase; a NULL tenant removes the override.';
 COMMENT ON FUNCTION @extschema@.add_override_table(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.text) IS
@@ -91,9 +91,11 @@ COMMENT ON COLUMN @extschema@.targets.defined_by IS 'The role that called define
 
 COMMENT ON COLUMN @extschema@.sources.target IS 'The target this source gives evidence for.';
 COMMENT ON COLUMN @extschema@.sources.source IS 'The related table.';
-COMMENT ON COLUMN @extschema@.sources.via IS 'The source''s column that holds the target''s key.';
+COMMENT ON COLUMN @extschema@.sources.via IS 'A child''s column that holds the target''s key; for a parent, the target''s column that holds the parent''s key.';
 COMMENT ON COLUMN @extschema@.sources.tenant_column IS 'The source''s tenant column; its non-NULL values are the evidence.';
 COMMENT ON COLUMN @extschema@.sources.phase IS 'Where the source stands in the cascade: phases are tried from 1 up, one source each.';
+COMMENT ON COLUMN @extschema@.sources.direction IS 'child: the source''s rows point at the target row (any number of them); parent: the target row points at one source row.';
+COMMENT ON COLUMN @extschema@.sources.source_key IS 'A parent''s unique column that the target''s via holds (NULL for a child).';
 COMMENT ON COLUMN @extschema@.sources.rule IS 'unanimous: decides only when every related row with a tenant agrees, else the row is a conflict; majority: the tenant of most related rows, ties to the lowest.';
 
 COMMENT ON COLUMN @extschema@.overrides.target IS 'The target the overridden row belongs to.';

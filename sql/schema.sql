@@ -36,7 +36,14 @@ CREATE TABLE @extschema@.sources (
     phase         pg_catalog.int4 NOT NULL CHECK (phase > 0),
     rule          pg_catalog.text NOT NULL CHECK (rule IN ('unanimous', 'majority')),
     PRIMARY KEY (target, source, via),
-    UNIQUE (target, phase)
+    UNIQUE (target, phase),
+    -- child: via is the source's column and holds the target's key (appointments.customer_id);
+    -- parent: via is the target's column and holds the source's source_key (the target row
+    -- points at its parent, customers.company_id from companies through via).
+    direction     pg_catalog.text NOT NULL DEFAULT 'child'
+                  CONSTRAINT sources_direction_check CHECK (direction IN ('child', 'parent')),
+    source_key    pg_catalog.name,
+    CONSTRAINT sources_source_key_check CHECK ((direction OPERATOR(pg_catalog.=) 'parent') OPERATOR(pg_catalog.=) (source_key IS NOT NULL))
 );
 COMMENT ON TABLE @extschema@.sources IS
     'Related tables whose tenants are the evidence, tried in phase order (add_source()).';

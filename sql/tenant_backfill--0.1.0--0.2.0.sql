@@ -11,6 +11,17 @@
 CREATE SCHEMA tenant_backfill_internal;
 GRANT USAGE ON SCHEMA tenant_backfill_internal TO PUBLIC;
 
+-- Parent sources (add_source(..., direction => 'parent')): two columns of sources, and
+-- add_source's new argument, which CREATE OR REPLACE cannot add.
+ALTER TABLE @extschema@.sources
+    ADD COLUMN direction pg_catalog.text NOT NULL DEFAULT 'child'
+        CONSTRAINT sources_direction_check CHECK (direction IN ('child', 'parent')),
+    ADD COLUMN source_key pg_catalog.name,
+    ADD CONSTRAINT sources_source_key_check
+        CHECK ((direction OPERATOR(pg_catalog.=) 'parent') OPERATOR(pg_catalog.=) (source_key IS NOT NULL));
+DROP FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name,
+                                     pg_catalog.int4, pg_catalog.text);
+
 -- The internal functions move, keeping their OIDs: the event triggers and the progress
 -- view, which name them by OID, follow.
 ALTER FUNCTION @extschema@._casts_to(value anyelement, type_name regtype) SET SCHEMA tenant_backfill_internal;
@@ -81,7 +92,8 @@ CREATE OR REPLACE FUNCTION "add_source"(
 	"via" name, /* Option < SqlName > */
 	"tenant_column" name DEFAULT NULL, /* Option < SqlName > */
 	"phase" INT DEFAULT NULL, /* Option < i32 > */
-	"rule" TEXT DEFAULT 'unanimous' /* Option < String > */
+	"rule" TEXT DEFAULT 'unanimous', /* Option < String > */
+	"direction" TEXT DEFAULT 'child' /* Option < String > */
 ) RETURNS void
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
@@ -317,13 +329,23 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', 'wait_wrapper';
 
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_abort"(
-	"target" regclass /* RegClass */
-) RETURNS void
-STRICT 
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_check"(
+	"target" regclass /* Option < RegClass > */
+) RETURNS TEXT /* String */
+
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_finalize_abort_wrapper';
+AS 'tenant_backfill-0.2.0', '_finalize_check_wrapper';
+
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_batch"(
+	"run_id" bigint, /* i64 */
+	"skip_held_rows" bool, /* bool */
+	"part" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS TEXT /* & '_ str */
+
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', '_run_batch_wrapper';
 
 CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_throttle"(
 	"run_id" bigint /* i64 */
@@ -332,6 +354,39 @@ STRICT
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', '_run_throttle_wrapper';
+
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_end"(
+	"run_id" bigint, /* i64 */
+	"error_state" TEXT, /* Option < String > */
+	"error_message" TEXT /* Option < String > */
+) RETURNS void
+
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', '_run_end_wrapper';
+
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_abort"(
+	"target" regclass /* RegClass */
+) RETURNS void
+STRICT 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', '_finalize_abort_wrapper';
+
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_evidence_jsonb"(
+	"evidence" TEXT /* & str */
+) RETURNS jsonb /* RawJsonb */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', '_evidence_jsonb_wrapper';
+
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_guard_inheritors"(
+	"table" regclass /* Option < crate :: types :: RegClass > */
+) RETURNS void
+
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', '_guard_inheritors_wrapper';
 
 CREATE OR REPLACE FUNCTION tenant_backfill_internal."_plan_statement"(
 	"target" regclass, /* Option < RegClass > */
@@ -370,49 +425,6 @@ CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_begin"(
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', '_run_begin_wrapper';
-
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_guard_inheritors"(
-	"table" regclass /* Option < crate :: types :: RegClass > */
-) RETURNS void
-
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_guard_inheritors_wrapper';
-
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_evidence_jsonb"(
-	"evidence" TEXT /* & str */
-) RETURNS jsonb /* RawJsonb */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_evidence_jsonb_wrapper';
-
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_batch"(
-	"run_id" bigint, /* i64 */
-	"skip_held_rows" bool, /* bool */
-	"part" INT DEFAULT NULL /* Option < i32 > */
-) RETURNS TEXT /* & '_ str */
-
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_run_batch_wrapper';
-
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_check"(
-	"target" regclass /* Option < RegClass > */
-) RETURNS TEXT /* String */
-
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_finalize_check_wrapper';
-
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_end"(
-	"run_id" bigint, /* i64 */
-	"error_state" TEXT, /* Option < String > */
-	"error_message" TEXT /* Option < String > */
-) RETURNS void
-
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_run_end_wrapper';
 
 CREATE OR REPLACE FUNCTION tenant_backfill_internal._raise(
     err_state pg_catalog.text, err_message pg_catalog.text, err_detail pg_catalog.text, err_hint pg_catalog.text)
@@ -713,8 +725,8 @@ COMMENT ON FUNCTION @extschema@.define(pg_catalog.regclass, pg_catalog.name, pg_
     'Registers a target table, or updates its configuration: its tenant column, its key column (default: the single-column primary key) and its soft-delete column (default deleted_at). Needs UPDATE on the tenant column; changes no user row.';
 COMMENT ON FUNCTION @extschema@.undefine(pg_catalog.regclass) IS
     'Forgets a target''s configuration, its sources, overrides and override tables with it. Its runs, backups and audit log stay.';
-COMMENT ON FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4, pg_catalog.text) IS
-    'Adds (or updates) a source: a table whose via column holds the target''s key and whose tenant column (default: named like the target''s) is the evidence. phase defaults to the next free one (or the source''s current one); rule is unanimous (every related row with a tenant agrees, else a conflict) or majority (most related rows, ties to the lowest tenant).';
+COMMENT ON FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4, pg_catalog.text, pg_catalog.text) IS
+    'Adds (or updates) a source whose tenant column (default: named like the target''s) is the evidence: direction child (the default), a table whose via column holds the target''s key; direction parent, the table the target''s own via column points at (its row''s tenant; matched on what via''s foreign key references, else its primary key). phase defaults to the next free one (or the source''s current one); rule is unanimous (every related row with a tenant agrees, else a conflict) or majority (most related rows, ties to the lowest tenant).';
 COMMENT ON FUNCTION @extschema@.set_override(pg_catalog.regclass, pg_catalog.text, pg_catalog.text, pg_catalog.text) IS
     'Records a DBA''s decision for one existing row (key and tenant as text, cast to the columns'' types), which beats every phase; a NULL tenant removes the override.';
 COMMENT ON FUNCTION @extschema@.add_override_table(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.text) IS
@@ -785,9 +797,11 @@ COMMENT ON COLUMN @extschema@.targets.defined_by IS 'The role that called define
 
 COMMENT ON COLUMN @extschema@.sources.target IS 'The target this source gives evidence for.';
 COMMENT ON COLUMN @extschema@.sources.source IS 'The related table.';
-COMMENT ON COLUMN @extschema@.sources.via IS 'The source''s column that holds the target''s key.';
+COMMENT ON COLUMN @extschema@.sources.via IS 'A child''s column that holds the target''s key; for a parent, the target''s column that holds the parent''s key.';
 COMMENT ON COLUMN @extschema@.sources.tenant_column IS 'The source''s tenant column; its non-NULL values are the evidence.';
 COMMENT ON COLUMN @extschema@.sources.phase IS 'Where the source stands in the cascade: phases are tried from 1 up, one source each.';
+COMMENT ON COLUMN @extschema@.sources.direction IS 'child: the source''s rows point at the target row (any number of them); parent: the target row points at one source row.';
+COMMENT ON COLUMN @extschema@.sources.source_key IS 'A parent''s unique column that the target''s via holds (NULL for a child).';
 COMMENT ON COLUMN @extschema@.sources.rule IS 'unanimous: decides only when every related row with a tenant agrees, else the row is a conflict; majority: the tenant of most related rows, ties to the lowest.';
 
 COMMENT ON COLUMN @extschema@.overrides.target IS 'The target the overridden row belongs to.';

@@ -176,6 +176,39 @@ pub fn primary_key_column(rel: &Relation) -> Result<Column> {
     }
 }
 
+/// The column of `parent` that the target's `via` holds: what a single-column foreign key
+/// of via to the parent references, else the parent's single-column primary key. Either
+/// is unique, so a target row has at most one parent.
+pub fn parent_key(target: &Relation, via: &Column, parent: &Relation) -> Result<Column> {
+    let referenced = sql::select_value::<String>(
+        "SELECT pa.attname::text FROM pg_catalog.pg_constraint con \
+           JOIN pg_catalog.pg_attribute pa ON pa.attrelid = con.confrelid AND pa.attnum = con.confkey[1] \
+          WHERE con.conrelid = $1 AND con.confrelid = $2 AND con.contype = 'f' \
+            AND pg_catalog.array_length(con.conkey, 1) = 1 AND con.conkey[1] = $3::pg_catalog.int2 \
+          ORDER BY con.conname LIMIT 1",
+        &[Value::Oid(target.oid), Value::Oid(parent.oid), Value::Int4(Some(via.attnum.into()))],
+    )?;
+    let key = match referenced {
+        Some(name) => column(parent, &name)?,
+        None => primary_key_column(parent).map_err(|_| {
+            BackfillError::BadArgument(
+                format!(
+                    "{} has no single-column primary key for column {} of {} to point at",
+                    parent.display, via.name, target.display
+                ),
+                format!(
+                    "A parent source is matched on its key: add a foreign key from {}.{} to the parent's unique \
+                     column, or give {} a single-column primary key.",
+                    target.display,
+                    sql::ident(&via.name),
+                    parent.display
+                ),
+            )
+        })?,
+    };
+    Ok(key)
+}
+
 /// Whether a column alone is unique (a valid, non-partial unique index on just it).
 pub fn is_unique(rel: &Relation, col: &Column) -> Result<bool> {
     Ok(sql::select_value::<bool>(

@@ -76,7 +76,7 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
             None => "true".into(),
         };
         st.sql = format!(
-            "WITH bad AS (\n    SELECT t.{key} AS key FROM {source} s JOIN {target} t ON t.{key} = s.{via}\n     \
+            "WITH bad AS (\n    SELECT t.{key} AS key FROM {source} s JOIN {target} t ON {related}\n     \
              WHERE s.{stenant} IS NOT NULL AND t.{tenant} IS NOT NULL\n       \
              AND t.{key}::text NOT IN ({overridden})\n       \
              AND CASE WHEN {castable} THEN s.{stenant}::{tt} <> t.{tenant} ELSE false END)\n\
@@ -89,7 +89,7 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
             tt = t.tenant.type_sql,
             target = t.rel.sql_name(),
             source = s.rel.sql_name(),
-            via = s.via.sql_name(),
+            related = related_rows(job, s),
             stenant = s.tenant.sql_name(),
         );
         let (n, keys, distinct) = sql::select_one_row(&st.sql, &st.params, "the disagreement count", |row| {
@@ -107,6 +107,17 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
         }
     }
     Ok((total, (!detail.is_empty()).then(|| detail.join("; "))))
+}
+
+/// The join condition of a source's rows (alias s) and the target rows (alias t) they are
+/// evidence for: a child's via holds the target's key; a parent's key is what the target's
+/// via holds.
+fn related_rows(job: &Job, source: &Source) -> String {
+    let t = &job.target;
+    match &source.parent_key {
+        None => format!("t.{} = s.{}", t.key.sql_name(), source.via.sql_name()),
+        Some(key) => format!("s.{} = t.{}", key.sql_name(), source.via.sql_name()),
+    }
 }
 
 /// A source's tenants that do not cast to the target's tenant type.
@@ -145,14 +156,25 @@ pub fn bad_source_values<'a>(job: &'a Job, mode: Mode, scope: &Scope) -> Result<
         let (with_scope, keys) = engine::scope_keys(&mut st, job, mode, scope);
         let stenant = source.tenant.sql_name();
         let casts = engine::tenant_casts(&mut st, &format!("s.{stenant}"), &source.tenant, &job.target.tenant);
+        // The target key each value is evidence for: a child's via, a parent's target row's key.
+        let (from, key) = match &source.parent_key {
+            None => (format!("{} s", source.rel.sql_name()), format!("s.{}", source.via.sql_name())),
+            Some(_) => (
+                format!(
+                    "{} s JOIN {} t ON {}",
+                    source.rel.sql_name(),
+                    job.target.rel.sql_name(),
+                    related_rows(job, source)
+                ),
+                format!("t.{}", job.target.key.sql_name()),
+            ),
+        };
         st.sql = format!(
             "{with_scope}\n\
-             SELECT pg_catalog.count(*) OVER (), s.{via}::text, s.{stenant}::text\n  \
-             FROM {table} s\n \
-             WHERE s.{via} IN ({keys}) AND s.{stenant} IS NOT NULL AND NOT {casts}\n \
-             ORDER BY s.{via} LIMIT {FIRST_KEYS}",
-            via = source.via.sql_name(),
-            table = source.rel.sql_name(),
+             SELECT pg_catalog.count(*) OVER (), {key}::text, s.{stenant}::text\n  \
+             FROM {from}\n \
+             WHERE {key} IN ({keys}) AND s.{stenant} IS NOT NULL AND NOT {casts}\n \
+             ORDER BY {key} LIMIT {FIRST_KEYS}",
         );
         let rows = sql::select_rows(&st.sql, &st.params, |row| {
             Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?, get_required::<String>(row, 3)?))

@@ -30,7 +30,7 @@
 
 use crate::catalog::Column;
 use crate::error::{BackfillError, Result};
-use crate::job::{Job, Rule, Source};
+use crate::job::{Direction, Job, Rule, Source, Target};
 use crate::sql::{Statement, Value};
 use pgrx::pg_sys;
 
@@ -113,7 +113,7 @@ pub fn decision_query(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope, 
                 format!(" AND ({alias}.{} IS NULL OR {casts})", source.tenant.sql_name())
             })
         });
-        ctes.push(source_ctes(i + 1, source, &job.target.tenant, &label, &keys, detail, castable_only.as_ref()));
+        ctes.push(source_ctes(i + 1, source, &job.target, &label, &keys, detail, castable_only.as_ref()));
         labels.push(label);
     }
     ctes.push(overrides_cte(st, job));
@@ -232,7 +232,7 @@ fn keys_in_scope(job: &Job, mode: Mode, scope: &Scope) -> String {
 fn source_ctes(
     i: usize,
     source: &Source,
-    tenant: &Column,
+    target: &Target,
     label: &str,
     keys: &str,
     detail: Detail,
@@ -243,6 +243,7 @@ fn source_ctes(
         Some([s, r]) => (s.as_str(), r.as_str()),
         None => ("", ""),
     };
+    let tenant = &target.tenant;
     let via = source.via.sql_name();
     let stenant = source.tenant.sql_name();
     let source_table = source.rel.sql_name();
@@ -264,12 +265,20 @@ fn source_ctes(
         tenant = tenant_of("r"),
     );
     // Several tenants: a unanimous phase stops at a conflict and proposes nothing; a
-    // majority phase takes the most frequent, ties to the lowest.
-    let top_of_several = match source.rule {
-        Rule::Unanimous => "NULL".to_string(),
-        Rule::Majority => {
+    // majority phase takes the most frequent, ties to the lowest. (A parent is one row:
+    // never several.)
+    let top_of_several = match (source.direction, source.rule) {
+        (Direction::Parent, _) | (_, Rule::Unanimous) => "NULL".to_string(),
+        (Direction::Child, Rule::Majority) => {
             format!("(SELECT x.tenant FROM ({per_tenant}) x ORDER BY x.n DESC, x.tenant LIMIT 1)")
         }
+    };
+    let several_evidence = match source.direction {
+        Direction::Child => format!(
+            "(SELECT pg_catalog.to_json({label}::text)::text) || ':' ||\n\
+             \x20                  (SELECT pg_catalog.json_object_agg(x.tenant::text, x.n) FROM ({per_tenant}) x)::text"
+        ),
+        Direction::Parent => "NULL".to_string(),
     };
     // The source's member of the evidence object, as JSON text: `"calls": {"7": 3}`.
     // Text, not jsonb, until a consumer needs jsonb: the write path carries it into the
@@ -278,16 +287,32 @@ fn source_ctes(
         Detail::Full => format!(
             "CASE WHEN e.n = 0 THEN NULL\n\
              \x20             WHEN e.lo = e.hi THEN (SELECT pg_catalog.to_json({label}::text)::text) || ':{{' || {key} || ':' || e.n || '}}'\n\
-             \x20             ELSE (SELECT pg_catalog.to_json({label}::text)::text) || ':' ||\n\
-             \x20                  (SELECT pg_catalog.json_object_agg(x.tenant::text, x.n) FROM ({per_tenant}) x)::text END",
+             \x20             ELSE {several_evidence} END",
             key = json_string(tenant, "e.lo"),
         ),
         Detail::Counts => "NULL::text".to_string(),
     };
+    let ev = match (source.direction, &source.parent_key) {
+        (Direction::Parent, Some(parent_key)) => format!(
+            // The target row's one parent (c: the target row, s: its parent). Not grouped:
+            // the target's key is unique and so is the parent's.
+            "ev_{i} AS (\n    SELECT c.{key} AS key, CASE WHEN s.{stenant} IS NULL THEN 0 ELSE 1 END::pg_catalog.int8 AS n,\n           \
+             CASE WHEN s.{stenant} IS NULL THEN 1 ELSE 0 END::pg_catalog.int8 AS n_null, {one} AS lo, {one} AS hi\n      \
+             FROM {target_table} c JOIN {source_table} s ON s.{parent_key} = c.{via}\n     \
+             WHERE c.{key} IN ({keys}){castable_s})",
+            key = target.key.sql_name(),
+            parent_key = parent_key.sql_name(),
+            target_table = target.rel.sql_name(),
+            one = tenant_of("s"),
+        ),
+        _ => format!(
+            "ev_{i} AS (\n    SELECT s.{via} AS key, pg_catalog.count(s.{stenant}) AS n,\n           \
+             pg_catalog.count(*) - pg_catalog.count(s.{stenant}) AS n_null, {lo} AS lo, {hi} AS hi\n      \
+             FROM {source_table} s WHERE s.{via} IN ({keys}){castable_s} GROUP BY 1)"
+        ),
+    };
     format!(
-        "ev_{i} AS (\n    SELECT s.{via} AS key, pg_catalog.count(s.{stenant}) AS n,\n           \
-         pg_catalog.count(*) - pg_catalog.count(s.{stenant}) AS n_null, {lo} AS lo, {hi} AS hi\n      \
-         FROM {source_table} s WHERE s.{via} IN ({keys}){castable_s} GROUP BY 1)\n\
+        "{ev}\n\
          , cand_{i} AS (\n    SELECT e.key,\n           \
          CASE WHEN e.n = 0 THEN 0 WHEN e.lo = e.hi THEN 1 ELSE 2 END AS ntenants,\n           \
          CASE WHEN e.n = 0 THEN NULL WHEN e.lo = e.hi THEN e.lo ELSE {top_of_several} END AS top,\n           \

@@ -36,6 +36,39 @@ impl Rule {
     }
 }
 
+/// Which way a source's rows relate to the target's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The source's rows point at the target row (`appointments.customer_id`): any number
+    /// of them, each with a tenant, are the evidence.
+    Child,
+    /// The target row points at one source row (`customers.company_id` of the customer an
+    /// appointment names): that row's tenant is the evidence.
+    Parent,
+}
+
+impl Direction {
+    pub fn parse(text: Option<&str>) -> Result<Direction> {
+        match text {
+            Some("child") => Ok(Direction::Child),
+            Some("parent") => Ok(Direction::Parent),
+            other => Err(BackfillError::BadArgument(
+                format!("unknown direction \"{}\"", other.unwrap_or("NULL")),
+                "A source's direction is 'child' (its via column holds the target's key) or 'parent' (via is the \
+                 target's column and holds the source's key)."
+                    .into(),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Child => "child",
+            Direction::Parent => "parent",
+        }
+    }
+}
+
 /// A configured target table.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -49,7 +82,13 @@ pub struct Target {
 #[derive(Clone, Debug)]
 pub struct Source {
     pub rel: Relation,
+    /// A child's column that holds the target's key, or the target's column that holds a
+    /// parent's key (`direction`).
     pub via: Column,
+    pub direction: Direction,
+    /// A parent's column that `via` holds: unique (its primary key, or what via's foreign
+    /// key references), so a target row has at most one parent. None for a child.
+    pub parent_key: Option<Column>,
     pub tenant: Column,
     pub phase: i32,
     pub rule: Rule,
@@ -77,17 +116,35 @@ pub struct Job {
     pub override_tables: Vec<OverrideTable>,
 }
 
-/// Checks that a source's columns fit its target: `via` compares with the key, and the
-/// tenant column casts to the target's tenant type.
-pub fn require_source_types(target: &Target, rel: &Relation, via: &Column, tenant: &Column) -> Result<()> {
-    crate::catalog::require_builtin_ops(rel, via, "column")?;
-    if !types_comparable(via.type_oid, target.key.type_oid)? {
+/// Checks that a source's columns fit its target: `via` compares with the key (for a
+/// parent: the target's `via` with the parent's key), and the tenant column casts to the
+/// target's tenant type.
+pub fn require_source_types(
+    target: &Target,
+    rel: &Relation,
+    via: &Column,
+    parent_key: Option<&Column>,
+    tenant: &Column,
+) -> Result<()> {
+    // The two columns compared, each with its table: (via, the target's key) for a child,
+    // (the target's via, the parent's key) for a parent.
+    let ((left_rel, left), (right_rel, right)) = match parent_key {
+        None => ((rel, via), (&target.rel, &target.key)),
+        Some(key) => ((&target.rel, via), (rel, key)),
+    };
+    crate::catalog::require_builtin_ops(left_rel, left, "column")?;
+    crate::catalog::require_builtin_ops(right_rel, right, "column")?;
+    if !types_comparable(left.type_oid, right.type_oid)? {
         return Err(BackfillError::TypeMismatch(
             format!(
                 "column {} of {} is {} and cannot be compared with key {} of {} ({})",
-                via.name, rel.display, via.type_display, target.key.name, target.rel.display, target.key.type_display
+                left.name, left_rel.display, left.type_display, right.name, right_rel.display, right.type_display
             ),
-            "via must hold values of the target's key type (or one comparable with it).".into(),
+            match parent_key {
+                None => "via must hold values of the target's key type (or one comparable with it).",
+                Some(_) => "A parent's via is the target's column that holds the parent's key: of its type (or one comparable with it).",
+            }
+            .into(),
         ));
     }
     require_tenant_cast(
@@ -182,29 +239,57 @@ fn defined_column(rel: &Relation, name: &str, attnum: Option<i16>) -> Result<Col
 pub fn job(oid: pg_sys::Oid) -> Result<Job> {
     let target = target(oid)?;
     let source_rows = config_rows(
-        "SELECT source::pg_catalog.oid, via::text, tenant_column::text, rule, phase\n  \
+        "SELECT source::pg_catalog.oid, via::text, tenant_column::text, rule, phase, direction, source_key::text\n  \
          FROM tenant_backfill.sources WHERE target = $1::pg_catalog.regclass ORDER BY phase",
         oid,
     )?;
     let mut sources = Vec::with_capacity(source_rows.len());
-    for (source_oid, [via, tenant, rule], phase) in source_rows {
+    for (source_oid, [via, tenant, rule], phase, direction, source_key) in source_rows {
         let rel = relation(source_oid)?;
-        let (via, tenant) = (column(&rel, &via)?, column(&rel, &tenant)?);
+        let direction = Direction::parse(Some(&direction))?;
+        // A parent's via is the target's column; a child's is its own.
+        let via = match direction {
+            Direction::Child => column(&rel, &via)?,
+            Direction::Parent => column(&target.rel, &via)?,
+        };
+        let parent_key = source_key.map(|key| column(&rel, &key)).transpose()?;
+        if let Some(key) = &parent_key {
+            // One parent per target row is what makes its tenant the evidence.
+            if !crate::catalog::is_unique(&rel, key)? {
+                return Err(BackfillError::WrongState(
+                    format!("column {} of parent source {} is no longer unique", key.name, rel.display),
+                    "add_source found it unique (a primary key, or what a foreign key references); its unique index is gone."
+                        .into(),
+                    "Create the unique index again, or add the source again through another key.".into(),
+                ));
+            }
+        }
+        let tenant = column(&rel, &tenant)?;
         // Checked again at every use: a key or tenant type changed since add_source
         // would otherwise fail deep inside the decision query.
-        require_source_types(&target, &rel, &via, &tenant)?;
-        sources.push(Source { via, tenant, phase, rule: Rule::parse(Some(&rule))?, label: rel.name.clone(), rel });
+        require_source_types(&target, &rel, &via, parent_key.as_ref(), &tenant)?;
+        sources.push(Source {
+            via,
+            direction,
+            parent_key,
+            tenant,
+            phase,
+            rule: Rule::parse(Some(&rule))?,
+            label: rel.name.clone(),
+            rel,
+        });
     }
     label_sources(&mut sources);
 
     let table_rows = config_rows(
-        "SELECT config_table::pg_catalog.oid, key_column::text, value_column::text, key_prefix, position\n  \
+        "SELECT config_table::pg_catalog.oid, key_column::text, value_column::text, key_prefix, position, \
+                NULL::text, NULL::text\n  \
          FROM tenant_backfill.override_tables WHERE target = $1::pg_catalog.regclass ORDER BY position",
         oid,
     )?;
     let override_tables = table_rows
         .into_iter()
-        .map(|(table_oid, [key, value, prefix], _position)| {
+        .map(|(table_oid, [key, value, prefix], _position, _, _)| {
             let rel = relation(table_oid)?;
             Ok(OverrideTable { key: column(&rel, &key)?, value: column(&rel, &value)?, rel, prefix })
         })
@@ -213,11 +298,20 @@ pub fn job(oid: pg_sys::Oid) -> Result<Job> {
 }
 
 /// The rows of a configuration table (sources, override tables) for one target, each a
-/// table, three names or texts, and its order (phase, position).
-fn config_rows(query: &str, target: pg_sys::Oid) -> Result<Vec<(pg_sys::Oid, [String; 3], i32)>> {
+/// table, three names or texts, its order (phase, position), and for a source its
+/// direction and parent key.
+type ConfigRow = (pg_sys::Oid, [String; 3], i32, String, Option<String>);
+
+fn config_rows(query: &str, target: pg_sys::Oid) -> Result<Vec<ConfigRow>> {
     sql::select_rows(query, &[Value::Oid(target)], |row| {
         let text = |i| get_required::<String>(row, i);
-        Ok((get_required::<pg_sys::Oid>(row, 1)?, [text(2)?, text(3)?, text(4)?], get_required::<i32>(row, 5)?))
+        Ok((
+            get_required::<pg_sys::Oid>(row, 1)?,
+            [text(2)?, text(3)?, text(4)?],
+            get_required::<i32>(row, 5)?,
+            get::<String>(row, 6)?.unwrap_or_default(),
+            get::<String>(row, 7)?,
+        ))
     })
 }
 
@@ -244,7 +338,13 @@ impl Job {
         let t = &self.target;
         require_select(&t.rel, &[&t.key, &t.tenant])?;
         for s in &self.sources {
-            require_select(&s.rel, &[&s.via, &s.tenant])?;
+            match &s.parent_key {
+                None => require_select(&s.rel, &[&s.via, &s.tenant])?,
+                Some(key) => {
+                    require_select(&t.rel, &[&s.via])?;
+                    require_select(&s.rel, &[key, &s.tenant])?;
+                }
+            }
         }
         for o in &self.override_tables {
             require_select(&o.rel, &[&o.key, &o.value])?;

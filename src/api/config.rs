@@ -5,7 +5,7 @@
 use crate::catalog::{self, Column, Relation};
 use crate::engine;
 use crate::error::{required, BackfillError, OrRaise, Result};
-use crate::job::{self, Rule};
+use crate::job::{self, Direction, Rule};
 use crate::sql::{self, get_required, Value};
 use crate::types::{RegClass, SqlName};
 use pgrx::prelude::*;
@@ -118,7 +118,8 @@ fn undefine_target(target: RegClass) -> Result<()> {
     Ok(())
 }
 
-/// Adds (or updates) a related table whose `via` column points at the target's key.
+/// Adds (or updates) a related table: a child whose `via` column points at the target's
+/// key, or (`direction => 'parent'`) a parent the target's own `via` column points at.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn add_source(
@@ -128,6 +129,7 @@ fn add_source(
     tenant_column: default!(Option<SqlName>, "NULL"),
     phase: default!(Option<i32>, "NULL"),
     rule: default!(Option<String>, "'unanimous'"),
+    direction: default!(Option<String>, "'child'"),
 ) {
     (|| {
         add_source_impl(
@@ -137,6 +139,7 @@ fn add_source(
             tenant_column.as_ref(),
             phase,
             rule.as_deref(),
+            Direction::parse(direction.as_deref())?,
         )
     })()
     .or_raise()
@@ -149,15 +152,35 @@ fn add_source_impl(
     tenant_column: Option<&SqlName>,
     phase: Option<i32>,
     rule: Option<&str>,
+    direction: Direction,
 ) -> Result<()> {
     let target = job::target(target.0)?;
     let rel = catalog::relation(source.0)?;
-    let via = catalog::column(&rel, via.as_str())?;
     let tenant_name = tenant_column.map(SqlName::as_str).unwrap_or(&target.tenant.name);
     let tenant = catalog::column(&rel, tenant_name)?;
     let rule = Rule::parse(rule)?;
-    job::require_source_types(&target, &rel, &via, &tenant)?;
-    catalog::require_select(&rel, &[&via, &tenant])?;
+    let (via, parent_key) = match direction {
+        Direction::Child => (catalog::column(&rel, via.as_str())?, None),
+        Direction::Parent => {
+            let via = catalog::column(&target.rel, via.as_str())?;
+            if rel.oid == target.rel.oid {
+                return Err(BackfillError::BadArgument(
+                    format!("{} cannot be its own parent source", target.rel.display),
+                    "A parent is another table the target's via column points at.".into(),
+                ));
+            }
+            let key = catalog::parent_key(&target.rel, &via, &rel)?;
+            (via, Some(key))
+        }
+    };
+    job::require_source_types(&target, &rel, &via, parent_key.as_ref(), &tenant)?;
+    match &parent_key {
+        None => catalog::require_select(&rel, &[&via, &tenant])?,
+        Some(key) => {
+            catalog::require_select(&target.rel, &[&via])?;
+            catalog::require_select(&rel, &[key, &tenant])?;
+        }
+    }
     catalog::require_update(&target.rel, &target.tenant)?;
 
     let existing = source_phases(&target.rel)?;
@@ -182,11 +205,12 @@ fn add_source_impl(
     }
     sql::as_extension_owner(|| {
         sql::execute(
-            "INSERT INTO tenant_backfill.sources (target, source, via, tenant_column, phase, rule) \
+            "INSERT INTO tenant_backfill.sources (target, source, via, tenant_column, phase, rule, direction, source_key) \
              VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.oid::pg_catalog.regclass, \
-                     $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, $6) \
+                     $3::text::pg_catalog.name, $4::text::pg_catalog.name, $5, $6, $7, $8::text::pg_catalog.name) \
              ON CONFLICT (target, source, via) DO UPDATE SET tenant_column = EXCLUDED.tenant_column, \
-                 phase = EXCLUDED.phase, rule = EXCLUDED.rule",
+                 phase = EXCLUDED.phase, rule = EXCLUDED.rule, direction = EXCLUDED.direction, \
+                 source_key = EXCLUDED.source_key",
             &[
                 Value::Oid(target.rel.oid),
                 Value::Oid(rel.oid),
@@ -194,6 +218,11 @@ fn add_source_impl(
                 Value::text(tenant.name),
                 Value::Int4(Some(phase)),
                 Value::text(rule.as_str()),
+                Value::text(direction.as_str()),
+                match &parent_key {
+                    Some(key) => Value::text(key.name.clone()),
+                    None => Value::Text(None),
+                },
             ],
         )
     })?;

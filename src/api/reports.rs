@@ -198,8 +198,10 @@ fn preflight_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<(S
 
     let mut missing = Vec::new();
     for s in &job.sources {
-        if !catalog::has_leading_index(&s.rel, &s.via)? {
-            missing.push(format!("{}.{}", s.rel.display, sql::ident(&s.via.name)));
+        // A child is read by its via column; a parent by its key (unique, so indexed).
+        let column = s.parent_key.as_ref().unwrap_or(&s.via);
+        if !catalog::has_leading_index(&s.rel, column)? {
+            missing.push(format!("{}.{}", s.rel.display, sql::ident(&column.name)));
         }
     }
     out.push(("missing_index".into(), missing.len() as i64, joined(missing)));
