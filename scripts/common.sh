@@ -102,17 +102,17 @@ install_extension() {
     cp "$REPO_ROOT"/sql/tenant_backfill--[0-9]*.sql "$("$(pg_config_for "$v")" --sharedir)/extension/"
 }
 
-# cluster_start VERSION DIR PORT: a throwaway cluster owned by postgres, listening only
-# on a socket in DIR.
+# cluster_start VERSION DIR PORT [SERVER OPTIONS]: a throwaway cluster owned by postgres,
+# listening only on a socket in DIR (more -c options for the server may follow).
 cluster_start() {
-    local v=$1 dir=$2 port=$3 bin
+    local v=$1 dir=$2 port=$3 extra=${4:-} bin
     bin=$(bindir_for "$v")
     rm -rf "$dir"
     mkdir -p "$dir"
     chown postgres:postgres "$dir"
     sudo -u postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >/dev/null
     sudo -u postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-        -o "-p $port -k $dir -c listen_addresses='' -c fsync=off" start >/dev/null
+        -o "-p $port -k $dir -c listen_addresses='' -c fsync=off $extra" start >/dev/null
 }
 
 cluster_stop() {

@@ -209,6 +209,24 @@ pub fn parent_key(target: &Relation, via: &Column, parent: &Relation) -> Result<
     Ok(key)
 }
 
+/// Whether any of these tables is a Citus table (distributed or reference): false where
+/// Citus is not installed, whose catalog pg_dist_partition then does not exist.
+pub fn citus_tables(tables: &[pg_sys::Oid]) -> Result<bool> {
+    let installed =
+        sql::select_value::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL", &[])?
+            .unwrap_or(false);
+    if !installed {
+        return Ok(false);
+    }
+    let oids: Vec<Option<i64>> = tables.iter().map(|oid| Some(i64::from(u32::from(*oid)))).collect();
+    Ok(sql::select_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p \
+                         WHERE p.logicalrelid::pg_catalog.oid::pg_catalog.int8 OPERATOR(pg_catalog.=) ANY ($1))",
+        &[Value::Int8Array(oids)],
+    )?
+    .unwrap_or(false))
+}
+
 /// Whether a column alone is unique (a valid, non-partial unique index on just it).
 pub fn is_unique(rel: &Relation, col: &Column) -> Result<bool> {
     Ok(sql::select_value::<bool>(

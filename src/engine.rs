@@ -113,7 +113,7 @@ pub fn decision_query(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope, 
                 format!(" AND ({alias}.{} IS NULL OR {casts})", source.tenant.sql_name())
             })
         });
-        ctes.push(source_ctes(i + 1, source, &job.target, &label, &keys, detail, castable_only.as_ref()));
+        ctes.push(source_ctes(i + 1, source, &job.target, &label, &keys, detail, castable_only.as_ref(), job.citus));
         labels.push(label);
     }
     ctes.push(overrides_cte(st, job));
@@ -237,6 +237,7 @@ fn source_ctes(
     keys: &str,
     detail: Detail,
     castable_only: Option<&[String; 2]>,
+    citus: bool,
 ) -> String {
     // The filter that leaves out values that do not cast, for alias s and alias r.
     let (castable_s, castable_r) = match castable_only {
@@ -264,16 +265,33 @@ fn source_ctes(
          WHERE r.{via} = e.key AND r.{stenant} IS NOT NULL{castable_r} GROUP BY 1",
         tenant = tenant_of("r"),
     );
+    // Citus cannot plan a subquery correlated with a CTE row when a Citus table is in the
+    // statement: there, the conflicting keys' per-tenant counts are a CTE of their own,
+    // `several_<i>`, grouped once for all of them and joined.
+    let several_cte = (citus && source.direction == Direction::Child).then(|| {
+        format!(
+            "several_{i} AS (\n    SELECT x.key, pg_catalog.json_object_agg(x.tenant::text, x.n)::text AS counts,\n           \
+             (pg_catalog.array_agg(x.tenant ORDER BY x.n DESC, x.tenant))[1] AS top\n      \
+             FROM (SELECT r.{via} AS key, {tenant} AS tenant, pg_catalog.count(*) AS n FROM {source_table} r\n             \
+             WHERE r.{via} IN (SELECT e.key FROM ev_{i} e WHERE e.lo <> e.hi) AND r.{stenant} IS NOT NULL{castable_r}\n             \
+             GROUP BY 1, 2) x\n     GROUP BY x.key)",
+            tenant = tenant_of("r"),
+        )
+    });
     // Several tenants: a unanimous phase stops at a conflict and proposes nothing; a
     // majority phase takes the most frequent, ties to the lowest. (A parent is one row:
     // never several.)
     let top_of_several = match (source.direction, source.rule) {
         (Direction::Parent, _) | (_, Rule::Unanimous) => "NULL".to_string(),
+        (Direction::Child, Rule::Majority) if several_cte.is_some() => "sv.top".to_string(),
         (Direction::Child, Rule::Majority) => {
             format!("(SELECT x.tenant FROM ({per_tenant}) x ORDER BY x.n DESC, x.tenant LIMIT 1)")
         }
     };
     let several_evidence = match source.direction {
+        Direction::Child if several_cte.is_some() => {
+            format!("(SELECT pg_catalog.to_json({label}::text)::text) || ':' || sv.counts")
+        }
         Direction::Child => format!(
             "(SELECT pg_catalog.to_json({label}::text)::text) || ':' ||\n\
              \x20                  (SELECT pg_catalog.json_object_agg(x.tenant::text, x.n) FROM ({per_tenant}) x)::text"
@@ -294,16 +312,17 @@ fn source_ctes(
     };
     let ev = match (source.direction, &source.parent_key) {
         (Direction::Parent, Some(parent_key)) => format!(
-            // The target row's one parent (c: the target row, s: its parent). Not grouped:
-            // the target's key is unique and so is the parent's.
-            "ev_{i} AS (\n    SELECT c.{key} AS key, CASE WHEN s.{stenant} IS NULL THEN 0 ELSE 1 END::pg_catalog.int8 AS n,\n           \
-             CASE WHEN s.{stenant} IS NULL THEN 1 ELSE 0 END::pg_catalog.int8 AS n_null, {one} AS lo, {one} AS hi\n      \
+            // The target row's one parent (c: the target row, s: its parent). Grouped by
+            // the target's key although each group is one row (both keys are unique): the
+            // same shape as a child's, and the one Citus plans right (the ungrouped CASE
+            // form came back as no evidence there when the target was distributed).
+            "ev_{i} AS (\n    SELECT c.{key} AS key, pg_catalog.count(s.{stenant}) AS n,\n           \
+             pg_catalog.count(*) - pg_catalog.count(s.{stenant}) AS n_null, {lo} AS lo, {hi} AS hi\n      \
              FROM {target_table} c JOIN {source_table} s ON s.{parent_key} = c.{via}\n     \
-             WHERE c.{key} IN ({keys}){castable_s})",
+             WHERE c.{key} IN ({keys}){castable_s} GROUP BY 1)",
             key = target.key.sql_name(),
             parent_key = parent_key.sql_name(),
             target_table = target.rel.sql_name(),
-            one = tenant_of("s"),
         ),
         _ => format!(
             "ev_{i} AS (\n    SELECT s.{via} AS key, pg_catalog.count(s.{stenant}) AS n,\n           \
@@ -311,14 +330,18 @@ fn source_ctes(
              FROM {source_table} s WHERE s.{via} IN ({keys}){castable_s} GROUP BY 1)"
         ),
     };
+    let (several, several_join) = match several_cte {
+        Some(cte) => (format!("\n, {cte}"), format!(" LEFT JOIN several_{i} sv ON sv.key = e.key")),
+        None => (String::new(), String::new()),
+    };
     format!(
-        "{ev}\n\
+        "{ev}{several}\n\
          , cand_{i} AS (\n    SELECT e.key,\n           \
          CASE WHEN e.n = 0 THEN 0 WHEN e.lo = e.hi THEN 1 ELSE 2 END AS ntenants,\n           \
          CASE WHEN e.n = 0 THEN NULL WHEN e.lo = e.hi THEN e.lo ELSE {top_of_several} END AS top,\n           \
          {evidence} AS evidence,\n           \
          CASE WHEN e.n_null > 0 THEN pg_catalog.jsonb_build_object({label}::text, e.n_null) END AS unattributed\n      \
-         FROM ev_{i} e)",
+         FROM ev_{i} e{several_join})",
     )
 }
 

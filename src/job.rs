@@ -114,6 +114,9 @@ pub struct Job {
     pub sources: Vec<Source>,
     /// In the order they were added, which is their precedence.
     pub override_tables: Vec<OverrideTable>,
+    /// Whether the target or a source is a Citus table (distributed or reference): the
+    /// decision query then takes a form Citus can plan (engine.rs).
+    pub citus: bool,
 }
 
 /// Checks that a source's columns fit its target: `via` compares with the key (for a
@@ -294,7 +297,10 @@ pub fn job(oid: pg_sys::Oid) -> Result<Job> {
             Ok(OverrideTable { key: column(&rel, &key)?, value: column(&rel, &value)?, rel, prefix })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Job { target, sources, override_tables })
+    let citus = crate::catalog::citus_tables(
+        &std::iter::once(target.rel.oid).chain(sources.iter().map(|s| s.rel.oid)).collect::<Vec<_>>(),
+    )?;
+    Ok(Job { target, sources, override_tables, citus })
 }
 
 /// The rows of a configuration table (sources, override tables) for one target, each a

@@ -501,16 +501,20 @@ pub fn split(run_id: i64, target: &Target, mode: Mode, workers: i32) -> Result<u
     let bounds = sql::select_rows(
         &format!(
             "SELECT DISTINCT b.k::text, b.k FROM pg_catalog.unnest((\n  \
-             SELECT pg_catalog.percentile_disc((SELECT pg_catalog.array_agg(i::pg_catalog.float8 / $3::pg_catalog.float8)\n                                          \
-             FROM pg_catalog.generate_series(1, $3 - 1) i))\n           \
-             WITHIN GROUP (ORDER BY t.{key})\n    \
+             SELECT pg_catalog.percentile_disc($3::pg_catalog.text[]::pg_catalog.float8[]) WITHIN GROUP (ORDER BY t.{key})\n    \
              FROM {table} t\n   \
              WHERE ($1::pg_catalog.text IS NULL OR t.{key} > $1::pg_catalog.text::{key_type})\n     \
              AND t.{key} <= $2::pg_catalog.text::{key_type}{examined})) b(k)\n \
              WHERE b.k < $2::pg_catalog.text::{key_type}\n \
              ORDER BY b.k"
         ),
-        &[Value::Text(run.last_key.clone()), Value::text(upper.clone()), Value::Int4(Some(workers))],
+        // The fractions 1/N .. (N-1)/N, as a value: Citus cannot push down a subquery
+        // in the target list of an aggregate over a distributed table.
+        &[
+            Value::Text(run.last_key.clone()),
+            Value::text(upper.clone()),
+            Value::TextArray((1..workers).map(|i| Some((f64::from(i) / f64::from(workers)).to_string())).collect()),
+        ],
         |row| get_required::<String>(row, 1),
     )?;
     let mut ends = bounds;

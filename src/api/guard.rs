@@ -50,6 +50,19 @@ fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&Sql
     for table in &family {
         catalog::require_table_privilege(table, "TRIGGER")?;
     }
+    if catalog::citus_tables(&family.iter().map(|t| t.oid).collect::<Vec<_>>())? {
+        return Err(BackfillError::Unsupported(
+            format!("the guard cannot be installed on {}: it is a Citus table", target.rel.display),
+            "Citus runs no trigger on the shards of a distributed or reference table (citus.enable_unsafe_triggers \
+             is off), so the guard would never fire."
+                .into(),
+            format!(
+                "Finish the backfill and make the column NOT NULL (CALL tenant_backfill.finalize('{}')): Citus checks \
+                 the constraint on every shard. Or guard the table before it is distributed.",
+                target.rel.display
+            ),
+        ));
+    }
     let args = GuardArgs { mode, tenant: target.tenant.name.clone(), key: target.key.name.clone(), parent };
     for table in &family {
         guard::install(table, &args)?;

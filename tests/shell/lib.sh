@@ -19,12 +19,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# primary_start NAME: a fresh cluster on its own port; database "test".
+# primary_start NAME [SERVER OPTIONS]: a fresh cluster on its own port; database "test".
 primary_start() {
     SCRATCH=$(scratch_dir "shell_$1")
     PRIMARY=$SCRATCH/primary
     PORT=$((57000 + PGV))
-    cluster_start "$PGV" "$PRIMARY" "$PORT"
+    cluster_start "$PGV" "$PRIMARY" "$PORT" "${2:-}"
     CLUSTERS+=("$PRIMARY")
     sudo -u postgres "$BIN/createdb" -h "$PRIMARY" -p "$PORT" -U postgres test
 }
