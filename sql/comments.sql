@@ -15,6 +15,8 @@ COMMENT ON FUNCTION @extschema@.undefine(pg_catalog.regclass) IS
     'Forgets a target''s configuration, its sources, overrides and override tables with it. Its runs, backups and audit log stay.';
 COMMENT ON FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4, pg_catalog.text, pg_catalog.text) IS
     'Adds (or updates) a source whose tenant column (default: named like the target''s) is the evidence: direction child (the default), a table whose via column holds the target''s key; direction parent, the table the target''s own via column points at (its row''s tenant; matched on what via''s foreign key references, else its primary key). phase defaults to the next free one (or the source''s current one); rule is unanimous (every related row with a tenant agrees, else a conflict) or majority (most related rows, ties to the lowest tenant).';
+COMMENT ON FUNCTION @extschema@.remove_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name) IS
+    'Removes a source of the target (every one of that table when via is NULL) and returns how many; the other phases keep their numbers, and runs, backups and the audit log stay.';
 COMMENT ON FUNCTION @extschema@.set_override(pg_catalog.regclass, pg_catalog.text, pg_catalog.text, pg_catalog.text) IS
     'Records a DBA''s decision for one existing row (key and tenant as text, cast to the columns'' types), which beats every phase; a NULL tenant removes the override.';
 COMMENT ON FUNCTION @extschema@.add_override_table(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.text) IS
@@ -234,3 +236,10 @@ COMMENT ON COLUMN @extschema@.progress.batch_size IS 'Rows per batch, the curren
 COMMENT ON COLUMN @extschema@.progress.percent IS 'rows_done as a percentage of rows_total, to one decimal; 100 for a done or planned run with nothing to examine.';
 COMMENT ON COLUMN @extschema@.progress.background IS 'Whether background workers drive the run (start, resume).';
 COMMENT ON COLUMN @extschema@.progress.error IS 'The error a failed run stopped on, as SQLSTATE: message.';
+
+-- ---------------------------------------------------------------- 7. the whole database, and Citus
+
+COMMENT ON FUNCTION @extschema@.audit(pg_catalog.name, pg_catalog.regclass) IS
+    'Read-only, with the caller''s rights: one row per ordinary or partitioned table the caller may read (partitions counted in their parent; system, tenant_backfill''s, other extensions'' and temporary tables left out), in table_name order. role: root (the given root, else the table most single-column foreign keys on the tenant column point at), tenant (has the tenant column, named exactly), derivable (foreign keys lead from it to the root or a tenant table), reference (the root, a tenant or a reference table points at it) or local. rows is exact below 100000 estimated rows (pg_class.reltuples, summed over partitions) or without an estimate, else the estimate; null_tenant and cross_tenant (tenant tables only) are exact, cross_tenant counting a row once per foreign key without the tenant column through which it points at a row of another tenant. citus: distribute, reference, local or blocked, with each blocker and its fix in blockers.';
+COMMENT ON FUNCTION @extschema@.distribution_plan(pg_catalog.name, pg_catalog.regclass) IS
+    'Read-only: the statements, in order, that move the audited schema onto a Citus coordinator: drop the foreign keys between the tables to convert, create_reference_table for each reference table, create_distributed_table for the root by its key and for each tenant table by the tenant column, colocated with the root, and the foreign keys again as they were; local tables are left alone. While audit reports a table blocked it raises 55000, naming each with its first blocker; 42501 while a table it would convert is one the caller cannot read.';

@@ -229,6 +229,40 @@ fn add_source_impl(
     Ok(())
 }
 
+/// Removes one source of a target (every source of that table, when `via` is NULL); the
+/// other phases keep their numbers. Runs, backups and the audit log stay.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn remove_source(target: Option<RegClass>, source: Option<RegClass>, via: default!(Option<SqlName>, "NULL")) -> i64 {
+    (|| remove_source_impl(required(target, "target")?, required(source, "source")?, via.as_ref()))().or_raise()
+}
+
+fn remove_source_impl(target: RegClass, source: RegClass, via: Option<&SqlName>) -> Result<i64> {
+    let target = job::target(target.0)?;
+    catalog::require_update(&target.rel, &target.tenant)?;
+    let removed = sql::as_extension_owner(|| {
+        sql::execute(
+            "DELETE FROM tenant_backfill.sources \
+              WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND source = $2::pg_catalog.oid::pg_catalog.regclass \
+                AND ($3::text IS NULL OR via OPERATOR(pg_catalog.=) $3::text::pg_catalog.name)",
+            &[Value::Oid(target.rel.oid), Value::Oid(source.0), Value::Text(via.map(|v| v.as_str().to_string()))],
+        )
+    })?;
+    if removed == 0 {
+        let rel = catalog::relation(source.0)?;
+        return Err(BackfillError::BadArgument(
+            format!(
+                "{} is not a source of {}{}",
+                rel.display,
+                target.rel.display,
+                via.map(|v| format!(" through {}", v.as_str())).unwrap_or_default()
+            ),
+            "SELECT * FROM tenant_backfill.sources shows a target's sources.".into(),
+        ));
+    }
+    Ok(removed as i64)
+}
+
 /// (source, via, phase) of every source of a target.
 fn source_phases(target: &Relation) -> Result<Vec<(pgrx::pg_sys::Oid, String, i32)>> {
     sql::select_rows(

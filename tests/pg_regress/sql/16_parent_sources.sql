@@ -88,5 +88,12 @@ SELECT tenant_backfill.add_source('parents.visits', 'parents.regions', 'region',
 ALTER TABLE parents.regions DROP CONSTRAINT regions_pk;
 SELECT count(*) FROM tenant_backfill.plan('parents.visits');
 
+-- A source is removed on its own; the others keep their phases.
+SELECT tenant_backfill.remove_source('parents.appointments', 'parents.customers');
+SELECT source, via, phase, direction FROM tenant_backfill.sources WHERE target = 'parents.appointments'::regclass;
+SELECT tenant_backfill.remove_source('parents.appointments', 'parents.notes', 'company_id');
+SELECT tenant_backfill.remove_source('parents.appointments', 'parents.notes', 'appointment_id');
+SELECT count(*) AS sources_left FROM tenant_backfill.sources WHERE target = 'parents.appointments'::regclass;
+
 SELECT tenant_backfill.undefine(t) FROM unnest(ARRAY['parents.appointments', 'parents.visits', 'parents.sales']::regclass[]) t;
 DROP SCHEMA parents CASCADE;
