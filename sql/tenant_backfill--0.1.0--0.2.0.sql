@@ -42,7 +42,7 @@ ALTER FUNCTION @extschema@._run_begin(target regclass, batch_size integer, pause
 ALTER FUNCTION @extschema@._run_end(run_id bigint, error_state text, error_message text) SET SCHEMA tenant_backfill_internal;
 ALTER FUNCTION @extschema@._run_throttle(run_id bigint) SET SCHEMA tenant_backfill_internal;
 
--- Every function and procedure re-created (46): the C functions move to this
+-- Every function and procedure re-created (49): the C functions move to this
 -- release's library, the others take their current bodies.
 CREATE OR REPLACE FUNCTION tenant_backfill_internal._casts_to(value anyelement, type_name pg_catalog.regtype)
 RETURNS pg_catalog.bool
@@ -107,6 +107,22 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', 'apply_decisions_wrapper';
 
+CREATE OR REPLACE FUNCTION "audit"(
+	"tenant_column" name, /* Option < SqlName > */
+	"root" regclass DEFAULT NULL /* Option < RegClass > */
+) RETURNS TABLE (
+	"table_name" regclass,  /* RegClass */
+	"role" TEXT,  /* String */
+	"rows" bigint,  /* i64 */
+	"null_tenant" bigint,  /* Option < i64 > */
+	"cross_tenant" bigint,  /* Option < i64 > */
+	"citus" TEXT,  /* String */
+	"blockers" TEXT[]  /* Vec < String > */
+)
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', 'audit_wrapper';
+
 CREATE OR REPLACE FUNCTION "cancel"(
 	"run_id" bigint /* Option < i64 > */
 ) RETURNS void
@@ -146,6 +162,18 @@ CREATE OR REPLACE FUNCTION "discover"(
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', 'discover_wrapper';
+
+CREATE OR REPLACE FUNCTION "distribution_plan"(
+	"tenant_column" name, /* Option < SqlName > */
+	"root" regclass DEFAULT NULL /* Option < RegClass > */
+) RETURNS TABLE (
+	"step" INT,  /* i32 */
+	"statement" TEXT,  /* String */
+	"why" TEXT  /* String */
+)
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', 'distribution_plan_wrapper';
 
 CREATE OR REPLACE FUNCTION "enforce"(
 	"target" regclass, /* Option < RegClass > */
@@ -212,6 +240,15 @@ CREATE OR REPLACE FUNCTION "release_quarantine"(
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', 'release_quarantine_wrapper';
+
+CREATE OR REPLACE FUNCTION "remove_source"(
+	"target" regclass, /* Option < RegClass > */
+	"source" regclass, /* Option < RegClass > */
+	"via" name DEFAULT NULL /* Option < SqlName > */
+) RETURNS bigint /* i64 */
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', 'remove_source_wrapper';
 
 CREATE OR REPLACE FUNCTION "resume"(
 	"run_id" bigint /* Option < i64 > */
@@ -329,14 +366,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', 'wait_wrapper';
 
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_check"(
-	"target" regclass /* Option < RegClass > */
-) RETURNS TEXT /* String */
-
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_finalize_check_wrapper';
-
 CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_batch"(
 	"run_id" bigint, /* i64 */
 	"skip_held_rows" bool, /* bool */
@@ -347,13 +376,25 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', '_run_batch_wrapper';
 
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_throttle"(
-	"run_id" bigint /* i64 */
-) RETURNS double precision /* f64 */
-STRICT 
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_plan_statement"(
+	"target" regclass, /* Option < RegClass > */
+	"mode" TEXT DEFAULT 'fill' /* Option < String > */
+) RETURNS TABLE (
+	"sql" TEXT,  /* String */
+	"params" TEXT[]  /* Vec < Option < String > > */
+)
+
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_run_throttle_wrapper';
+AS 'tenant_backfill-0.2.0', '_plan_statement_wrapper';
+
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_check"(
+	"target" regclass /* Option < RegClass > */
+) RETURNS TEXT /* String */
+
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', '_finalize_check_wrapper';
 
 CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_end"(
 	"run_id" bigint, /* i64 */
@@ -380,26 +421,6 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', '_evidence_jsonb_wrapper';
 
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_guard_inheritors"(
-	"table" regclass /* Option < crate :: types :: RegClass > */
-) RETURNS void
-
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_guard_inheritors_wrapper';
-
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_plan_statement"(
-	"target" regclass, /* Option < RegClass > */
-	"mode" TEXT DEFAULT 'fill' /* Option < String > */
-) RETURNS TABLE (
-	"sql" TEXT,  /* String */
-	"params" TEXT[]  /* Vec < Option < String > > */
-)
-
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_plan_statement_wrapper';
-
 CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_step"(
 	"target" regclass, /* RegClass */
 	"step" INT, /* i32 */
@@ -425,6 +446,22 @@ CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_begin"(
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', '_run_begin_wrapper';
+
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_guard_inheritors"(
+	"table" regclass /* Option < crate :: types :: RegClass > */
+) RETURNS void
+
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', '_guard_inheritors_wrapper';
+
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_throttle"(
+	"run_id" bigint /* i64 */
+) RETURNS double precision /* f64 */
+STRICT 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', '_run_throttle_wrapper';
 
 CREATE OR REPLACE FUNCTION tenant_backfill_internal._raise(
     err_state pg_catalog.text, err_message pg_catalog.text, err_detail pg_catalog.text, err_hint pg_catalog.text)
@@ -727,6 +764,8 @@ COMMENT ON FUNCTION @extschema@.undefine(pg_catalog.regclass) IS
     'Forgets a target''s configuration, its sources, overrides and override tables with it. Its runs, backups and audit log stay.';
 COMMENT ON FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4, pg_catalog.text, pg_catalog.text) IS
     'Adds (or updates) a source whose tenant column (default: named like the target''s) is the evidence: direction child (the default), a table whose via column holds the target''s key; direction parent, the table the target''s own via column points at (its row''s tenant; matched on what via''s foreign key references, else its primary key). phase defaults to the next free one (or the source''s current one); rule is unanimous (every related row with a tenant agrees, else a conflict) or majority (most related rows, ties to the lowest tenant).';
+COMMENT ON FUNCTION @extschema@.remove_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name) IS
+    'Removes a source of the target (every one of that table when via is NULL) and returns how many; the other phases keep their numbers, and runs, backups and the audit log stay.';
 COMMENT ON FUNCTION @extschema@.set_override(pg_catalog.regclass, pg_catalog.text, pg_catalog.text, pg_catalog.text) IS
     'Records a DBA''s decision for one existing row (key and tenant as text, cast to the columns'' types), which beats every phase; a NULL tenant removes the override.';
 COMMENT ON FUNCTION @extschema@.add_override_table(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.text) IS
@@ -937,6 +976,12 @@ COMMENT ON COLUMN @extschema@.progress.batch_size IS 'Rows per batch, the curren
 COMMENT ON COLUMN @extschema@.progress.percent IS 'rows_done as a percentage of rows_total, to one decimal; 100 for a done or planned run with nothing to examine.';
 COMMENT ON COLUMN @extschema@.progress.background IS 'Whether background workers drive the run (start, resume).';
 COMMENT ON COLUMN @extschema@.progress.error IS 'The error a failed run stopped on, as SQLSTATE: message.';
+
+
+COMMENT ON FUNCTION @extschema@.audit(pg_catalog.name, pg_catalog.regclass) IS
+    'Read-only, with the caller''s rights: one row per ordinary or partitioned table the caller may read (partitions counted in their parent; system, tenant_backfill''s, other extensions'' and temporary tables left out), in table_name order. role: root (the given root, else the table most single-column foreign keys on the tenant column point at), tenant (has the tenant column, named exactly), derivable (foreign keys lead from it to the root or a tenant table), reference (the root, a tenant or a reference table points at it) or local. rows is exact below 100000 estimated rows (pg_class.reltuples, summed over partitions) or without an estimate, else the estimate; null_tenant and cross_tenant (tenant tables only) are exact, cross_tenant counting a row once per foreign key without the tenant column through which it points at a row of another tenant. citus: distribute, reference, local or blocked, with each blocker and its fix in blockers.';
+COMMENT ON FUNCTION @extschema@.distribution_plan(pg_catalog.name, pg_catalog.regclass) IS
+    'Read-only: the statements, in order, that move the audited schema onto a Citus coordinator: drop the foreign keys between the tables to convert, create_reference_table for each reference table, create_distributed_table for the root by its key and for each tenant table by the tenant column, colocated with the root, and the foreign keys again as they were; local tables are left alone. While audit reports a table blocked it raises 55000, naming each with its first blocker; 42501 while a table it would convert is one the caller cannot read.';
 
 COMMENT ON VIEW @extschema@.progress IS
     'Each run''s state (planned, running, throttled, paused, done, failed, cancelled, rolled_back), its process and whether it is alive, rows done and total, percent, rows per second and time left.';

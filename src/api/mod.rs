@@ -3,6 +3,7 @@
 //! (catalog, engine, batch, writer, runs, locks, checks, the guard trigger and its
 //! queue); no file here imports another.
 
+mod audit;
 mod config;
 mod decisions;
 mod finalize;
