@@ -146,5 +146,167 @@ assert_eq "finalize made the distributed table's tenant NOT NULL" t \
     "$(val "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'dist_visits'::regclass AND attname = 'company_id'")"
 assert_fails "and every shard refuses a NULL" "violates not-null constraint" "INSERT INTO dist_visits VALUES (100000, 1, NULL)"
 
+# A multi-tenant database of its own (audit reads the whole database), with one defect of
+# each kind. companies is the root; countries a lookup table; customers lack tenants and
+# keys with company_id; orders point at customers without it, one at another company's
+# customer; notes have no company_id (derivable); invoices are ready; settings local.
+sudo -u postgres "$BIN/createdb" -h "$PRIMARY" -p "$PORT" -U postgres mt
+mt() { sudo -u postgres "$BIN/psql" -X -v ON_ERROR_STOP=1 -h "$PRIMARY" -p "$PORT" -U postgres -d mt "$@"; }
+mt_val() { mt -tAq -c "$1"; }
+mt_fails() {
+    local out
+    if out=$(mt -tAq -c "$3" 2>&1); then fail "$1" "an error: $2" "success: $out"; else assert_contains "$1" "$2" "$out"; fi
+}
+mt -q >/dev/null <<SQL
+CREATE EXTENSION citus;
+SELECT citus_set_coordinator_host('$PRIMARY', $PORT);
+SELECT citus_set_node_property('$PRIMARY', $PORT, 'shouldhaveshards', true);
+CREATE EXTENSION tenant_backfill;
+CREATE TABLE companies (id int PRIMARY KEY, name text NOT NULL);
+INSERT INTO companies SELECT i, 'company ' || i FROM generate_series(1, 4) i;
+CREATE TABLE countries (code text PRIMARY KEY);
+INSERT INTO countries VALUES ('de'), ('fr');
+CREATE TABLE customers (id int PRIMARY KEY, company_id int REFERENCES companies, email text UNIQUE,
+                        country text REFERENCES countries);
+INSERT INTO customers SELECT i, CASE WHEN i % 10 <> 0 THEN i % 4 + 1 END, 'c' || i || '@x', 'de' FROM generate_series(1, 40) i;
+CREATE TABLE orders (id int PRIMARY KEY, company_id int NOT NULL REFERENCES companies, customer_id int REFERENCES customers);
+INSERT INTO orders SELECT i, i % 4 + 1, i FROM generate_series(1, 40) i;
+UPDATE orders SET company_id = 1 WHERE id = 7;   -- customer 7 is company 4's
+CREATE TABLE notes (id int PRIMARY KEY, order_id int REFERENCES orders, body text);
+INSERT INTO notes SELECT i, i, 'note ' || i FROM generate_series(1, 20) i;
+CREATE TABLE invoices (company_id int NOT NULL REFERENCES companies, id int, PRIMARY KEY (company_id, id));
+INSERT INTO invoices SELECT i % 4 + 1, i FROM generate_series(1, 30) i;
+CREATE TABLE settings (key text PRIMARY KEY, value text);
+INSERT INTO settings VALUES ('theme', 'dark');
+SQL
+
+section "audit's verdict, table by table"
+assert_eq "roles and verdicts" \
+    "companies|root|distribute countries|reference|reference customers|tenant|blocked invoices|tenant|distribute notes|derivable|blocked orders|tenant|blocked settings|local|local" \
+    "$(mt_val "SELECT string_agg(concat_ws('|', table_name, role, citus), ' ' ORDER BY table_name::text) FROM tenant_backfill.audit('company_id')")"
+assert_eq "the NULL tenants (4) and the cross-tenant order (1)" "customers|40|4|0 orders|40|0|1" \
+    "$(mt_val "SELECT string_agg(concat_ws('|', table_name, rows, null_tenant, cross_tenant), ' ' ORDER BY table_name::text)
+                FROM tenant_backfill.audit('company_id') WHERE role = 'tenant' AND citus = 'blocked'")"
+blockers=$(mt_val "SELECT table_name || ': ' || b FROM tenant_backfill.audit('company_id'), unnest(blockers) b")
+echo "$blockers"
+assert_contains "customers: its NULL tenants" "customers: 4 rows have a NULL company_id" "$blockers"
+assert_contains "customers: its primary key" "customers: PRIMARY KEY customers_pkey (id) lacks company_id" "$blockers"
+assert_contains "orders: its foreign key to customers" "orders: foreign key orders_customer_id_fkey (customer_id)" "$blockers"
+assert_contains "notes: no company_id" "notes: no company_id column" "$blockers"
+mt_fails "distribution_plan refuses while anything is blocked" "3 tables are blocked from moving onto Citus" \
+    "SELECT * FROM tenant_backfill.distribution_plan('company_id')"
+
+section "what Citus does agrees: in the plan's order, the blocked are refused and the rest accepted"
+# The plan's order by hand (distribution_plan refuses here): the foreign keys between
+# the tables to convert go, the reference table, the root, then each tenant table.
+mt -q -c "DO \$\$ DECLARE c record; BEGIN
+    FOR c IN SELECT conrelid::regclass AS t, conname FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace
+    LOOP EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.t, c.conname); END LOOP; END \$\$" >/dev/null
+assert_eq "countries (reference): accepted" "" "$(mt_val "SELECT create_reference_table('countries')")"
+assert_eq "companies (root, distribute): accepted" "" "$(mt_val "SELECT create_distributed_table('companies', 'id')")"
+assert_eq "invoices (distribute): accepted" "" "$(mt_val "SELECT create_distributed_table('invoices', 'company_id', colocate_with => 'companies')")"
+mt_fails "customers (blocked): refused" "ERROR" "SELECT create_distributed_table('customers', 'company_id', colocate_with => 'companies')"
+mt_fails "orders (blocked): refused" "ERROR" "SELECT create_distributed_table('orders', 'company_id', colocate_with => 'companies')"
+mt_fails "notes (blocked): refused" "ERROR" "SELECT create_distributed_table('notes', 'company_id', colocate_with => 'companies')"
+
+# The same defects in a second database, repaired with tenant_backfill itself and plain
+# DDL, then distributed by distribution_plan's statements.
+sudo -u postgres "$BIN/createdb" -h "$PRIMARY" -p "$PORT" -U postgres -T template0 mt2
+mt2() { sudo -u postgres "$BIN/psql" -X -v ON_ERROR_STOP=1 -h "$PRIMARY" -p "$PORT" -U postgres -d mt2 "$@"; }
+mt2_val() { mt2 -tAq -c "$1"; }
+
+section "the defects repaired with the extension, then distribution_plan's statements distribute everything"
+mt2 -q >/dev/null <<SQL
+CREATE EXTENSION citus;
+SELECT citus_set_coordinator_host('$PRIMARY', $PORT);
+SELECT citus_set_node_property('$PRIMARY', $PORT, 'shouldhaveshards', true);
+CREATE EXTENSION tenant_backfill;
+CREATE TABLE companies (id int PRIMARY KEY, name text NOT NULL);
+INSERT INTO companies SELECT i, 'company ' || i FROM generate_series(1, 4) i;
+CREATE TABLE countries (code text PRIMARY KEY);
+INSERT INTO countries VALUES ('de'), ('fr');
+CREATE TABLE customers (id int PRIMARY KEY, company_id int REFERENCES companies, email text UNIQUE,
+                        country text REFERENCES countries);
+INSERT INTO customers SELECT i, CASE WHEN i % 10 <> 0 THEN i % 4 + 1 END, 'c' || i || '@x', 'de' FROM generate_series(1, 40) i;
+CREATE TABLE orders (id int PRIMARY KEY, company_id int NOT NULL REFERENCES companies, customer_id int REFERENCES customers);
+INSERT INTO orders SELECT i, i % 4 + 1, i FROM generate_series(1, 40) i;
+UPDATE orders SET company_id = 1 WHERE id = 7;
+CREATE TABLE notes (id int PRIMARY KEY, order_id int REFERENCES orders, body text);
+INSERT INTO notes SELECT i, i, 'note ' || i FROM generate_series(1, 20) i;
+CREATE TABLE invoices (company_id int NOT NULL REFERENCES companies, id int, PRIMARY KEY (company_id, id));
+INSERT INTO invoices SELECT i % 4 + 1, i FROM generate_series(1, 30) i;
+CREATE TABLE settings (key text PRIMARY KEY, value text);
+INSERT INTO settings VALUES ('theme', 'dark');
+SQL
+# 1. The NULL customers, from their orders (a child source).
+mt2 -q >/dev/null <<'SQL'
+SELECT tenant_backfill.define('customers', 'company_id');
+SELECT tenant_backfill.add_source('customers', 'orders', 'customer_id');
+SQL
+assert_eq "customers: 4 filled from their orders" "4" "$(mt2_val "SELECT rows_changed FROM tenant_backfill.run_now('customers')")"
+# 2. The order of another company's customer, from its customer (a parent source, reassign).
+mt2 -q >/dev/null <<'SQL'
+SELECT tenant_backfill.define('orders', 'company_id');
+SELECT tenant_backfill.add_source('orders', 'customers', 'customer_id', direction => 'parent');
+SQL
+assert_eq "orders: the cross-tenant one reassigned to its customer's company" "1|4" \
+    "$(mt2_val "SELECT rows_changed FROM tenant_backfill.run_now('orders', mode => 'reassign')")|$(mt2_val "SELECT company_id FROM orders WHERE id = 7")"
+# 3. notes get the column and their order's tenant (a parent source), in committed batches.
+mt2 -q >/dev/null <<'SQL'
+ALTER TABLE notes ADD COLUMN company_id int REFERENCES companies;
+SELECT tenant_backfill.define('notes', 'company_id');
+SELECT tenant_backfill.add_source('notes', 'orders', 'order_id', direction => 'parent');
+SET client_min_messages = warning;
+CALL tenant_backfill.run('notes', batch_size => 7);
+SQL
+assert_eq "notes: every one filled, each its order's company" "20|0" \
+    "$(mt2_val "SELECT count(*), count(*) FILTER (WHERE n.company_id IS DISTINCT FROM o.company_id) FROM notes n JOIN orders o ON o.id = n.order_id")"
+# 4. NOT NULL without a long lock, then the keys and foreign keys with company_id.
+for t in customers notes; do mt2 -q -c "CALL tenant_backfill.finalize('$t')" >/dev/null; done
+mt2 -q >/dev/null <<'SQL'
+ALTER TABLE notes DROP CONSTRAINT notes_order_id_fkey;
+ALTER TABLE orders DROP CONSTRAINT orders_customer_id_fkey;
+ALTER TABLE customers DROP CONSTRAINT customers_pkey, ADD PRIMARY KEY (company_id, id);
+ALTER TABLE customers DROP CONSTRAINT customers_email_key, ADD UNIQUE (company_id, email);
+ALTER TABLE orders DROP CONSTRAINT orders_pkey, ADD PRIMARY KEY (company_id, id);
+ALTER TABLE notes DROP CONSTRAINT notes_pkey, ADD PRIMARY KEY (company_id, id);
+ALTER TABLE orders ADD FOREIGN KEY (company_id, customer_id) REFERENCES customers (company_id, id);
+ALTER TABLE notes ADD FOREIGN KEY (company_id, order_id) REFERENCES orders (company_id, id);
+SQL
+assert_eq "audit: nothing blocked" "companies|distribute countries|reference customers|distribute invoices|distribute notes|distribute orders|distribute settings|local" \
+    "$(mt2_val "SELECT string_agg(table_name || '|' || citus, ' ' ORDER BY table_name::text) FROM tenant_backfill.audit('company_id')")"
+# The tables themselves (the shards on the coordinator carry foreign keys of their own).
+TABLES="('companies', 'countries', 'customers', 'orders', 'notes', 'invoices', 'settings')"
+before=$(mt2_val "SELECT (SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid::regclass::text IN $TABLES) || '|' ||
+                         (SELECT sum(n) FROM (SELECT count(*) n FROM customers UNION ALL SELECT count(*) FROM orders
+                                              UNION ALL SELECT count(*) FROM notes UNION ALL SELECT count(*) FROM invoices
+                                              UNION ALL SELECT count(*) FROM companies UNION ALL SELECT count(*) FROM countries) x)")
+mt2_val "SELECT statement FROM tenant_backfill.distribution_plan('company_id') ORDER BY step" > "$SCRATCH/plan.sql"
+cat "$SCRATCH/plan.sql"
+assert_true "the plan drops foreign keys, converts, and adds them back" \
+    "$(grep -q 'DROP CONSTRAINT' "$SCRATCH/plan.sql" && grep -q 'create_reference_table' "$SCRATCH/plan.sql" && grep -q 'ADD CONSTRAINT' "$SCRATCH/plan.sql" && echo t || echo f)"
+# As the README runs it: psql's \gexec, each statement on its own, in step order.
+if echo "SELECT statement FROM tenant_backfill.distribution_plan('company_id') ORDER BY step \\gexec" \
+    | mt2 -q >"$SCRATCH/plan.out" 2>&1; then
+    pass "every statement of the plan runs, in order"
+else
+    fail "every statement of the plan runs, in order" "success" "$(grep -m 3 ERROR "$SCRATCH/plan.out")"
+fi
+assert_eq "Citus holds them as planned, all colocated with companies" \
+    "companies|distributed|id countries|reference|<none> customers|distributed|company_id invoices|distributed|company_id notes|distributed|company_id orders|distributed|company_id" \
+    "$(mt2_val "SELECT string_agg(concat_ws('|', table_name, citus_table_type, distribution_column), ' ' ORDER BY table_name::text) FROM citus_tables")"
+assert_eq "one colocation group for the distributed tables" 1 \
+    "$(mt2_val "SELECT count(DISTINCT colocation_id) FROM citus_tables WHERE citus_table_type = 'distributed'")"
+for t in customers orders notes invoices countries companies; do mt2 -q -c "SELECT truncate_local_data_after_distributing_table('$t')" >/dev/null 2>&1 || true; done
+assert_eq "every foreign key and every row still there" "$before" \
+    "$(mt2_val "SELECT (SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid::regclass::text IN $TABLES) || '|' ||
+                       (SELECT sum(n) FROM (SELECT count(*) n FROM customers UNION ALL SELECT count(*) FROM orders
+                                            UNION ALL SELECT count(*) FROM notes UNION ALL SELECT count(*) FROM invoices
+                                            UNION ALL SELECT count(*) FROM companies UNION ALL SELECT count(*) FROM countries) x)")"
+assert_eq "the foreign keys hold on the shards: an order of another company's customer is refused" "refused" \
+    "$(mt2 -tAq -c "INSERT INTO orders VALUES (1000, 1, 2)" >/dev/null 2>&1 && echo accepted || echo refused)"
+settings=$(mt2_val "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'settings'::regclass")
+assert_eq "settings stays local" 0 "$settings"
+
 [ -n "${KEEP:-}" ] && { trap - EXIT; echo "kept $PRIMARY port $PORT"; }
 finish
