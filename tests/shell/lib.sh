@@ -15,7 +15,8 @@ cleanup() {
     for dir in "${CLUSTERS[@]}"; do
         sudo -u postgres "$BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
     done
-    [ -n "${SCRATCH:-}" ] && rm -rf "$SCRATCH"
+    # (Ends with a success: the status of the trap must not become the script's.)
+    [ -z "${SCRATCH:-}" ] || rm -rf "$SCRATCH"
 }
 trap cleanup EXIT
 
