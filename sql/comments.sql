@@ -13,8 +13,10 @@ COMMENT ON FUNCTION @extschema@.define(pg_catalog.regclass, pg_catalog.name, pg_
     'Registers a target table, or updates its configuration: its tenant column, its key column (default: the single-column primary key) and its soft-delete column (default deleted_at). Needs UPDATE on the tenant column; changes no user row.';
 COMMENT ON FUNCTION @extschema@.undefine(pg_catalog.regclass) IS
     'Forgets a target''s configuration, its sources, overrides and override tables with it. Its runs, backups and audit log stay.';
-COMMENT ON FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4, pg_catalog.text, pg_catalog.text) IS
-    'Adds (or updates) a source whose tenant column (default: named like the target''s) is the evidence: direction child (the default), a table whose via column holds the target''s key; direction parent, the table the target''s own via column points at (its row''s tenant; matched on what via''s foreign key references, else its primary key). phase defaults to the next free one (or the source''s current one); rule is unanimous (every related row with a tenant agrees, else a conflict) or majority (most related rows, ties to the lowest tenant).';
+COMMENT ON FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4, pg_catalog.text) IS
+    'Adds (or updates) a child source: a table whose via column holds the target''s key and whose tenant column (default: named like the target''s) is the evidence. phase defaults to the next free one (or the source''s current one); rule is unanimous (every related row with a tenant agrees, else a conflict) or majority (most related rows, ties to the lowest tenant).';
+COMMENT ON FUNCTION @extschema@.add_parent(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4) IS
+    'Adds (or updates) a parent source: the table the target''s own via column points at, matched on what via''s foreign key references (else its single-column primary key); that one row''s tenant (tenant_column, default: named like the target''s) is the evidence, and a parent whose tenant is NULL is none. phase as for add_source.';
 COMMENT ON FUNCTION @extschema@.remove_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name) IS
     'Removes a source of the target (every one of that table when via is NULL) and returns how many; the other phases keep their numbers, and runs, backups and the audit log stay.';
 COMMENT ON FUNCTION @extschema@.set_override(pg_catalog.regclass, pg_catalog.text, pg_catalog.text, pg_catalog.text) IS
@@ -96,7 +98,7 @@ COMMENT ON COLUMN @extschema@.sources.source IS 'The related table.';
 COMMENT ON COLUMN @extschema@.sources.via IS 'A child''s column that holds the target''s key; for a parent, the target''s column that holds the parent''s key.';
 COMMENT ON COLUMN @extschema@.sources.tenant_column IS 'The source''s tenant column; its non-NULL values are the evidence.';
 COMMENT ON COLUMN @extschema@.sources.phase IS 'Where the source stands in the cascade: phases are tried from 1 up, one source each.';
-COMMENT ON COLUMN @extschema@.sources.direction IS 'child: the source''s rows point at the target row (any number of them); parent: the target row points at one source row.';
+COMMENT ON COLUMN @extschema@.sources.direction IS 'child (add_source): the source''s rows point at the target row, any number of them; parent (add_parent): the target row points at one source row.';
 COMMENT ON COLUMN @extschema@.sources.source_key IS 'A parent''s unique column that the target''s via holds (NULL for a child).';
 COMMENT ON COLUMN @extschema@.sources.rule IS 'unanimous: decides only when every related row with a tenant agrees, else the row is a conflict; majority: the tenant of most related rows, ties to the lowest.';
 

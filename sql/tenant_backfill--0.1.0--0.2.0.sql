@@ -11,16 +11,13 @@
 CREATE SCHEMA tenant_backfill_internal;
 GRANT USAGE ON SCHEMA tenant_backfill_internal TO PUBLIC;
 
--- Parent sources (add_source(..., direction => 'parent')): two columns of sources, and
--- add_source's new argument, which CREATE OR REPLACE cannot add.
+-- Parent sources (add_parent): two columns of sources.
 ALTER TABLE @extschema@.sources
     ADD COLUMN direction pg_catalog.text NOT NULL DEFAULT 'child'
         CONSTRAINT sources_direction_check CHECK (direction IN ('child', 'parent')),
     ADD COLUMN source_key pg_catalog.name,
     ADD CONSTRAINT sources_source_key_check
         CHECK ((direction OPERATOR(pg_catalog.=) 'parent') OPERATOR(pg_catalog.=) (source_key IS NOT NULL));
-DROP FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name,
-                                     pg_catalog.int4, pg_catalog.text);
 
 -- The internal functions move, keeping their OIDs: the event triggers and the progress
 -- view, which name them by OID, follow.
@@ -42,7 +39,7 @@ ALTER FUNCTION @extschema@._run_begin(target regclass, batch_size integer, pause
 ALTER FUNCTION @extschema@._run_end(run_id bigint, error_state text, error_message text) SET SCHEMA tenant_backfill_internal;
 ALTER FUNCTION @extschema@._run_throttle(run_id bigint) SET SCHEMA tenant_backfill_internal;
 
--- Every function and procedure re-created (49): the C functions move to this
+-- Every function and procedure re-created (50): the C functions move to this
 -- release's library, the others take their current bodies.
 CREATE OR REPLACE FUNCTION tenant_backfill_internal._casts_to(value anyelement, type_name pg_catalog.regtype)
 RETURNS pg_catalog.bool
@@ -86,14 +83,24 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', 'add_override_table_wrapper';
 
+CREATE OR REPLACE FUNCTION "add_parent"(
+	"target" regclass, /* Option < RegClass > */
+	"parent" regclass, /* Option < RegClass > */
+	"via" name, /* Option < SqlName > */
+	"tenant_column" name DEFAULT NULL, /* Option < SqlName > */
+	"phase" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS void
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', 'add_parent_wrapper';
+
 CREATE OR REPLACE FUNCTION "add_source"(
 	"target" regclass, /* Option < RegClass > */
 	"source" regclass, /* Option < RegClass > */
 	"via" name, /* Option < SqlName > */
 	"tenant_column" name DEFAULT NULL, /* Option < SqlName > */
 	"phase" INT DEFAULT NULL, /* Option < i32 > */
-	"rule" TEXT DEFAULT 'unanimous', /* Option < String > */
-	"direction" TEXT DEFAULT 'child' /* Option < String > */
+	"rule" TEXT DEFAULT 'unanimous' /* Option < String > */
 ) RETURNS void
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
@@ -366,15 +373,13 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', 'wait_wrapper';
 
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_batch"(
-	"run_id" bigint, /* i64 */
-	"skip_held_rows" bool, /* bool */
-	"part" INT DEFAULT NULL /* Option < i32 > */
-) RETURNS TEXT /* & '_ str */
-
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_throttle"(
+	"run_id" bigint /* i64 */
+) RETURNS double precision /* f64 */
+STRICT 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_run_batch_wrapper';
+AS 'tenant_backfill-0.2.0', '_run_throttle_wrapper';
 
 CREATE OR REPLACE FUNCTION tenant_backfill_internal."_plan_statement"(
 	"target" regclass, /* Option < RegClass > */
@@ -388,13 +393,15 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', '_plan_statement_wrapper';
 
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_check"(
-	"target" regclass /* Option < RegClass > */
-) RETURNS TEXT /* String */
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_batch"(
+	"run_id" bigint, /* i64 */
+	"skip_held_rows" bool, /* bool */
+	"part" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS TEXT /* & '_ str */
 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_finalize_check_wrapper';
+AS 'tenant_backfill-0.2.0', '_run_batch_wrapper';
 
 CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_end"(
 	"run_id" bigint, /* i64 */
@@ -406,14 +413,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', '_run_end_wrapper';
 
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_abort"(
-	"target" regclass /* RegClass */
-) RETURNS void
-STRICT 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_finalize_abort_wrapper';
-
 CREATE OR REPLACE FUNCTION tenant_backfill_internal."_evidence_jsonb"(
 	"evidence" TEXT /* & str */
 ) RETURNS jsonb /* RawJsonb */
@@ -421,15 +420,13 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', '_evidence_jsonb_wrapper';
 
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_step"(
-	"target" regclass, /* RegClass */
-	"step" INT, /* i32 */
-	"lock_timeout_ms" INT /* i32 */
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_guard_inheritors"(
+	"table" regclass /* Option < crate :: types :: RegClass > */
 ) RETURNS void
-STRICT 
+
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_finalize_step_wrapper';
+AS 'tenant_backfill-0.2.0', '_guard_inheritors_wrapper';
 
 CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_begin"(
 	"target" regclass, /* Option < RegClass > */
@@ -447,21 +444,31 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'tenant_backfill-0.2.0', '_run_begin_wrapper';
 
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_guard_inheritors"(
-	"table" regclass /* Option < crate :: types :: RegClass > */
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_step"(
+	"target" regclass, /* RegClass */
+	"step" INT, /* i32 */
+	"lock_timeout_ms" INT /* i32 */
 ) RETURNS void
-
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_guard_inheritors_wrapper';
-
-CREATE OR REPLACE FUNCTION tenant_backfill_internal."_run_throttle"(
-	"run_id" bigint /* i64 */
-) RETURNS double precision /* f64 */
 STRICT 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'tenant_backfill-0.2.0', '_run_throttle_wrapper';
+AS 'tenant_backfill-0.2.0', '_finalize_step_wrapper';
+
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_check"(
+	"target" regclass /* Option < RegClass > */
+) RETURNS TEXT /* String */
+
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', '_finalize_check_wrapper';
+
+CREATE OR REPLACE FUNCTION tenant_backfill_internal."_finalize_abort"(
+	"target" regclass /* RegClass */
+) RETURNS void
+STRICT 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'tenant_backfill-0.2.0', '_finalize_abort_wrapper';
 
 CREATE OR REPLACE FUNCTION tenant_backfill_internal._raise(
     err_state pg_catalog.text, err_message pg_catalog.text, err_detail pg_catalog.text, err_hint pg_catalog.text)
@@ -762,8 +769,10 @@ COMMENT ON FUNCTION @extschema@.define(pg_catalog.regclass, pg_catalog.name, pg_
     'Registers a target table, or updates its configuration: its tenant column, its key column (default: the single-column primary key) and its soft-delete column (default deleted_at). Needs UPDATE on the tenant column; changes no user row.';
 COMMENT ON FUNCTION @extschema@.undefine(pg_catalog.regclass) IS
     'Forgets a target''s configuration, its sources, overrides and override tables with it. Its runs, backups and audit log stay.';
-COMMENT ON FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4, pg_catalog.text, pg_catalog.text) IS
-    'Adds (or updates) a source whose tenant column (default: named like the target''s) is the evidence: direction child (the default), a table whose via column holds the target''s key; direction parent, the table the target''s own via column points at (its row''s tenant; matched on what via''s foreign key references, else its primary key). phase defaults to the next free one (or the source''s current one); rule is unanimous (every related row with a tenant agrees, else a conflict) or majority (most related rows, ties to the lowest tenant).';
+COMMENT ON FUNCTION @extschema@.add_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4, pg_catalog.text) IS
+    'Adds (or updates) a child source: a table whose via column holds the target''s key and whose tenant column (default: named like the target''s) is the evidence. phase defaults to the next free one (or the source''s current one); rule is unanimous (every related row with a tenant agrees, else a conflict) or majority (most related rows, ties to the lowest tenant).';
+COMMENT ON FUNCTION @extschema@.add_parent(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name, pg_catalog.name, pg_catalog.int4) IS
+    'Adds (or updates) a parent source: the table the target''s own via column points at, matched on what via''s foreign key references (else its single-column primary key); that one row''s tenant (tenant_column, default: named like the target''s) is the evidence, and a parent whose tenant is NULL is none. phase as for add_source.';
 COMMENT ON FUNCTION @extschema@.remove_source(pg_catalog.regclass, pg_catalog.regclass, pg_catalog.name) IS
     'Removes a source of the target (every one of that table when via is NULL) and returns how many; the other phases keep their numbers, and runs, backups and the audit log stay.';
 COMMENT ON FUNCTION @extschema@.set_override(pg_catalog.regclass, pg_catalog.text, pg_catalog.text, pg_catalog.text) IS
@@ -839,7 +848,7 @@ COMMENT ON COLUMN @extschema@.sources.source IS 'The related table.';
 COMMENT ON COLUMN @extschema@.sources.via IS 'A child''s column that holds the target''s key; for a parent, the target''s column that holds the parent''s key.';
 COMMENT ON COLUMN @extschema@.sources.tenant_column IS 'The source''s tenant column; its non-NULL values are the evidence.';
 COMMENT ON COLUMN @extschema@.sources.phase IS 'Where the source stands in the cascade: phases are tried from 1 up, one source each.';
-COMMENT ON COLUMN @extschema@.sources.direction IS 'child: the source''s rows point at the target row (any number of them); parent: the target row points at one source row.';
+COMMENT ON COLUMN @extschema@.sources.direction IS 'child (add_source): the source''s rows point at the target row, any number of them; parent (add_parent): the target row points at one source row.';
 COMMENT ON COLUMN @extschema@.sources.source_key IS 'A parent''s unique column that the target''s via holds (NULL for a child).';
 COMMENT ON COLUMN @extschema@.sources.rule IS 'unanimous: decides only when every related row with a tenant agrees, else the row is a conflict; majority: the tenant of most related rows, ties to the lowest.';
 

@@ -188,6 +188,37 @@ pub fn parent_key(target: &Relation, via: &Column, parent: &Relation) -> Result<
           ORDER BY con.conname LIMIT 1",
         &[Value::Oid(target.oid), Value::Oid(parent.oid), Value::Int4(Some(via.attnum.into()))],
     )?;
+    // A table with inheritance children is read with them, and a key unique in the parent
+    // alone could match a row of each: not one parent.
+    let inherited = sql::select_value::<bool>(
+        "SELECT c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid) \
+           FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[Value::Oid(parent.oid)],
+    )?;
+    if inherited == Some(true) {
+        return Err(BackfillError::Unsupported(
+            format!("{} has inheritance children and cannot be a parent source", parent.display),
+            "Its key is unique in the table itself, not across its children: a row could have several parents.".into(),
+            "Name the child tables as parent sources of their own, or use a partitioned table.".into(),
+        ));
+    }
+    // A foreign key of via to another table says via holds that table's keys, not these.
+    let elsewhere = sql::select_value::<String>(
+        "SELECT con.confrelid::pg_catalog.regclass::text FROM pg_catalog.pg_constraint con \
+          WHERE con.conrelid = $1 AND con.confrelid <> $2 AND con.contype = 'f' \
+            AND pg_catalog.array_length(con.conkey, 1) = 1 AND con.conkey[1] = $3::pg_catalog.int2 \
+          ORDER BY con.conname LIMIT 1",
+        &[Value::Oid(target.oid), Value::Oid(parent.oid), Value::Int4(Some(via.attnum.into()))],
+    )?;
+    if let (None, Some(other)) = (&referenced, elsewhere) {
+        return Err(BackfillError::BadArgument(
+            format!("column {} of {} is a foreign key to {other}, not to {}", via.name, target.display, parent.display),
+            format!(
+                "Add {other} as the parent source through {}, or name the column that points at {}.",
+                via.name, parent.display
+            ),
+        ));
+    }
     let key = match referenced {
         Some(name) => column(parent, &name)?,
         None => primary_key_column(parent).map_err(|_| {
@@ -212,6 +243,18 @@ pub fn parent_key(target: &Relation, via: &Column, parent: &Relation) -> Result<
 /// Whether any of these tables is a Citus table (distributed or reference): false where
 /// Citus is not installed, whose catalog pg_dist_partition then does not exist.
 pub fn citus_tables(tables: &[pg_sys::Oid]) -> Result<bool> {
+    citus_tables_where(tables, "true")
+}
+
+/// Whether any of these tables is a distributed (hash) or reference table of Citus, whose
+/// shards run no trigger while citus.enable_unsafe_triggers is off (Citus local tables
+/// and single-shard tables do run them).
+pub fn citus_without_triggers(tables: &[pg_sys::Oid]) -> Result<bool> {
+    citus_tables_where(tables, "(p.partmethod = 'h' OR (p.partmethod = 'n' AND p.repmodel = 't'))")
+}
+
+/// `filter`: a condition on pg_dist_partition p, a constant of this file.
+fn citus_tables_where(tables: &[pg_sys::Oid], filter: &str) -> Result<bool> {
     let installed =
         sql::select_value::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL", &[])?
             .unwrap_or(false);
@@ -220,8 +263,11 @@ pub fn citus_tables(tables: &[pg_sys::Oid]) -> Result<bool> {
     }
     let oids: Vec<Option<i64>> = tables.iter().map(|oid| Some(i64::from(u32::from(*oid)))).collect();
     Ok(sql::select_value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p \
-                         WHERE p.logicalrelid::pg_catalog.oid::pg_catalog.int8 OPERATOR(pg_catalog.=) ANY ($1))",
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p \
+                             WHERE p.logicalrelid::pg_catalog.oid::pg_catalog.int8 OPERATOR(pg_catalog.=) ANY ($1) \
+                               AND {filter})"
+        ),
         &[Value::Int8Array(oids)],
     )?
     .unwrap_or(false))
@@ -377,6 +423,33 @@ pub struct ParentLink {
     pub parent_key: String,
     pub parent_key_type: String,
     pub parent_tenant: String,
+    /// Whether the parent key's type compares with pg_catalog's operators.
+    builtin_ops: bool,
+    type_display: String,
+}
+
+impl ParentLink {
+    /// The parent row is found with `=` under the pinned search_path, as keys are
+    /// (require_builtin_ops): a type with operators of its own would be compared as another.
+    /// Checked by enforce, not each time the trigger fires: a guard installed before
+    /// this check keeps working as it did.
+    pub fn require_builtin_ops(&self) -> Result<()> {
+        if self.builtin_ops {
+            return Ok(());
+        }
+        Err(BackfillError::Unsupported(
+            format!(
+                "the parent key {} of {} is {}, whose comparison operators are not in pg_catalog",
+                self.parent_key, self.parent_table, self.type_display
+            ),
+            "tenant_backfill runs its statements with search_path pinned to pg_catalog, so it would find the parent \
+             row with another type's comparison."
+                .into(),
+            "Give the parent key a built-in type or a domain over one, or use assign without parent_column (the \
+             tenant_backfill.tenant setting)."
+                .into(),
+        ))
+    }
 }
 
 /// The single-column foreign key on `column`, and the parent's tenant column: the
@@ -400,36 +473,20 @@ pub fn parent_link(rel: &Relation, column: &str, tenant_column: &str) -> Result<
           ORDER BY con.conname LIMIT 1",
         &[Value::Oid(rel.oid), Value::text(column), Value::text(tenant_column)],
         |row| {
-            let link = ParentLink {
+            Ok(ParentLink {
                 parent_table: qualified(&get_required::<String>(row, 1)?, &get_required::<String>(row, 2)?),
                 parent_key: get_required(row, 3)?,
                 parent_key_type: qualified(&get_required::<String>(row, 4)?, &get_required::<String>(row, 5)?),
                 parent_tenant: get_required(row, 6)?,
-            };
-            Ok((link, get_required::<bool>(row, 7)?, get_required::<String>(row, 8)?))
+                builtin_ops: get_required::<bool>(row, 7)?,
+                type_display: get_required::<String>(row, 8)?,
+            })
         },
     )?;
-    let (link, builtin_ops, type_display) = rows.into_iter().next().ok_or_else(|| {
+    rows.into_iter().next().ok_or_else(|| {
         BackfillError::BadArgument(
             format!("column {column} of {} is not a single-column foreign key", rel.display),
             "assign reads the parent's tenant through a foreign key column of the guarded table.".into(),
         )
-    })?;
-    // The parent row is found with `=` under the pinned search_path, as keys are
-    // (require_builtin_ops): a type with operators of its own would be compared as another.
-    if !builtin_ops {
-        return Err(BackfillError::Unsupported(
-            format!(
-                "the parent key {} of {} is {type_display}, whose comparison operators are not in pg_catalog",
-                link.parent_key, link.parent_table
-            ),
-            "tenant_backfill runs its statements with search_path pinned to pg_catalog, so it would find the parent \
-             row with another type's comparison."
-                .into(),
-            "Give the parent key a built-in type or a domain over one, or use assign without parent_column (the \
-             tenant_backfill.tenant setting)."
-                .into(),
-        ));
-    }
-    Ok(link)
+    })
 }

@@ -5,7 +5,7 @@
 
 use crate::engine::{self, Mode, Scope};
 use crate::error::{BackfillError, Result};
-use crate::job::{Job, Rule, Source, Target};
+use crate::job::{Direction, Job, Rule, Source, Target};
 use crate::sql::{self, get, get_required, Statement, Value};
 
 /// How many offending keys a message names.
@@ -60,7 +60,8 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
     let mut detail = Vec::new();
     let bad = bad_source_values(job, Mode::Reassign, &Scope::All)?;
     for s in &job.sources {
-        if s.rule == Rule::Majority {
+        // (A parent is one row: it cannot disagree by design, whatever its rule.)
+        if s.rule == Rule::Majority && s.direction == Direction::Child {
             detail.push(format!("{}: not checked (majority)", s.label));
             continue;
         }

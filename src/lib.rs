@@ -17,9 +17,28 @@ pub extern "C-unwind" fn _PG_init() {
     if another_release_loaded() {
         return;
     }
+    SETTINGS_DEFINED_HERE.store(true, std::sync::atomic::Ordering::Relaxed);
     guard::init();
     throttle::init();
     rejections::init();
+}
+
+/// Whether this library defined the settings (and so its statics follow them).
+static SETTINGS_DEFINED_HERE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An integer setting: from this library's static when it defined the setting, else (the
+/// library of another release did, see another_release_loaded) read by name.
+pub fn int_setting(name: &std::ffi::CStr, defined_here: impl FnOnce() -> i32, default: i32) -> i32 {
+    if SETTINGS_DEFINED_HERE.load(std::sync::atomic::Ordering::Relaxed) {
+        return defined_here();
+    }
+    // SAFETY: a lookup by name, missing_ok; the text is copied before anything else runs.
+    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if value.is_null() {
+        return default;
+    }
+    // SAFETY: GetConfigOption returns a NUL-terminated string it owns.
+    unsafe { std::ffi::CStr::from_ptr(value) }.to_str().ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Whether the library of another release already defined the settings in this backend:

@@ -26,7 +26,7 @@ static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
 
 /// The most workers a run may have now.
 pub fn max_workers() -> i32 {
-    MAX_WORKERS.get()
+    crate::int_setting(c"tenant_backfill.max_workers", || MAX_WORKERS.get(), 4)
 }
 
 pub fn init() {
@@ -55,7 +55,7 @@ pub fn init() {
 
 /// The limit a run that starts now takes, from the setting.
 pub fn max_transaction_age() -> Option<pgrx::datum::Interval> {
-    match MAX_TRANSACTION_AGE.get() {
+    match crate::int_setting(c"tenant_backfill.max_transaction_age", || MAX_TRANSACTION_AGE.get(), 3600) {
         0 => None,
         seconds => Some(pgrx::datum::Interval::from_seconds(f64::from(seconds))),
     }

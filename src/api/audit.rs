@@ -156,6 +156,10 @@ struct ForeignKey {
     columns: Vec<String>,
     ref_columns: Vec<String>,
     definition: String,
+    /// pg_constraint's confupdtype and confdeltype: a (no action), r, c (cascade), n (set
+    /// null), d (set default).
+    on_update: String,
+    on_delete: String,
 }
 
 #[derive(PartialEq)]
@@ -211,8 +215,8 @@ SELECT c.oid, n.nspname::text, c.relname::text, c.oid::pg_catalog.regclass::text
        a.atttypid,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
        CASE WHEN c.relkind = 'p'
-            THEN (SELECT CASE WHEN pg_catalog.bool_or(l.reltuples < 0) THEN NULL
-                              ELSE pg_catalog.sum(l.reltuples) END
+            THEN (SELECT CASE WHEN pg_catalog.bool_and(l.reltuples < 0) THEN NULL
+                              ELSE pg_catalog.sum(GREATEST(l.reltuples, 0)) END
                     FROM pg_catalog.pg_partition_tree(c.oid) pt
                     JOIN pg_catalog.pg_class l ON l.oid = pt.relid
                    WHERE pt.isleaf)
@@ -250,7 +254,7 @@ SELECT con.conname::text,
                FROM pg_catalog.unnest(con.confkey) WITH ORDINALITY k(attnum, i)
                JOIN pg_catalog.pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum
               ORDER BY k.i),
-       pg_catalog.pg_get_constraintdef(con.oid)
+       pg_catalog.pg_get_constraintdef(con.oid), con.confupdtype::text, con.confdeltype::text
   FROM pg_catalog.pg_constraint con
   JOIN pg_catalog.pg_class f ON f.oid = con.conrelid
   JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace
@@ -328,6 +332,8 @@ fn load_foreign_keys() -> Result<Vec<ForeignKey>> {
             columns: get_required(row, 14)?,
             ref_columns: get_required(row, 15)?,
             definition: get_required(row, 16)?,
+            on_update: get_required(row, 17)?,
+            on_delete: get_required(row, 18)?,
         })
     })
 }
@@ -600,6 +606,9 @@ fn audit_table(model: &Model, t: &Table) -> Result<AuditRow> {
         cross_tenant: None,
         blockers: Vec::new(),
     };
+    if role.converted() {
+        row.blockers.extend(trigger_blockers(t)?);
+    }
     match role {
         Role::Root => {
             row.blockers.extend(key_blockers(model, t));
@@ -623,6 +632,27 @@ fn audit_table(model: &Model, t: &Table) -> Result<AuditRow> {
         Role::Local => {}
     }
     Ok(row)
+}
+
+/// The table's own triggers: Citus converts no table that has one while
+/// citus.enable_unsafe_triggers is off (and the guard never fires on shards).
+fn trigger_blockers(t: &Table) -> Result<Vec<String>> {
+    let names = sql::select_rows(
+        "SELECT t.tgname::text FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND NOT t.tgisinternal ORDER BY 1",
+        &[Value::Oid(t.rel.oid)],
+        |row| get_required::<String>(row, 1),
+    )?;
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let fix = if name.starts_with(crate::guard::TRIGGER_NAME) {
+                format!("tenant_backfill.unenforce('{}') once its tenants are right, then finalize", t.rel.display)
+            } else {
+                "drop it, or set citus.enable_unsafe_triggers if it may run on every shard".to_string()
+            };
+            format!("trigger {}: Citus does not convert a table with triggers: {fix}", sql::ident(&name))
+        })
+        .collect())
 }
 
 /// `FROM` a table alone: a legacy inheritance parent without its children (they are
@@ -747,15 +777,18 @@ fn how_to_backfill(model: &Model, t: &Table) -> String {
     for fk in model.fks.iter().filter(|fk| fk.from == t.rel.oid && fk.to != t.rel.oid) {
         if fk.columns.len() == 1 && fk.columns[0] != column && model.role(fk.to) == Role::Tenant {
             sources.push(format!(
-                "add_source({table}, {}, {}, direction => 'parent')",
+                "add_parent({table}, {}, {})",
                 quote_literal(model.display(fk.to)),
                 quote_literal(&fk.columns[0])
             ));
         }
     }
-    // Children: tenant tables that point at this one through one column.
+    // Children: tenant tables that point at this one through one column, at the key
+    // define takes (a child's via is matched with the target's key).
+    let key = model.single_key(t.rel.oid);
     for fk in model.fks.iter().filter(|fk| fk.to == t.rel.oid && fk.from != t.rel.oid) {
-        if fk.columns.len() == 1 && fk.columns[0] != column && model.role(fk.from) == Role::Tenant {
+        let at_key = key.is_some_and(|k| fk.ref_columns.len() == 1 && fk.ref_columns[0] == k);
+        if fk.columns.len() == 1 && fk.columns[0] != column && at_key && model.role(fk.from) == Role::Tenant {
             sources.push(format!(
                 "add_source({table}, {}, {})",
                 quote_literal(model.display(fk.from)),
@@ -822,10 +855,24 @@ fn pairing_blockers(model: &Model, t: &Table) -> Vec<String> {
             continue;
         };
         let paired = fk.columns.iter().zip(&fk.ref_columns).any(|(c, r)| c == from_dist && r == to_dist);
+        let (name, to) = (sql::ident(&fk.name), model.display(fk.to));
+        // Citus refuses these actions on a foreign key between distributed tables.
+        if fk.on_update == "c" {
+            out.push(format!(
+                "foreign key {name} -> {to} is ON UPDATE CASCADE, which Citus does not support between distributed \
+                 tables: make it ON UPDATE NO ACTION (or RESTRICT)"
+            ));
+        }
+        if (fk.on_delete == "n" || fk.on_delete == "d") && fk.columns.iter().any(|c| c == from_dist) {
+            out.push(format!(
+                "foreign key {name} -> {to} is ON DELETE SET {}, which Citus refuses on the distribution column: make \
+                 it ON DELETE NO ACTION, CASCADE or RESTRICT",
+                if fk.on_delete == "n" { "NULL" } else { "DEFAULT" }
+            ));
+        }
         if paired {
             continue;
         }
-        let (name, to) = (sql::ident(&fk.name), model.display(fk.to));
         let (cols, refs) = (idents(&fk.columns), idents(&fk.ref_columns));
         let (fd, td) = (sql::ident(from_dist), sql::ident(to_dist));
         out.push(if model.role(fk.to) == Role::Root {
@@ -934,7 +981,7 @@ fn cross_tenant_blocker(model: &Model, t: &Table, fk: &ForeignKey, n: i64) -> St
     let how = if model.role(fk.to) == Role::Tenant && fk.columns.len() == 1 && model.single_key(t.rel.oid).is_some() {
         let table = quote_literal(&t.rel.display);
         format!(
-            "with tenant_backfill.define({table}, {}) and add_source({table}, {}, {}, direction => 'parent'), \
+            "with tenant_backfill.define({table}, {}) and add_parent({table}, {}, {}), \
              plan({table}, 'reassign') {lists} and a run in mode reassign corrects {column}; or correct {cols}",
             quote_literal(&model.tenant_column),
             quote_literal(&to),
@@ -992,7 +1039,7 @@ fn derivable_blocker(model: &Model, t: &Table) -> String {
             format!(" ({to} is the root: {column} is {via} itself, UPDATE {} SET {column} = {via})", t.rel.display)
         }
         Role::Tenant if first.columns.len() == 1 && model.single_key(t.rel.oid).is_some() => format!(
-            " (tenant_backfill.define({table}, {}) and add_source({table}, {}, {}, direction => 'parent'))",
+            " (tenant_backfill.define({table}, {}) and add_parent({table}, {}, {}))",
             quote_literal(&model.tenant_column),
             quote_literal(&to),
             quote_literal(&first.columns[0]),
@@ -1010,6 +1057,10 @@ fn derivable_blocker(model: &Model, t: &Table) -> String {
 
 // ------------------------------------------------------------------ distribution_plan
 
+const WHY_BEGIN: &str = "all the steps in one transaction: one Citus refuses leaves the schema as it was";
+const WHY_SEQUENTIAL: &str =
+    "in one transaction Citus may convert tables that foreign keys tie together only over one connection per node";
+const WHY_COMMIT: &str = "the schema is on Citus";
 const WHY_DROP: &str = "Citus refuses to distribute a table whose foreign key points at one not converted yet";
 const WHY_REFERENCE: &str = "no tenant column, used by tenant tables: a copy on every node";
 const WHY_ROOT: &str = "the root: its key is the distribution column every tenant table is colocated with";
@@ -1048,7 +1099,12 @@ fn plan_steps(model: &Model) -> Result<Vec<(i32, String, String)>> {
     let of_role = |role: Role| model.tables.iter().filter(move |t| model.role(t.rel.oid) == role);
     let root_name = quote_literal(model.sql_name(root.oid));
 
-    let mut steps: Vec<(String, &str)> = Vec::new();
+    // One transaction: a step Citus refuses half way leaves the schema as it was, its
+    // foreign keys included.
+    let mut steps: Vec<(String, &str)> = vec![
+        ("BEGIN".into(), WHY_BEGIN),
+        ("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'".into(), WHY_SEQUENTIAL),
+    ];
     for fk in &converted {
         steps.push((format!("ALTER TABLE {} DROP CONSTRAINT {}", fk.on.sql_name(), sql::ident(&fk.name)), WHY_DROP));
     }
@@ -1074,6 +1130,7 @@ fn plan_steps(model: &Model) -> Result<Vec<(i32, String, String)>> {
             WHY_READD,
         ));
     }
+    steps.push(("COMMIT".into(), WHY_COMMIT));
     Ok(steps.into_iter().enumerate().map(|(i, (statement, why))| (i as i32 + 1, statement, why.to_string())).collect())
 }
 

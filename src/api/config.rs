@@ -118,8 +118,8 @@ fn undefine_target(target: RegClass) -> Result<()> {
     Ok(())
 }
 
-/// Adds (or updates) a related table: a child whose `via` column points at the target's
-/// key, or (`direction => 'parent'`) a parent the target's own `via` column points at.
+/// Adds (or updates) a child source: a related table whose `via` column points at the
+/// target's key.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn add_source(
@@ -129,7 +129,6 @@ fn add_source(
     tenant_column: default!(Option<SqlName>, "NULL"),
     phase: default!(Option<i32>, "NULL"),
     rule: default!(Option<String>, "'unanimous'"),
-    direction: default!(Option<String>, "'child'"),
 ) {
     (|| {
         add_source_impl(
@@ -138,8 +137,33 @@ fn add_source(
             &required(via, "via")?,
             tenant_column.as_ref(),
             phase,
-            rule.as_deref(),
-            Direction::parse(direction.as_deref())?,
+            Rule::parse(rule.as_deref())?,
+            Direction::Child,
+        )
+    })()
+    .or_raise()
+}
+
+/// Adds (or updates) a parent source: the table the target's own `via` column points at,
+/// whose one row's tenant is the evidence. No rule: one row cannot disagree with itself.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn add_parent(
+    target: Option<RegClass>,
+    parent: Option<RegClass>,
+    via: Option<SqlName>,
+    tenant_column: default!(Option<SqlName>, "NULL"),
+    phase: default!(Option<i32>, "NULL"),
+) {
+    (|| {
+        add_source_impl(
+            required(target, "target")?,
+            required(parent, "parent")?,
+            &required(via, "via")?,
+            tenant_column.as_ref(),
+            phase,
+            Rule::Unanimous,
+            Direction::Parent,
         )
     })()
     .or_raise()
@@ -151,14 +175,13 @@ fn add_source_impl(
     via: &SqlName,
     tenant_column: Option<&SqlName>,
     phase: Option<i32>,
-    rule: Option<&str>,
+    rule: Rule,
     direction: Direction,
 ) -> Result<()> {
     let target = job::target(target.0)?;
     let rel = catalog::relation(source.0)?;
     let tenant_name = tenant_column.map(SqlName::as_str).unwrap_or(&target.tenant.name);
     let tenant = catalog::column(&rel, tenant_name)?;
-    let rule = Rule::parse(rule)?;
     let (via, parent_key) = match direction {
         Direction::Child => (catalog::column(&rel, via.as_str())?, None),
         Direction::Parent => {
@@ -182,6 +205,25 @@ fn add_source_impl(
         }
     }
     catalog::require_update(&target.rel, &target.tenant)?;
+    // The same (source, via) the other way round is another source: not an update of this one.
+    let current = sql::select_value::<String>(
+        "SELECT direction FROM tenant_backfill.sources \
+          WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND source = $2::pg_catalog.oid::pg_catalog.regclass \
+            AND via OPERATOR(pg_catalog.=) $3::text::pg_catalog.name",
+        &[Value::Oid(target.rel.oid), Value::Oid(rel.oid), Value::text(via.name.clone())],
+    )?;
+    if let Some(current) = current.filter(|d| d != direction.as_str()) {
+        return Err(BackfillError::BadArgument(
+            format!("{} through {} is already a {current} source of {}", rel.display, via.name, target.rel.display),
+            format!(
+                "Remove it first (tenant_backfill.remove_source('{}', '{}', '{}')) to add it as a {} source.",
+                target.rel.display,
+                rel.display,
+                via.name,
+                direction.as_str()
+            ),
+        ));
+    }
 
     let existing = source_phases(&target.rel)?;
     let this = |s: &&(pgrx::pg_sys::Oid, String, i32)| s.0 == rel.oid && s.1 == via.name;

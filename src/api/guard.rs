@@ -40,7 +40,7 @@ fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&Sql
                 ));
             }
             let column = catalog::column(&target.rel, name.as_str())?;
-            catalog::parent_link(&target.rel, &column.name, &target.tenant.name)?;
+            catalog::parent_link(&target.rel, &column.name, &target.tenant.name)?.require_builtin_ops()?;
             column.name
         }
         None => String::new(),
@@ -50,7 +50,7 @@ fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&Sql
     for table in &family {
         catalog::require_table_privilege(table, "TRIGGER")?;
     }
-    if catalog::citus_tables(&family.iter().map(|t| t.oid).collect::<Vec<_>>())? {
+    if catalog::citus_without_triggers(&family.iter().map(|t| t.oid).collect::<Vec<_>>())? {
         return Err(BackfillError::Unsupported(
             format!("the guard cannot be installed on {}: it is a Citus table", target.rel.display),
             "Citus runs no trigger on the shards of a distributed or reference table (citus.enable_unsafe_triggers \
@@ -58,7 +58,7 @@ fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&Sql
                 .into(),
             format!(
                 "Finish the backfill and make the column NOT NULL (CALL tenant_backfill.finalize('{}')): Citus checks \
-                 the constraint on every shard. Or guard the table before it is distributed.",
+                 the constraint on every shard.",
                 target.rel.display
             ),
         ));

@@ -121,14 +121,14 @@ UPDATE audit_demo.customers c SET team_id = a.team_id
   FROM audit_demo.appointments a WHERE a.customer_id = c.id AND c.team_id IS NULL;
 -- The cross-tenant appointment takes its customer's team, in mode reassign.
 SELECT tenant_backfill.define('audit_demo.appointments', 'team_id');
-SELECT tenant_backfill.add_source('audit_demo.appointments', 'audit_demo.customers', 'customer_id', direction => 'parent');
+SELECT tenant_backfill.add_parent('audit_demo.appointments', 'audit_demo.customers', 'customer_id');
 SELECT row_key, current_tenant, proposed_tenant, action FROM tenant_backfill.plan('audit_demo.appointments', 'reassign');
 UPDATE audit_demo.appointments a SET team_id = c.team_id
   FROM audit_demo.customers c WHERE c.id = a.customer_id AND a.team_id <> c.team_id;
 -- The notes get a team_id column, filled from their customer.
 ALTER TABLE audit_demo.customer_notes ADD COLUMN team_id int REFERENCES audit_demo.teams;
 SELECT tenant_backfill.define('audit_demo.customer_notes', 'team_id');
-SELECT tenant_backfill.add_source('audit_demo.customer_notes', 'audit_demo.customers', 'customer_id', direction => 'parent');
+SELECT tenant_backfill.add_parent('audit_demo.customer_notes', 'audit_demo.customers', 'customer_id');
 SELECT row_key, proposed_tenant, action FROM tenant_backfill.plan('audit_demo.customer_notes');
 UPDATE audit_demo.customer_notes n SET team_id = c.team_id
   FROM audit_demo.customers c WHERE c.id = n.customer_id;

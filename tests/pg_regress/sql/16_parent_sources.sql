@@ -21,7 +21,7 @@ INSERT INTO parents.notes VALUES (100, 12, 2), (101, 12, 2);
 
 SELECT tenant_backfill.define('parents.appointments', 'company_id');
 -- The parent is matched on what via's foreign key references (customers.id) ...
-SELECT tenant_backfill.add_source('parents.appointments', 'parents.customers', 'customer_id', direction => 'parent');
+SELECT tenant_backfill.add_parent('parents.appointments', 'parents.customers', 'customer_id');
 SELECT tenant_backfill.add_source('parents.appointments', 'parents.notes', 'appointment_id');
 SELECT source, via, tenant_column, phase, rule, direction, source_key
   FROM tenant_backfill.sources WHERE target = 'parents.appointments'::regclass ORDER BY phase;
@@ -58,7 +58,7 @@ SELECT id, company_id FROM parents.appointments ORDER BY id;
 CREATE TABLE parents.visits (id int PRIMARY KEY, customer int, company_id int);
 INSERT INTO parents.visits VALUES (1, 4, NULL), (2, 99, NULL);
 SELECT tenant_backfill.define('parents.visits', 'company_id');
-SELECT tenant_backfill.add_source('parents.visits', 'parents.customers', 'customer', direction => 'parent');
+SELECT tenant_backfill.add_parent('parents.visits', 'parents.customers', 'customer');
 SELECT row_key, proposed_tenant, action FROM tenant_backfill.plan('parents.visits');
 -- A parent's tenant that does not cast to the target's is named with the target row's key.
 CREATE TABLE parents.shops (code text PRIMARY KEY, company text);
@@ -66,25 +66,35 @@ INSERT INTO parents.shops VALUES ('a', '2'), ('b', 'two');
 CREATE TABLE parents.sales (id int PRIMARY KEY, shop text REFERENCES parents.shops, company_id int);
 INSERT INTO parents.sales VALUES (1, 'a', NULL), (2, 'b', NULL);
 SELECT tenant_backfill.define('parents.sales', 'company_id');
-SELECT tenant_backfill.add_source('parents.sales', 'parents.shops', 'shop', 'company', direction => 'parent');
+SELECT tenant_backfill.add_parent('parents.sales', 'parents.shops', 'shop', 'company');
 SELECT check_name, rows, detail FROM tenant_backfill.preflight('parents.sales') WHERE check_name IN ('by_phase_1', 'source_bad_tenant');
 SELECT * FROM tenant_backfill.run_now('parents.sales');
 
 -- What add_source refuses for a parent.
-SELECT tenant_backfill.add_source('parents.appointments', 'parents.customers', 'customer_id', direction => 'sideways');
-SELECT tenant_backfill.add_source('parents.appointments', 'parents.appointments', 'customer_id', direction => 'parent');
-SELECT tenant_backfill.add_source('parents.appointments', 'parents.customers', 'nope', direction => 'parent');
+SELECT tenant_backfill.add_parent('parents.appointments', 'parents.appointments', 'customer_id');
+SELECT tenant_backfill.add_parent('parents.appointments', 'parents.customers', 'nope');
 CREATE TABLE parents.no_key (code text, company_id int);
-SELECT tenant_backfill.add_source('parents.appointments', 'parents.no_key', 'customer_code', direction => 'parent');
+SELECT tenant_backfill.add_parent('parents.appointments', 'parents.no_key', 'customer_code');
 -- via must compare with the parent's key (text against int here).
-SELECT tenant_backfill.add_source('parents.visits', 'parents.shops', 'customer', 'company', direction => 'parent');
+SELECT tenant_backfill.add_parent('parents.visits', 'parents.shops', 'customer', 'company');
+-- via is a foreign key to customers: companies (whose tenant is its id) cannot be its parent.
+SELECT tenant_backfill.add_parent('parents.appointments', 'parents.companies', 'customer_id', 'id');
+-- A child source is not turned into a parent by adding it again the other way.
+CREATE TABLE parents.links (id int PRIMARY KEY, customer int, company_id int);
+SELECT tenant_backfill.add_source('parents.visits', 'parents.links', 'customer');
+SELECT tenant_backfill.add_parent('parents.visits', 'parents.links', 'customer');
+SELECT tenant_backfill.remove_source('parents.visits', 'parents.links');
+-- A table with inheritance children is no single parent row.
+CREATE TABLE parents.old_customers (id int PRIMARY KEY, company_id int);
+CREATE TABLE parents.old_customers_2020 () INHERITS (parents.old_customers);
+SELECT tenant_backfill.add_parent('parents.visits', 'parents.old_customers', 'customer');
 -- The key add_source matched on must stay unique.
 CREATE TABLE parents.regions (name text NOT NULL, company_id int);
 CREATE UNIQUE INDEX regions_name ON parents.regions (name);
 INSERT INTO parents.regions VALUES ('north', 1);
 ALTER TABLE parents.visits ADD COLUMN region text;
 ALTER TABLE parents.regions ADD CONSTRAINT regions_pk PRIMARY KEY USING INDEX regions_name;
-SELECT tenant_backfill.add_source('parents.visits', 'parents.regions', 'region', direction => 'parent');
+SELECT tenant_backfill.add_parent('parents.visits', 'parents.regions', 'region');
 ALTER TABLE parents.regions DROP CONSTRAINT regions_pk;
 SELECT count(*) FROM tenant_backfill.plan('parents.visits');
 
