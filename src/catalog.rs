@@ -3,7 +3,7 @@
 //! rights. The configuration built on them is src/job.rs.
 
 use crate::error::{BackfillError, Result};
-use crate::sql::{self, get_required, qualified, Value};
+use crate::sql::{self, get, get_required, qualified, Value};
 use pgrx::pg_sys;
 
 /// A table, resolved from its OID.
@@ -49,12 +49,96 @@ pub struct Column {
     /// extension's `citext`) would not be found, and a comparison would silently follow a
     /// type it casts to instead.
     pub builtin_ops: bool,
+    /// How the generated SQL compares two values of the type: pg_catalog's operators
+    /// (`=`, found under the pinned search_path) for those, else the operators of the
+    /// type's default btree operator class, schema-qualified (`OPERATOR(public.=)` for
+    /// citext), the same class ORDER BY and GROUP BY use. None: the type has no default
+    /// btree class, and the extension cannot compare it (require_comparable refuses it).
+    pub ops: Option<Ops>,
+}
+
+/// A type's comparison operators, as SQL between two operands.
+#[derive(Clone, Debug)]
+pub struct Ops {
+    pub eq: String,
+    pub ne: String,
+    pub lt: String,
+    pub le: String,
+    pub gt: String,
+    pub ge: String,
+    /// pg_catalog's own: `IS DISTINCT FROM` (which looks `=` up by name) is right for them.
+    builtin: bool,
+}
+
+impl Ops {
+    fn builtin() -> Ops {
+        let op = |o: &str| o.to_string();
+        Ops { eq: op("="), ne: op("<>"), lt: op("<"), le: op("<="), gt: op(">"), ge: op(">="), builtin: true }
+    }
+
+    /// `a IS DISTINCT FROM b` with these operators: NULL is distinct from a value and
+    /// not from NULL.
+    pub fn distinct(&self, a: &str, b: &str) -> String {
+        if self.builtin {
+            format!("{a} IS DISTINCT FROM {b}")
+        } else {
+            format!("COALESCE(({a}) {} ({b}), (({a}) IS NULL) <> (({b}) IS NULL))", self.ne)
+        }
+    }
 }
 
 impl Column {
     pub fn sql_name(&self) -> String {
         sql::ident(&self.name)
     }
+
+    /// Whether its type compares with pg_catalog's operators.
+    pub fn builtin_compare(&self) -> bool {
+        self.ops.as_ref().is_none_or(|o| o.builtin)
+    }
+
+    /// The column's operators; only called on columns require_comparable let through.
+    pub fn ops(&self) -> Ops {
+        self.ops.clone().unwrap_or_else(Ops::builtin)
+    }
+}
+
+/// The operators of the default btree operator class of a type (of its base type, for a
+/// domain), schema-qualified; None when it has none, or lacks one of the five strategies
+/// or a negator for `=`.
+fn btree_ops(type_oid: pg_sys::Oid) -> Result<Option<Ops>> {
+    let rows = sql::select_rows(
+        "SELECT o.amopstrategy::pg_catalog.int4, pg_catalog.format('OPERATOR(%I.%s)', n.nspname, op.oprname), \
+                (SELECT pg_catalog.format('OPERATOR(%I.%s)', nn.nspname, neg.oprname) \
+                   FROM pg_catalog.pg_operator neg JOIN pg_catalog.pg_namespace nn ON nn.oid = neg.oprnamespace \
+                  WHERE neg.oid = op.oprnegate) \
+           FROM pg_catalog.pg_type t \
+           JOIN pg_catalog.pg_opclass c ON c.opcintype = COALESCE(NULLIF(t.typbasetype, 0), t.oid) AND c.opcdefault \
+                AND c.opcmethod = (SELECT a.oid FROM pg_catalog.pg_am a WHERE a.amname = 'btree') \
+           JOIN pg_catalog.pg_amop o ON o.amopfamily = c.opcfamily AND o.amopmethod = c.opcmethod \
+                AND o.amoplefttype = c.opcintype AND o.amoprighttype = c.opcintype \
+           JOIN pg_catalog.pg_operator op ON op.oid = o.amopopr \
+           JOIN pg_catalog.pg_namespace n ON n.oid = op.oprnamespace \
+          WHERE t.oid = $1",
+        &[Value::Oid(type_oid)],
+        |row| Ok((get_required::<i32>(row, 1)?, get_required::<String>(row, 2)?, get::<String>(row, 3)?)),
+    )?;
+    let strategy = |s: i32| rows.iter().find(|r| r.0 == s);
+    let (Some(lt), Some(le), Some(eq), Some(ge), Some(gt)) =
+        (strategy(1), strategy(2), strategy(3), strategy(4), strategy(5))
+    else {
+        return Ok(None);
+    };
+    let Some(ne) = eq.2.clone() else { return Ok(None) };
+    Ok(Some(Ops {
+        eq: eq.1.clone(),
+        ne,
+        lt: lt.1.clone(),
+        le: le.1.clone(),
+        gt: gt.1.clone(),
+        ge: ge.1.clone(),
+        builtin: false,
+    }))
 }
 
 /// Resolves a table OID; only ordinary and partitioned tables are accepted.
@@ -145,12 +229,16 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
                 prints_json_safe: get_required::<bool>(row, 8)?,
                 text_like: get_required::<bool>(row, 9)?,
                 builtin_ops: get_required::<bool>(row, 10)?,
+                ops: None,
             })
         },
     )?;
-    rows.into_iter()
+    let mut col = rows
+        .into_iter()
         .next()
-        .ok_or_else(|| BackfillError::UnknownColumn { table: rel.display.clone(), column: name.to_string() })
+        .ok_or_else(|| BackfillError::UnknownColumn { table: rel.display.clone(), column: name.to_string() })?;
+    col.ops = if col.builtin_ops { Some(Ops::builtin()) } else { btree_ops(col.type_oid)? };
+    Ok(col)
 }
 
 /// The single column of the table's primary key.
@@ -333,22 +421,21 @@ pub fn castable(from: pg_sys::Oid, to: pg_sys::Oid) -> Result<bool> {
 }
 
 /// Checks that a column the extension compares (a key, a tenant, a source's `via`) has a
-/// type whose comparisons it can resolve (`Column::builtin_ops`).
-pub fn require_builtin_ops(rel: &Relation, col: &Column, role: &str) -> Result<()> {
-    if col.builtin_ops {
+/// type whose comparisons it can write (`Column::ops`): pg_catalog's, or its default btree
+/// operator class's.
+pub fn require_comparable(rel: &Relation, col: &Column, role: &str) -> Result<()> {
+    if col.ops.is_some() {
         return Ok(());
     }
     Err(BackfillError::Unsupported(
         format!(
-            "{role} {} of {} is {}, whose comparison operators are not in pg_catalog",
+            "{role} {} of {} is {}, which has no default btree operator class",
             col.name, rel.display, col.type_display
         ),
-        "tenant_backfill runs its statements with search_path pinned to pg_catalog, so it compares keys and tenants \
-         only with pg_catalog's operators; this type's own would not be used, and comparisons would silently follow \
-         another type's rules."
+        "tenant_backfill compares keys and tenants with the operators of the type's default btree operator class \
+         (those ORDER BY uses), and this type has none."
             .into(),
-        "Give the column a built-in type (an integer, uuid, text) or a domain over one, or name another key column."
-            .into(),
+        "Give the column a type that sorts (an integer, uuid, text, citext), or name another key column.".into(),
     ))
 }
 

@@ -80,7 +80,7 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
             "WITH bad AS (\n    SELECT t.{key} AS key FROM {source} s JOIN {target} t ON {related}\n     \
              WHERE s.{stenant} IS NOT NULL AND t.{tenant} IS NOT NULL\n       \
              AND t.{key}::text NOT IN ({overridden})\n       \
-             AND CASE WHEN {castable} THEN s.{stenant}::{tt} <> t.{tenant} ELSE false END)\n\
+             AND CASE WHEN {castable} THEN s.{stenant}::{tt} {tenant_ne} t.{tenant} ELSE false END)\n\
              SELECT (SELECT pg_catalog.count(*) FROM bad),\n       \
              (SELECT pg_catalog.string_agg(x.key::text, ', ' ORDER BY x.key)\n          \
              FROM (SELECT DISTINCT b.key FROM bad b ORDER BY b.key LIMIT {FIRST_KEYS}) x),\n       \
@@ -91,6 +91,7 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
             target = t.rel.sql_name(),
             source = s.rel.sql_name(),
             related = related_rows(job, s),
+            tenant_ne = t.tenant.ops().ne,
             stenant = s.tenant.sql_name(),
         );
         let (n, keys, distinct) = sql::select_one_row(&st.sql, &st.params, "the disagreement count", |row| {
@@ -116,8 +117,8 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
 fn related_rows(job: &Job, source: &Source) -> String {
     let t = &job.target;
     match &source.parent_key {
-        None => format!("t.{} = s.{}", t.key.sql_name(), source.via.sql_name()),
-        Some(key) => format!("s.{} = t.{}", key.sql_name(), source.via.sql_name()),
+        None => format!("t.{} {} s.{}", t.key.sql_name(), t.key.ops().eq, source.via.sql_name()),
+        Some(key) => format!("s.{} {} t.{}", key.sql_name(), key.ops().eq, source.via.sql_name()),
     }
 }
 
@@ -158,6 +159,10 @@ pub fn bad_source_values<'a>(job: &'a Job, mode: Mode, scope: &Scope) -> Result<
         let stenant = source.tenant.sql_name();
         let casts = engine::tenant_casts(&mut st, &format!("s.{stenant}"), &source.tenant, &job.target.tenant);
         // The target key each value is evidence for: a child's via, a parent's target row's key.
+        let key_ops = match &source.parent_key {
+            None => source.via.ops(),
+            Some(_) => job.target.key.ops(),
+        };
         let (from, key) = match &source.parent_key {
             None => (format!("{} s", source.rel.sql_name()), format!("s.{}", source.via.sql_name())),
             Some(_) => (
@@ -174,8 +179,9 @@ pub fn bad_source_values<'a>(job: &'a Job, mode: Mode, scope: &Scope) -> Result<
             "{with_scope}\n\
              SELECT pg_catalog.count(*) OVER (), {key}::text, s.{stenant}::text\n  \
              FROM {from}\n \
-             WHERE {key} IN ({keys}) AND s.{stenant} IS NOT NULL AND NOT {casts}\n \
+             WHERE {in_keys} AND s.{stenant} IS NOT NULL AND NOT {casts}\n \
              ORDER BY {key} LIMIT {FIRST_KEYS}",
+            in_keys = engine::in_subquery(&key_ops, &key, &keys),
         );
         let rows = sql::select_rows(&st.sql, &st.params, |row| {
             Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?, get_required::<String>(row, 3)?))

@@ -117,7 +117,7 @@ pub fn decision_query(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope, 
         labels.push(label);
     }
     ctes.push(overrides_cte(st, job));
-    ctes.push(decided_cte(job.sources.len(), detail));
+    ctes.push(decided_cte(job.sources.len(), detail, &job.target.key.ops().eq));
     format!("WITH {}\n{}", ctes.join("\n, "), cascade(st, job, &labels))
 }
 
@@ -171,11 +171,11 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
     if let Scope::Batch { after, up_to, limit } = scope {
         if let Some(after) = after {
             let p = st.param(Value::text(after.clone()));
-            filters.push(format!("t.{key} > {p}::text::{key_type}"));
+            filters.push(format!("t.{key} {} {p}::text::{key_type}", target.key.ops().gt));
         }
         if let Some(up_to) = up_to {
             let p = st.param(Value::text(up_to.clone()));
-            filters.push(format!("t.{key} <= {p}::text::{key_type}"));
+            filters.push(format!("t.{key} {} {p}::text::{key_type}", target.key.ops().le));
         }
         if let Some(limit) = limit {
             let p = st.param(Value::Int8(Some(*limit)));
@@ -245,6 +245,10 @@ fn source_ctes(
         None => ("", ""),
     };
     let tenant = &target.tenant;
+    // The comparisons, each with its type's operators (catalog::Ops).
+    let (via_ops, tenant_ops) = (source.via.ops(), tenant.ops());
+    let (via_eq, lo_eq_hi, lo_ne_hi) =
+        (&via_ops.eq, format!("e.lo {} e.hi", tenant_ops.eq), format!("e.lo {} e.hi", tenant_ops.ne));
     let via = source.via.sql_name();
     let stenant = source.tenant.sql_name();
     let source_table = source.rel.sql_name();
@@ -262,7 +266,7 @@ fn source_ctes(
     // A conflicting key's related rows with a tenant, counted per tenant.
     let per_tenant = format!(
         "SELECT {tenant} AS tenant, pg_catalog.count(*) AS n FROM {source_table} r \
-         WHERE r.{via} = e.key AND r.{stenant} IS NOT NULL{castable_r} GROUP BY 1",
+         WHERE r.{via} {via_eq} e.key AND r.{stenant} IS NOT NULL{castable_r} GROUP BY 1",
         tenant = tenant_of("r"),
     );
     // Citus cannot plan a subquery correlated with a CTE row when a Citus table is in the
@@ -273,9 +277,10 @@ fn source_ctes(
             "several_{i} AS (\n    SELECT x.key, pg_catalog.json_object_agg(x.tenant::text, x.n)::text AS counts,\n           \
              (pg_catalog.array_agg(x.tenant ORDER BY x.n DESC, x.tenant))[1] AS top\n      \
              FROM (SELECT r.{via} AS key, {tenant} AS tenant, pg_catalog.count(*) AS n FROM {source_table} r\n             \
-             WHERE r.{via} IN (SELECT e.key FROM ev_{i} e WHERE e.lo <> e.hi) AND r.{stenant} IS NOT NULL{castable_r}\n             \
+             WHERE {in_several} AND r.{stenant} IS NOT NULL{castable_r}\n             \
              GROUP BY 1, 2) x\n     GROUP BY x.key)",
             tenant = tenant_of("r"),
+            in_several = in_subquery(&via_ops, &format!("r.{via}"), &format!("SELECT e.key FROM ev_{i} e WHERE {lo_ne_hi}")),
         )
     });
     // Several tenants: a unanimous phase stops at a conflict and proposes nothing; a
@@ -304,7 +309,7 @@ fn source_ctes(
     let evidence = match detail {
         Detail::Full => format!(
             "CASE WHEN e.n = 0 THEN NULL\n\
-             \x20             WHEN e.lo = e.hi THEN (SELECT pg_catalog.to_json({label}::text)::text) || ':{{' || {key} || ':' || e.n || '}}'\n\
+             \x20             WHEN {lo_eq_hi} THEN (SELECT pg_catalog.to_json({label}::text)::text) || ':{{' || {key} || ':' || e.n || '}}'\n\
              \x20             ELSE {several_evidence} END",
             key = json_string(tenant, "e.lo"),
         ),
@@ -318,27 +323,30 @@ fn source_ctes(
             // form came back as no evidence there when the target was distributed).
             "ev_{i} AS (\n    SELECT c.{key} AS key, pg_catalog.count(s.{stenant}) AS n,\n           \
              pg_catalog.count(*) - pg_catalog.count(s.{stenant}) AS n_null, {lo} AS lo, {hi} AS hi\n      \
-             FROM {target_table} c JOIN {source_table} s ON s.{parent_key} = c.{via}\n     \
-             WHERE c.{key} IN ({keys}){castable_s} GROUP BY 1)",
+             FROM {target_table} c JOIN {source_table} s ON s.{parent_key} {parent_eq} c.{via}\n     \
+             WHERE {in_keys}{castable_s} GROUP BY 1)",
             key = target.key.sql_name(),
             parent_key = parent_key.sql_name(),
+            parent_eq = parent_key.ops().eq,
+            in_keys = in_subquery(&target.key.ops(), &format!("c.{}", target.key.sql_name()), keys),
             target_table = target.rel.sql_name(),
         ),
         _ => format!(
             "ev_{i} AS (\n    SELECT s.{via} AS key, pg_catalog.count(s.{stenant}) AS n,\n           \
              pg_catalog.count(*) - pg_catalog.count(s.{stenant}) AS n_null, {lo} AS lo, {hi} AS hi\n      \
-             FROM {source_table} s WHERE s.{via} IN ({keys}){castable_s} GROUP BY 1)"
+             FROM {source_table} s WHERE {in_keys}{castable_s} GROUP BY 1)",
+            in_keys = in_subquery(&via_ops, &format!("s.{via}"), keys),
         ),
     };
     let (several, several_join) = match several_cte {
-        Some(cte) => (format!("\n, {cte}"), format!(" LEFT JOIN several_{i} sv ON sv.key = e.key")),
+        Some(cte) => (format!("\n, {cte}"), format!(" LEFT JOIN several_{i} sv ON sv.key {via_eq} e.key")),
         None => (String::new(), String::new()),
     };
     format!(
         "{ev}{several}\n\
          , cand_{i} AS (\n    SELECT e.key,\n           \
-         CASE WHEN e.n = 0 THEN 0 WHEN e.lo = e.hi THEN 1 ELSE 2 END AS ntenants,\n           \
-         CASE WHEN e.n = 0 THEN NULL WHEN e.lo = e.hi THEN e.lo ELSE {top_of_several} END AS top,\n           \
+         CASE WHEN e.n = 0 THEN 0 WHEN {lo_eq_hi} THEN 1 ELSE 2 END AS ntenants,\n           \
+         CASE WHEN e.n = 0 THEN NULL WHEN {lo_eq_hi} THEN e.lo ELSE {top_of_several} END AS top,\n           \
          {evidence} AS evidence,\n           \
          CASE WHEN e.n_null > 0 THEN pg_catalog.jsonb_build_object({label}::text, e.n_null) END AS unattributed\n      \
          FROM ev_{i} e{several_join})",
@@ -357,7 +365,7 @@ fn overrides_cte(st: &mut Statement, job: &Job) -> String {
 }
 
 /// `decided`: every candidate side by side; `idx` is the first phase with evidence.
-fn decided_cte(n: usize, detail: Detail) -> String {
+fn decided_cte(n: usize, detail: Detail, key_eq: &str) -> String {
     let idx = if n == 0 {
         "NULL::pg_catalog.int4".to_string()
     } else {
@@ -389,7 +397,8 @@ fn decided_cte(n: usize, detail: Detail) -> String {
             .collect::<Vec<_>>()
             .join(" || ")
     };
-    let joins: String = (1..=n).map(|i| format!("\n      LEFT JOIN cand_{i} ON cand_{i}.key = sc.key")).collect();
+    let joins: String =
+        (1..=n).map(|i| format!("\n      LEFT JOIN cand_{i} ON cand_{i}.key {key_eq} sc.key")).collect();
     format!(
         "decided AS (\n    SELECT sc.key, sc.current, ov.tenant AS override_tenant, ov.origin AS override_origin,\n           \
          {idx} AS idx{per_source}, ({has_related}) AS has_related,\n           \
@@ -409,6 +418,7 @@ fn decided_cte(n: usize, detail: Detail) -> String {
 /// whole-table plan (BENCHMARKS.md). The ORDER BY keeps the key order visible to the
 /// consumer, so nothing sorts again.
 fn cascade(st: &mut Statement, job: &Job, labels: &[String]) -> String {
+    let tenant_ne = job.target.tenant.ops().ne;
     let mut proposed = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN d.override_tenant");
     let mut phase = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN 0");
     let mut source = String::from("CASE WHEN d.override_tenant IS NOT NULL THEN d.override_origin");
@@ -439,7 +449,7 @@ fn cascade(st: &mut Statement, job: &Job, labels: &[String]) -> String {
          CASE WHEN x.conflict THEN NULL ELSE x.proposed END AS proposed,\n       \
          CASE WHEN x.conflict THEN 'conflict'\n            \
          WHEN x.proposed IS NOT NULL THEN\n                 \
-         CASE WHEN d.current IS NULL THEN 'fill' WHEN d.current <> x.proposed THEN 'reassign' END\n            \
+         CASE WHEN d.current IS NULL THEN 'fill' WHEN d.current {tenant_ne} x.proposed THEN 'reassign' END\n            \
          WHEN d.current IS NOT NULL THEN NULL\n            \
          WHEN d.has_related THEN 'unresolved'\n            \
          ELSE 'orphan' END AS action,\n       \
@@ -503,5 +513,15 @@ fn json_string(tenant: &Column, expr: &str) -> String {
         format!("'\"' || {expr}::text || '\"'")
     } else {
         format!("pg_catalog.to_json({expr}::text)::text")
+    }
+}
+
+/// `left IN (sub)` with the operator of `ops`: `= ANY` spelled with it for a type of its
+/// own operators (IN has no place for one); IN as before for pg_catalog's.
+pub fn in_subquery(ops: &crate::catalog::Ops, left: &str, sub: &str) -> String {
+    if ops.eq == "=" {
+        format!("{left} IN ({sub})")
+    } else {
+        format!("{left} {} ANY ({sub})", ops.eq)
     }
 }

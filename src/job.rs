@@ -135,9 +135,12 @@ pub fn require_source_types(
         None => ((rel, via), (&target.rel, &target.key)),
         Some(key) => ((&target.rel, via), (rel, key)),
     };
-    crate::catalog::require_builtin_ops(left_rel, left, "column")?;
-    crate::catalog::require_builtin_ops(right_rel, right, "column")?;
-    if !types_comparable(left.type_oid, right.type_oid)? {
+    crate::catalog::require_comparable(left_rel, left, "column")?;
+    crate::catalog::require_comparable(right_rel, right, "column")?;
+    // A type's own operators (citext's) compare two values of that type; pg_catalog's
+    // cross-type ones (int4 with int8) are found by name under the pinned path.
+    let own_operators = !left.builtin_compare() || !right.builtin_compare();
+    if (own_operators && left.type_oid != right.type_oid) || !types_comparable(left.type_oid, right.type_oid)? {
         return Err(BackfillError::TypeMismatch(
             format!(
                 "column {} of {} is {} and cannot be compared with key {} of {} ({})",
@@ -202,8 +205,8 @@ pub fn target(oid: pg_sys::Oid) -> Result<Target> {
         .map_err(|_| BackfillError::Internal("a target's row did not hold its three column names".into()))?;
     let tenant = defined_column(&rel, &tenant, tenant_attnum)?;
     let key = defined_column(&rel, &key, key_attnum)?;
-    crate::catalog::require_builtin_ops(&rel, &key, "key column")?;
-    crate::catalog::require_builtin_ops(&rel, &tenant, "tenant column")?;
+    crate::catalog::require_comparable(&rel, &key, "key column")?;
+    crate::catalog::require_comparable(&rel, &tenant, "tenant column")?;
     Ok(Target { key, tenant, rel, soft_delete_column })
 }
 

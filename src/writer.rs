@@ -151,13 +151,14 @@ fn as_they_are(spec: &WriteSpec, changes: Changes) -> Result<Changes> {
         "WITH {changes_cte}\n\
          SELECT {arrays}\n  \
          FROM changes c CROSS JOIN LATERAL (SELECT t.{col} AS actual FROM {target} t\n\
-         \x20                                  WHERE t.{key} = c.key FOR NO KEY UPDATE OF t) t",
+         \x20                                  WHERE t.{key} {key_eq} c.key FOR NO KEY UPDATE OF t) t",
         arrays = ["c.key", "t.actual", "c.new", "c.phase", "c.source", "c.rule", "c.evidence"]
             .map(|e| format!("pg_catalog.array_agg({e}::text ORDER BY c.key)"))
             .join(", "),
         col = spec.column.sql_name(),
         target = spec.target.rel.sql_name(),
         key = spec.target.key.sql_name(),
+        key_eq = spec.target.key.ops().eq,
     );
     select_changes(&st)
 }
@@ -236,6 +237,7 @@ pub fn release_quarantined(spec: &WriteSpec, columns: &[String]) -> Result<i64> 
     let table = target.rel.sql_name();
     let key = target.key.sql_name();
     let tenant = target.tenant.sql_name();
+    let key_eq = target.key.ops().eq;
     st.sql = format!(
         "WITH q AS (\n    SELECT x.quarantine_id, x.operation, pg_catalog.jsonb_populate_record(NULL::{table}, x.row_data) AS rec\n      \
          FROM tenant_backfill.quarantine x\n     \
@@ -245,7 +247,7 @@ pub fn release_quarantined(spec: &WriteSpec, columns: &[String]) -> Result<i64> 
          SELECT {from_record} FROM ready q WHERE q.operation = 'INSERT'\n    \
          RETURNING {key} AS key, {tenant} AS tenant)\n\
          , upd AS (\n    UPDATE {table} t SET ({column_list}) = ROW({from_record}) FROM ready q\n     \
-         WHERE q.operation = 'UPDATE' AND t.{key} = (q.rec).{key}\n    \
+         WHERE q.operation = 'UPDATE' AND t.{key} {key_eq} (q.rec).{key}\n    \
          RETURNING t.{key} AS key, t.{tenant} AS tenant)\n\
          SELECT (SELECT pg_catalog.array_agg(r.quarantine_id) FROM ready r),\n       \
          (SELECT pg_catalog.array_agg(d.key::text) FROM (SELECT * FROM ins UNION ALL SELECT * FROM upd) d),\n       \
@@ -317,7 +319,8 @@ fn write_logging_first(spec: &WriteSpec, changes: Changes, key_range: Option<&(S
     st.sql = format!(
         "WITH {changes_cte}{update}\n\
          SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text,\n       \
-         (SELECT pg_catalog.array_agg(c.key::text) FROM changes c WHERE NOT EXISTS (SELECT FROM upd u WHERE u.key = c.key))"
+         (SELECT pg_catalog.array_agg(c.key::text) FROM changes c WHERE NOT EXISTS (SELECT FROM upd u WHERE u.key {key_eq} c.key))",
+        key_eq = spec.target.key.ops().eq,
     );
     let (changed, by_phase, not_written) = sql::select_one_row(&st.sql, &st.params, "a batch's write", |row| {
         Ok((
@@ -407,14 +410,23 @@ fn lock_and_update_ctes(spec: &WriteSpec, key_range: Option<&(String, String)>, 
     let target = spec.target.rel.sql_name();
     let key = spec.target.key.sql_name();
     let col = spec.column.sql_name();
-    let guard = if spec.guard { format!(" AND t.{col} IS NOT DISTINCT FROM c.old") } else { String::new() };
+    let key_ops = spec.target.key.ops();
+    let key_eq = &key_ops.eq;
+    let guard = if spec.guard {
+        format!(" AND NOT {}", spec.column.ops().distinct(&format!("t.{col}"), "c.old"))
+    } else {
+        String::new()
+    };
     let skip = if spec.skip_locked { " SKIP LOCKED" } else { "" };
     let range = match key_range {
         Some((lowest, highest)) => {
             let key_type = &spec.target.key.type_sql;
             let lowest = st.param(Value::text(lowest.clone()));
             let highest = st.param(Value::text(highest.clone()));
-            format!("\n       AND t.{key} BETWEEN {lowest}::text::{key_type} AND {highest}::text::{key_type}")
+            format!(
+                "\n       AND t.{key} {} {lowest}::text::{key_type} AND t.{key} {} {highest}::text::{key_type}",
+                key_ops.ge, key_ops.le
+            )
         }
         None => String::new(),
     };
@@ -427,7 +439,7 @@ fn lock_and_update_ctes(spec: &WriteSpec, key_range: Option<&(String, String)>, 
         // held (BENCHMARKS.md).
         return format!(
             "\n, upd AS (\n    UPDATE {target} t SET {col} = c.new FROM changes c\n     \
-             WHERE t.{key} = c.key{guard}{range}\n    \
+             WHERE t.{key} {key_eq} c.key{guard}{range}\n    \
              RETURNING c.key, c.old, c.new, c.phase, c.source, c.rule, c.evidence)"
         );
     }
@@ -439,9 +451,9 @@ fn lock_and_update_ctes(spec: &WriteSpec, key_range: Option<&(String, String)>, 
     format!(
         "\n, locked AS (\n    SELECT c.key, t.actual, c.new, c.phase, c.source, c.rule, c.evidence\n      \
          FROM changes c CROSS JOIN LATERAL (SELECT t.{col} AS actual FROM {target} t\n                                          \
-         WHERE t.{key} = c.key{guard} FOR NO KEY UPDATE OF t{skip}) t)\n\
+         WHERE t.{key} {key_eq} c.key{guard} FOR NO KEY UPDATE OF t{skip}) t)\n\
          , upd AS (\n    UPDATE {target} t SET {col} = l.new FROM locked l\n     \
-         WHERE t.{key} = l.key{range}\n    \
+         WHERE t.{key} {key_eq} l.key{range}\n    \
          RETURNING l.key, l.actual AS old, l.new, l.phase, l.source, l.rule, l.evidence)"
     )
 }

@@ -51,8 +51,8 @@ fn define_target(
             key
         }
     };
-    catalog::require_builtin_ops(&rel, &key, "key column")?;
-    catalog::require_builtin_ops(&rel, &tenant, "tenant column")?;
+    catalog::require_comparable(&rel, &key, "key column")?;
+    catalog::require_comparable(&rel, &tenant, "tenant column")?;
     if key.attnum == tenant.attnum {
         return Err(BackfillError::BadArgument(
             format!("the tenant column {} of {} is also its key", tenant.name, rel.display),
@@ -344,6 +344,19 @@ fn set_override_impl(
         ));
     };
     let key = catalog::canonical_value(row_key, &target.key, &target.rel)?;
+    // The row's own key text: overrides are matched with a row's key as text, and under a
+    // type of its own operators ('ABC' and 'abc' one citext) only that text is the same.
+    let row_key_text = sql::select_value::<String>(
+        &format!(
+            "SELECT t.{key}::text FROM {table} t WHERE t.{key} {eq} $1::text::{kt} LIMIT 1",
+            key = target.key.sql_name(),
+            table = target.rel.sql_name(),
+            eq = target.key.ops().eq,
+            kt = target.key.type_sql
+        ),
+        &[Value::text(key.clone())],
+    )?;
+    let key = row_key_text.clone().unwrap_or(key);
     let Some(tenant) = tenant else {
         sql::as_extension_owner(|| {
             sql::execute(
@@ -354,13 +367,7 @@ fn set_override_impl(
         return Ok(());
     };
     let tenant = catalog::canonical_value(tenant, &target.tenant, &target.rel)?;
-    let exists_sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {} t WHERE t.{} = $1::text::{})",
-        target.rel.sql_name(),
-        target.key.sql_name(),
-        target.key.type_sql
-    );
-    if !sql::select_value::<bool>(&exists_sql, &[Value::text(key.clone())])?.unwrap_or(false) {
+    if row_key_text.is_none() {
         return Err(BackfillError::BadArgument(
             format!("{} has no row with {} = {key}", target.rel.display, target.key.name),
             "An override names an existing row by its key.".into(),

@@ -69,10 +69,11 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     let kt = &target.key.type_sql;
     let tt = &target.tenant.type_sql;
     let target_table = target.rel.sql_name();
+    let (key_eq, tenant_ops) = (target.key.ops().eq, target.tenant.ops());
     let unknown = first_values(
         &format!(
             "SELECT d.row_key::text FROM {table} d\n \
-             WHERE {DECIDED} AND NOT EXISTS (SELECT 1 FROM {target_table} t WHERE t.{key} = d.row_key::text::{kt})\n \
+             WHERE {DECIDED} AND NOT EXISTS (SELECT 1 FROM {target_table} t WHERE t.{key} {key_eq} d.row_key::text::{kt})\n \
              ORDER BY 1 LIMIT 5"
         ),
         &[],
@@ -85,8 +86,9 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     }
     let twice = first_values(
         &format!(
-            "SELECT d.row_key::text::{kt}::text FROM {table} d WHERE {DECIDED}\n \
-             GROUP BY 1 HAVING pg_catalog.count(DISTINCT pg_catalog.btrim(d.tenant::text)::{tt}) > 1\n \
+            // Grouped by the key as its type compares it (citext: 'A' and 'a' are one row).
+            "SELECT pg_catalog.min(d.row_key::text) FROM {table} d WHERE {DECIDED}\n \
+             GROUP BY d.row_key::text::{kt} HAVING pg_catalog.count(DISTINCT pg_catalog.btrim(d.tenant::text)::{tt}) > 1\n \
              ORDER BY 1 LIMIT 5"
         ),
         &[],
@@ -113,10 +115,12 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     select.sql = format!(
         "SELECT DISTINCT ON (t.{key}) t.{key} AS key, t.{tenant} AS old, pg_catalog.btrim(d.tenant::text)::{tt} AS new,\n       \
          'manual'::text AS phase, {source}::text AS source, 'manual'::text AS rule, NULL::pg_catalog.jsonb AS evidence\n  \
-         FROM {table} d JOIN {target_table} t ON t.{key} = d.row_key::text::{kt}\n \
-         WHERE {DECIDED} AND t.{tenant} IS DISTINCT FROM pg_catalog.btrim(d.tenant::text)::{tt}\n \
+         FROM {table} d JOIN {target_table} t ON t.{key} {key_eq} d.row_key::text::{kt}\n \
+         WHERE {DECIDED} AND {differs}\n \
          ORDER BY t.{key}",
         tenant = target.tenant.sql_name(),
+        differs = tenant_ops
+            .distinct(&format!("t.{}", target.tenant.sql_name()), &format!("pg_catalog.btrim(d.tenant::text)::{tt}")),
     );
     let spec =
         WriteSpec { target: &target, column: &target.tenant, run_id, skip_locked: false, guard: true, dry_run: false };
@@ -203,9 +207,10 @@ fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
         "WITH d AS (\n{decision})\n\
          SELECT t.{key} AS key, t.{col} AS old, {deleted_value} AS new, 'orphan'::text AS phase,\n       \
          'soft_delete_orphans'::text AS source, 'orphan'::text AS rule, tenant_backfill_internal._evidence_jsonb(d.evidence) AS evidence\n  \
-         FROM d JOIN {table} t ON t.{key} = d.key\n \
+         FROM d JOIN {table} t ON t.{key} {key_eq} d.key\n \
          WHERE d.action = 'orphan' AND t.{col} IS NULL",
         key = t.key.sql_name(),
+        key_eq = t.key.ops().eq,
         table = t.rel.sql_name(),
     );
     let spec = WriteSpec { target: t, column: &column, run_id, skip_locked: false, guard: true, dry_run };

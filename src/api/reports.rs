@@ -293,10 +293,11 @@ fn review_rows(target: Option<RegClass>, mode: Option<&str>) -> Result<Vec<Revie
         Detail::Full,
         &format!(
             "SELECT d.key::text, d.action, tenant_backfill_internal._evidence_jsonb(d.evidence), pg_catalog.to_jsonb(t.*), NULL::text\n  \
-             FROM d JOIN {table} t ON t.{key} = d.key\n \
+             FROM d JOIN {table} t ON t.{key} {key_eq} d.key\n \
              WHERE d.action IN ('conflict', 'unresolved', 'orphan') ORDER BY d.key",
             table = job.target.rel.sql_name(),
             key = job.target.key.sql_name(),
+            key_eq = job.target.key.ops().eq,
         ),
     );
     sql::select_rows(&st.sql, &st.params, |row| {

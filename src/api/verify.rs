@@ -223,10 +223,11 @@ fn isolation(job: &Job, tenant_setting: &str) -> Result<Option<Check>> {
         )?;
         let leaked = sql::select_value::<i64>(
             &format!(
-                "SELECT pg_catalog.count(*) FROM {} t WHERE t.{} IS DISTINCT FROM $1::text::{}",
+                "SELECT pg_catalog.count(*) FROM {} t WHERE {}",
                 t.rel.sql_name(),
-                t.tenant.sql_name(),
-                t.tenant.type_sql
+                t.tenant
+                    .ops()
+                    .distinct(&format!("t.{}", t.tenant.sql_name()), &format!("$1::text::{}", t.tenant.type_sql)),
             ),
             &[Value::text(tenant.clone())],
         )?

@@ -126,12 +126,15 @@ SELECT pg_temp.error_of(format('SELECT * FROM tenant_backfill.rollback(%s)', :fi
 DELETE FROM tenant_backfill.backup WHERE run_id = :fill_run AND column_name = 'email';
 SELECT count(*) AS emails_changed FROM pinned.customers WHERE email = 'forged@example.com';
 SELECT tenant_backfill.undefine('pinned.customers');
--- A key, tenant or via column whose type compares with operators outside pg_catalog is
--- refused up front: under the pinned search_path its own operators would not be used.
+-- A key, tenant or via column whose type has operators outside pg_catalog is compared
+-- with those of its default btree operator class, schema-qualified (17_own_operators runs
+-- a citext lifecycle); a type without one is refused up front.
 CREATE EXTENSION citext SCHEMA public;
 CREATE TABLE pinned.tags (name public.citext PRIMARY KEY, org int);
 SELECT tenant_backfill.define('pinned.tags', 'org');
-CREATE TABLE pinned.labels (id int PRIMARY KEY, org public.citext);
+SELECT tenant_backfill.undefine('pinned.tags');
+CREATE TYPE pinned.pair AS (a int, b int);
+CREATE TABLE pinned.labels (id int PRIMARY KEY, org pinned.pair);
 SELECT tenant_backfill.define('pinned.labels', 'org');
 -- So is a parent key of that type for the guard's assign mode, which finds the parent
 -- row by it.
