@@ -343,25 +343,17 @@ fn set_override_impl(
             "Pass the key of the row to override, as text.".into(),
         ));
     };
-    let key = catalog::canonical_value(row_key, &target.key, &target.rel)?;
-    // The row's own key text: overrides are matched with a row's key as text, and under a
-    // type of its own operators ('ABC' and 'abc' one citext) only that text is the same.
-    let row_key_text = sql::select_value::<String>(
-        &format!(
-            "SELECT t.{key}::text FROM {table} t WHERE t.{key} {eq} $1::text::{kt} LIMIT 1",
-            key = target.key.sql_name(),
-            table = target.rel.sql_name(),
-            eq = target.key.ops().eq,
-            kt = target.key.type_sql
-        ),
-        &[Value::text(key.clone())],
-    )?;
-    let key = row_key_text.clone().unwrap_or(key);
+    let canonical = catalog::canonical_value(row_key, &target.key, &target.rel)?;
+    let row_key_text = own_key_text(&target, &canonical)?;
+    let key = row_key_text.clone().unwrap_or_else(|| canonical.clone());
     let Some(tenant) = tenant else {
+        // The row's text and the argument's: an override of a row that is gone was stored
+        // under the one or the other.
         sql::as_extension_owner(|| {
             sql::execute(
-                "DELETE FROM tenant_backfill.overrides WHERE target = $1::pg_catalog.oid::pg_catalog.regclass AND row_key = $2",
-                &[Value::Oid(target.rel.oid), Value::text(key)],
+                "DELETE FROM tenant_backfill.overrides WHERE target = $1::pg_catalog.oid::pg_catalog.regclass \
+                   AND row_key OPERATOR(pg_catalog.=) ANY ($2::text[])",
+                &[Value::Oid(target.rel.oid), Value::TextArray(vec![Some(key), Some(canonical)])],
             )
         })?;
         return Ok(());
@@ -455,6 +447,22 @@ fn add_override_table_impl(
     Ok(())
 }
 
+/// A row's key as the row has it as text, found with the key type's own `=`: overrides are
+/// matched with a row's key as text, and under a type with operators of its own ('ABC' and
+/// 'abc' one citext) only that text is the same. None when no such row (the caller may see).
+fn own_key_text(target: &job::Target, canonical: &str) -> Result<Option<String>> {
+    sql::select_value::<String>(
+        &format!(
+            "SELECT t.{key}::text FROM {table} t WHERE t.{key} {eq} $1::text::{kt} LIMIT 1",
+            key = target.key.sql_name(),
+            table = target.rel.sql_name(),
+            eq = target.key.ops().eq,
+            kt = target.key.type_sql
+        ),
+        &[Value::text(canonical)],
+    )
+}
+
 /// The override in force for one row (own table first, then config tables), or NULL.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
@@ -465,7 +473,8 @@ fn override_for(target: Option<RegClass>, row_key: Option<String>) -> Option<Str
 fn override_for_impl(target: RegClass, row_key: &str) -> Result<Option<String>> {
     let job = job::job(target.0)?;
     job.require_read_access()?;
-    let key = catalog::canonical_value(row_key, &job.target.key, &job.target.rel)?;
+    let canonical = catalog::canonical_value(row_key, &job.target.key, &job.target.rel)?;
+    let key = own_key_text(&job.target, &canonical)?.unwrap_or(canonical);
     let st = engine::override_query(&job, &key);
     sql::select_value::<String>(&st.sql, &st.params)
 }

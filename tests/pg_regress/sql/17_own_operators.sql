@@ -38,8 +38,12 @@ SELECT check_name, ok FROM tenant_backfill.validate('own_ops.customers')
 -- An override named in another case is the row's own: stored with its key as the row has it.
 SELECT tenant_backfill.set_override('own_ops.customers', 'DEE@X.COM', 'Acme', 'confirmed');
 SELECT row_key, tenant FROM tenant_backfill.overrides WHERE target = 'own_ops.customers'::regclass;
+SELECT tenant_backfill.override_for('own_ops.customers', 'Dee@X.com') AS override_in_any_case;
 SELECT row_key, lower(proposed_tenant::text) AS proposed, action, phase FROM tenant_backfill.plan('own_ops.customers');
 SELECT rows_changed FROM tenant_backfill.run_now('own_ops.customers');
+-- Removed in any case too.
+SELECT tenant_backfill.set_override('own_ops.customers', 'DEE@x.COM', NULL);
+SELECT count(*) AS overrides_left FROM tenant_backfill.overrides WHERE target = 'own_ops.customers'::regclass;
 -- Decisions that name one row twice in two cases, differently, are refused.
 CREATE TABLE own_ops.decisions (row_key text, tenant text);
 INSERT INTO own_ops.decisions VALUES ('bob@x.com', 'Acme'), ('BOB@X.COM', 'Initech');
