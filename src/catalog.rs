@@ -510,30 +510,27 @@ pub struct ParentLink {
     pub parent_key: String,
     pub parent_key_type: String,
     pub parent_tenant: String,
-    /// Whether the parent key's type compares with pg_catalog's operators.
-    builtin_ops: bool,
+    /// The parent key's `=`: pg_catalog's, or its type's default btree class's
+    /// (`OPERATOR(public.=)` for citext); None when it has neither.
+    pub eq: Option<String>,
     type_display: String,
 }
 
 impl ParentLink {
-    /// The parent row is found with `=` under the pinned search_path, as keys are
-    /// (require_builtin_ops): a type with operators of its own would be compared as another.
-    /// Checked by enforce, not each time the trigger fires: a guard installed before
-    /// this check keeps working as it did.
-    pub fn require_builtin_ops(&self) -> Result<()> {
-        if self.builtin_ops {
+    /// The parent row is found with its key type's own `=` (as keys are compared, see
+    /// Column::ops); a type without a default btree class is refused by enforce.
+    pub fn require_comparable(&self) -> Result<()> {
+        if self.eq.is_some() {
             return Ok(());
         }
         Err(BackfillError::Unsupported(
             format!(
-                "the parent key {} of {} is {}, whose comparison operators are not in pg_catalog",
+                "the parent key {} of {} is {}, which has no default btree operator class",
                 self.parent_key, self.parent_table, self.type_display
             ),
-            "tenant_backfill runs its statements with search_path pinned to pg_catalog, so it would find the parent \
-             row with another type's comparison."
-                .into(),
-            "Give the parent key a built-in type or a domain over one, or use assign without parent_column (the \
-             tenant_backfill.tenant setting)."
+            "assign finds the parent row with the equality of its key type's default btree operator class.".into(),
+            "Give the parent key a type that sorts, or use assign without parent_column (the tenant_backfill.tenant \
+             setting)."
                 .into(),
         ))
     }
@@ -547,7 +544,7 @@ pub fn parent_link(rel: &Relation, column: &str, tenant_column: &str) -> Result<
                 COALESCE((SELECT tg.tenant_column::text FROM tenant_backfill.targets tg WHERE tg.target = pc.oid::pg_catalog.regclass), $3), \
                 (SELECT b.typnamespace = 'pg_catalog'::pg_catalog.regnamespace OR b.typtype = 'e' \
                    FROM pg_catalog.pg_type b WHERE b.oid = COALESCE(NULLIF(t.typbasetype, 0), t.oid)), \
-                pg_catalog.format_type(pa.atttypid, pa.atttypmod) \
+                pg_catalog.format_type(pa.atttypid, pa.atttypmod), pa.atttypid \
            FROM pg_catalog.pg_constraint con \
            JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1] \
            JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid \
@@ -560,20 +557,23 @@ pub fn parent_link(rel: &Relation, column: &str, tenant_column: &str) -> Result<
           ORDER BY con.conname LIMIT 1",
         &[Value::Oid(rel.oid), Value::text(column), Value::text(tenant_column)],
         |row| {
-            Ok(ParentLink {
+            let link = ParentLink {
                 parent_table: qualified(&get_required::<String>(row, 1)?, &get_required::<String>(row, 2)?),
                 parent_key: get_required(row, 3)?,
                 parent_key_type: qualified(&get_required::<String>(row, 4)?, &get_required::<String>(row, 5)?),
                 parent_tenant: get_required(row, 6)?,
-                builtin_ops: get_required::<bool>(row, 7)?,
+                eq: None,
                 type_display: get_required::<String>(row, 8)?,
-            })
+            };
+            Ok((link, get_required::<bool>(row, 7)?, get_required::<pg_sys::Oid>(row, 9)?))
         },
     )?;
-    rows.into_iter().next().ok_or_else(|| {
+    let (mut link, builtin, type_oid) = rows.into_iter().next().ok_or_else(|| {
         BackfillError::BadArgument(
             format!("column {column} of {} is not a single-column foreign key", rel.display),
             "assign reads the parent's tenant through a foreign key column of the guarded table.".into(),
         )
-    })
+    })?;
+    link.eq = if builtin { Some("=".into()) } else { btree_ops(type_oid)?.map(|ops| ops.eq) };
+    Ok(link)
 }

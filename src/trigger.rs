@@ -342,12 +342,14 @@ fn assigned_tenant(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char]) -
             let relid = unsafe { (*data.tg_relation).rd_id };
             let rel = catalog::relation(relid)?;
             let fk = catalog::parent_link(&rel, &parent_column, &arg(args, 1))?;
+            fk.require_comparable()?;
             let lookup = format!(
-                "SELECT p.{tenant}::text FROM {parent} p WHERE p.{key} = $1::text::{key_type}",
+                "SELECT p.{tenant}::text FROM {parent} p WHERE p.{key} {eq} $1::text::{key_type}",
                 tenant = sql::ident(&fk.parent_tenant),
                 parent = fk.parent_table,
                 key = sql::ident(&fk.parent_key),
                 key_type = fk.parent_key_type,
+                eq = fk.eq.as_deref().unwrap_or("="),
             );
             if let Some(tenant) = sql::select_value::<String>(&lookup, &[Value::text(parent_key)])? {
                 return Ok(Some(tenant));

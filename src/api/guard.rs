@@ -40,7 +40,7 @@ fn enforce_impl(target: RegClass, mode: Option<&str>, parent_column: Option<&Sql
                 ));
             }
             let column = catalog::column(&target.rel, name.as_str())?;
-            catalog::parent_link(&target.rel, &column.name, &target.tenant.name)?.require_builtin_ops()?;
+            catalog::parent_link(&target.rel, &column.name, &target.tenant.name)?.require_comparable()?;
             column.name
         }
         None => String::new(),

@@ -53,4 +53,15 @@ SELECT restored, skipped FROM tenant_backfill.rollback((SELECT min(run_id) FROM 
                                                         WHERE target = 'own_ops.customers'::regclass AND kind = 'run'));
 SELECT email, company FROM own_ops.customers ORDER BY email;
 SELECT tenant_backfill.undefine('own_ops.customers');
+-- The guard's assign mode finds the parent row with the key type's own =: a member
+-- naming team 'RED' gets the tenant of team 'Red'.
+CREATE TABLE own_ops.teams (code public.citext PRIMARY KEY, company public.citext);
+INSERT INTO own_ops.teams VALUES ('Red', 'Acme');
+CREATE TABLE own_ops.members (id int PRIMARY KEY, team public.citext REFERENCES own_ops.teams, company public.citext);
+SELECT tenant_backfill.define('own_ops.members', 'company');
+SELECT tenant_backfill.enforce('own_ops.members', 'assign', parent_column => 'team');
+INSERT INTO own_ops.members VALUES (1, 'RED', NULL);
+SELECT id, team, company FROM own_ops.members;
+SELECT tenant_backfill.unenforce('own_ops.members');
+SELECT tenant_backfill.undefine('own_ops.members');
 DROP SCHEMA own_ops CASCADE;
