@@ -85,6 +85,15 @@ impl Ops {
             format!("COALESCE(({a}) {} ({b}), (({a}) IS NULL) <> (({b}) IS NULL))", self.ne)
         }
     }
+
+    /// `a IS NOT DISTINCT FROM b` with these operators.
+    pub fn not_distinct(&self, a: &str, b: &str) -> String {
+        if self.builtin {
+            format!("{a} IS NOT DISTINCT FROM {b}")
+        } else {
+            format!("NOT {}", self.distinct(a, b))
+        }
+    }
 }
 
 impl Column {
@@ -507,26 +516,22 @@ pub fn canonical_value(value: &str, col: &Column, rel: &Relation) -> Result<Stri
 /// The parent row a guarded table's row points at, for mode `assign`.
 pub struct ParentLink {
     pub parent_table: String,
-    pub parent_key: String,
-    pub parent_key_type: String,
     pub parent_tenant: String,
-    /// The parent key's `=`: pg_catalog's, or its type's default btree class's
-    /// (`OPERATOR(public.=)` for citext); None when it has neither.
-    pub eq: Option<String>,
-    type_display: String,
+    /// The parent's key column, resolved as keys are: its `ops` say how to find the row.
+    pub parent_key: Column,
 }
 
 impl ParentLink {
-    /// The parent row is found with its key type's own `=` (as keys are compared, see
-    /// Column::ops); a type without a default btree class is refused by enforce.
+    /// The parent row is found with its key type's own `=` (Column::ops); a type without
+    /// a default btree class is refused by enforce.
     pub fn require_comparable(&self) -> Result<()> {
-        if self.eq.is_some() {
+        if self.parent_key.ops.is_some() {
             return Ok(());
         }
         Err(BackfillError::Unsupported(
             format!(
                 "the parent key {} of {} is {}, which has no default btree operator class",
-                self.parent_key, self.parent_table, self.type_display
+                self.parent_key.name, self.parent_table, self.parent_key.type_display
             ),
             "assign finds the parent row with the equality of its key type's default btree operator class.".into(),
             "Give the parent key a type that sorts, or use assign without parent_column (the tenant_backfill.tenant \
@@ -538,42 +543,27 @@ impl ParentLink {
 
 /// The single-column foreign key on `column`, and the parent's tenant column: the
 /// parent's configured one if it is a target, else the same name as ours.
-pub fn parent_link(rel: &Relation, column: &str, tenant_column: &str) -> Result<ParentLink> {
+pub fn parent_link(rel: &Relation, column_name: &str, tenant_column: &str) -> Result<ParentLink> {
     let rows = sql::select_rows(
-        "SELECT pn.nspname::text, pc.relname::text, pa.attname::text, tn.nspname::text, t.typname::text, \
-                COALESCE((SELECT tg.tenant_column::text FROM tenant_backfill.targets tg WHERE tg.target = pc.oid::pg_catalog.regclass), $3), \
-                (SELECT b.typnamespace = 'pg_catalog'::pg_catalog.regnamespace OR b.typtype = 'e' \
-                   FROM pg_catalog.pg_type b WHERE b.oid = COALESCE(NULLIF(t.typbasetype, 0), t.oid)), \
-                pg_catalog.format_type(pa.atttypid, pa.atttypmod), pa.atttypid \
+        "SELECT con.confrelid, pa.attname::text, \
+                COALESCE((SELECT tg.tenant_column::text FROM tenant_backfill.targets tg WHERE tg.target = con.confrelid::pg_catalog.regclass), $3) \
            FROM pg_catalog.pg_constraint con \
            JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1] \
-           JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid \
-           JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
            JOIN pg_catalog.pg_attribute pa ON pa.attrelid = con.confrelid AND pa.attnum = con.confkey[1] \
-           JOIN pg_catalog.pg_type t ON t.oid = pa.atttypid \
-           JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
           WHERE con.conrelid = $1 AND con.contype = 'f' AND pg_catalog.array_length(con.conkey, 1) = 1 \
             AND a.attname = $2::text::pg_catalog.name \
           ORDER BY con.conname LIMIT 1",
-        &[Value::Oid(rel.oid), Value::text(column), Value::text(tenant_column)],
+        &[Value::Oid(rel.oid), Value::text(column_name), Value::text(tenant_column)],
         |row| {
-            let link = ParentLink {
-                parent_table: qualified(&get_required::<String>(row, 1)?, &get_required::<String>(row, 2)?),
-                parent_key: get_required(row, 3)?,
-                parent_key_type: qualified(&get_required::<String>(row, 4)?, &get_required::<String>(row, 5)?),
-                parent_tenant: get_required(row, 6)?,
-                eq: None,
-                type_display: get_required::<String>(row, 8)?,
-            };
-            Ok((link, get_required::<bool>(row, 7)?, get_required::<pg_sys::Oid>(row, 9)?))
+            Ok((get_required::<pg_sys::Oid>(row, 1)?, get_required::<String>(row, 2)?, get_required::<String>(row, 3)?))
         },
     )?;
-    let (mut link, builtin, type_oid) = rows.into_iter().next().ok_or_else(|| {
+    let (parent_oid, key_name, parent_tenant) = rows.into_iter().next().ok_or_else(|| {
         BackfillError::BadArgument(
-            format!("column {column} of {} is not a single-column foreign key", rel.display),
+            format!("column {column_name} of {} is not a single-column foreign key", rel.display),
             "assign reads the parent's tenant through a foreign key column of the guarded table.".into(),
         )
     })?;
-    link.eq = if builtin { Some("=".into()) } else { btree_ops(type_oid)?.map(|ops| ops.eq) };
-    Ok(link)
+    let parent = relation(parent_oid)?;
+    Ok(ParentLink { parent_key: column(&parent, &key_name)?, parent_table: parent.sql_name(), parent_tenant })
 }

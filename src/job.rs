@@ -54,8 +54,8 @@ impl Direction {
             Some("parent") => Ok(Direction::Parent),
             other => Err(BackfillError::BadArgument(
                 format!("unknown direction \"{}\"", other.unwrap_or("NULL")),
-                "A source's direction is 'child' (its via column holds the target's key) or 'parent' (via is the \
-                 target's column and holds the source's key)."
+                "tenant_backfill.sources holds a direction this release does not know: add the source again \
+                 (add_source for a child, add_parent for a parent)."
                     .into(),
             )),
         }
@@ -264,9 +264,9 @@ pub fn job(oid: pg_sys::Oid) -> Result<Job> {
             if !crate::catalog::is_unique(&rel, key)? {
                 return Err(BackfillError::WrongState(
                     format!("column {} of parent source {} is no longer unique", key.name, rel.display),
-                    "add_source found it unique (a primary key, or what a foreign key references); its unique index is gone."
+                    "add_parent found it unique (a primary key, or what a foreign key references); its unique index is gone."
                         .into(),
-                    "Create the unique index again, or add the source again through another key.".into(),
+                    "Create the unique index again, or remove the parent source and add it through another key.".into(),
                 ));
             }
         }

@@ -347,9 +347,9 @@ fn assigned_tenant(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char]) -
                 "SELECT p.{tenant}::text FROM {parent} p WHERE p.{key} {eq} $1::text::{key_type}",
                 tenant = sql::ident(&fk.parent_tenant),
                 parent = fk.parent_table,
-                key = sql::ident(&fk.parent_key),
-                key_type = fk.parent_key_type,
-                eq = fk.eq.as_deref().unwrap_or("="),
+                key = fk.parent_key.sql_name(),
+                key_type = fk.parent_key.type_sql,
+                eq = fk.parent_key.ops().eq,
             );
             if let Some(tenant) = sql::select_value::<String>(&lookup, &[Value::text(parent_key)])? {
                 return Ok(Some(tenant));

@@ -413,7 +413,7 @@ fn lock_and_update_ctes(spec: &WriteSpec, key_range: Option<&(String, String)>, 
     let key_ops = spec.target.key.ops();
     let key_eq = &key_ops.eq;
     let guard = if spec.guard {
-        format!(" AND NOT {}", spec.column.ops().distinct(&format!("t.{col}"), "c.old"))
+        format!(" AND {}", spec.column.ops().not_distinct(&format!("t.{col}"), "c.old"))
     } else {
         String::new()
     };
