@@ -1,14 +1,17 @@
 //! One batch of a run: the decision query over the next keys of the key space, made
 //! by a statement that locks nothing, then the rows it changes handed to the writer.
-//! `CALL run` does one batch per transaction; `run_now` loops over them in the caller's.
+//! `CALL run` does one batch per transaction; `run_now` loops over them in the caller's,
+//! in one statement (`decide_and_write_all`).
 
 use crate::checks;
 use crate::engine::{self, Detail, Mode, Scope};
-use crate::error::Result;
+use crate::error::{BackfillError, Result};
 use crate::job::Job;
 use crate::runs::BatchCounts;
 use crate::sql::{self, get, get_required, Statement};
 use crate::writer::{self, Changes, WriteSpec};
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// A batch's decision.
 struct Decision {
@@ -61,5 +64,88 @@ pub fn run_batch(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Resu
         skipped: written.planned - written.changed,
         for_review,
         locked_ms: written.locked_ms,
+    })
+}
+
+/// A row of `decide_and_write_all`'s statement: a row it wrote, or, last, its counts.
+enum WrittenOrCounts {
+    Written([Option<String>; 7]),
+    /// Rows decided, rows left for review, rows to change.
+    Counts(i64, i64, i64),
+}
+
+/// The whole of `run_now`: every row of the target decided and updated in one statement
+/// with the caller's rights, as the logged floor does it (BENCHMARKS.md), then the rows
+/// it wrote logged as the extension's owner, `chunk` rows at a time (a statement cannot
+/// change identity halfway, and the log is written only as the owner). `run_now` holds
+/// its rows locked until the caller commits, so the short lock window of `run_batch`
+/// (logging first, the decision before any lock, batch by batch) buys nothing here; one
+/// statement lets the planner decide the whole table as `plan` does (grouped, merged in
+/// key order) instead of probing the sources' indexes batch by batch, and saves passing
+/// each batch to the writer and joining it back. Memory stays flat: Postgres keeps the
+/// written rows in a tuplestore that goes to disk past `work_mem`. A dry run writes
+/// nothing and takes `run_batch`.
+pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, chunk: i64) -> Result<BatchCounts> {
+    checks::require_castable_sources(job, mode, &Scope::All)?;
+    let started = Instant::now();
+    let mut st = Statement::new();
+    let decision = engine::decision_query(&mut st, job, mode, &Scope::All, Detail::Full);
+    let update = writer::decided_update_cte(spec, "c");
+    st.sql = format!(
+        "WITH d AS MATERIALIZED (\n{decision})\n\
+         , c AS (\n    SELECT d.key, d.current AS old, d.proposed AS new,\n           \
+         CASE WHEN d.phase = 0 THEN 'override' ELSE d.phase::text END AS phase, d.source, d.rule, d.evidence\n      \
+         FROM d WHERE d.action IN {actions}){update}\n\
+         SELECT u.key::text, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence,\n       \
+         NULL::pg_catalog.int8, NULL::pg_catalog.int8, NULL::pg_catalog.int8 FROM upd u\n\
+         UNION ALL\n\
+         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT pg_catalog.count(*) FROM d),\n       \
+         (SELECT pg_catalog.count(*) FROM d WHERE d.action IN ('conflict', 'unresolved', 'orphan')),\n       \
+         (SELECT pg_catalog.count(*) FROM c)",
+        actions = mode.writing_actions(),
+    );
+    let decode = |row: &pgrx::spi::SpiHeapTupleData| -> Result<WrittenOrCounts> {
+        if let Some(scanned) = get::<i64>(row, 8)? {
+            return Ok(WrittenOrCounts::Counts(scanned, get_required(row, 9)?, get_required(row, 10)?));
+        }
+        let mut columns: [Option<String>; 7] = Default::default();
+        for (i, column) in columns.iter_mut().enumerate() {
+            *column = get::<String>(row, i + 1)?;
+        }
+        Ok(WrittenOrCounts::Written(columns))
+    };
+    let (mut counts, mut by_phase, mut changed) = (None, BTreeMap::<String, i64>::new(), 0i64);
+    sql::stream_rows(&st.sql, &st.params, chunk, decode, |rows| {
+        let mut written = Changes::default();
+        for row in rows {
+            match row {
+                WrittenOrCounts::Written([key, old, new, phase, source, rule, evidence]) => {
+                    if let Some(phase) = &phase {
+                        *by_phase.entry(phase.clone()).or_default() += 1;
+                    }
+                    written.key.push(key);
+                    written.old.push(old);
+                    written.new.push(new);
+                    written.phase.push(phase);
+                    written.source.push(source);
+                    written.rule.push(rule);
+                    written.evidence.push(evidence);
+                }
+                WrittenOrCounts::Counts(scanned, for_review, planned) => counts = Some((scanned, for_review, planned)),
+            }
+        }
+        changed += written.key.len() as i64;
+        writer::log_written(spec, written)
+    })?;
+    let (scanned, for_review, planned) =
+        counts.ok_or_else(|| BackfillError::Internal("run_now's statement returned no counts".into()))?;
+    Ok(BatchCounts {
+        last_key: None,
+        scanned,
+        changed,
+        by_phase: serde_json::to_string(&by_phase).map_err(|e| BackfillError::Internal(e.to_string()))?,
+        skipped: planned - changed,
+        for_review,
+        locked_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
 }

@@ -184,6 +184,50 @@ pub fn select_one_row<T>(
         .ok_or_else(|| BackfillError::Internal(format!("{what} returned no row")))
 }
 
+/// Runs a statement through a cursor and hands its rows, decoded by `decode`, to `each`
+/// `chunk` rows at a time: for a statement whose result is too big to hold at once. A
+/// statement that writes runs to completion at the first fetch, its rows kept by
+/// Postgres in a tuplestore that goes to disk past `work_mem`. Each chunk is fetched in
+/// an SPI session of its own, so its rows are freed before the next one (pgrx keeps the
+/// rows a cursor fetched until the session ends), and `each` runs outside any session.
+pub fn stream_rows<T>(
+    sql: &str,
+    params: &[Value],
+    chunk: i64,
+    mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
+    mut each: impl FnMut(Vec<T>) -> Result<()>,
+) -> Result<()> {
+    with_pinned_search_path(|| {
+        let cursor = Spi::connect_mut(|client| -> Result<String> {
+            let args = datums(params);
+            Ok(client.try_open_cursor_mut(sql, &args)?.detach_into_name())
+        })?;
+        let streamed = (|| loop {
+            let rows = Spi::connect_mut(|client| -> Result<Vec<T>> {
+                let mut open = client.find_cursor(&cursor)?;
+                let table = open.fetch(chunk)?;
+                let rows = in_spi_memory(|| {
+                    let mut out = Vec::with_capacity(table.len());
+                    for row in table {
+                        out.push(decode(&row)?);
+                    }
+                    Ok::<_, BackfillError>(out)
+                });
+                // Left open for the next chunk (dropping it would close it).
+                open.detach_into_name();
+                rows
+            })?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            each(rows)?;
+        })();
+        // Closed on every way out; an error that aborts the transaction closes it too.
+        Spi::connect_mut(|client| drop(client.find_cursor(&cursor)));
+        streamed
+    })
+}
+
 /// Runs a statement that returns one value (or none).
 pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Result<Option<T>> {
     with_pinned_search_path(|| {

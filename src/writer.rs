@@ -132,6 +132,38 @@ pub fn write_batch(spec: &WriteSpec, changes: Changes) -> Result<Written> {
     write_logging_first(spec, changes, key_range.as_ref())
 }
 
+/// `upd` for a statement that decides and writes at once (`run_now`, src/batch.rs):
+/// the rows of the CTE `rows` (key, old, new, phase, source, rule, evidence, the key and
+/// the values in their own types) updated where the column still holds `old`, with the
+/// caller's rights; starts with a comma. Nothing is logged yet: `log_written` logs
+/// what the UPDATE returned, in the same transaction.
+pub(crate) fn decided_update_cte(spec: &WriteSpec, rows: &str) -> String {
+    let key = spec.target.key.sql_name();
+    let col = spec.column.sql_name();
+    format!(
+        "\n, upd AS (\n    UPDATE {target} t SET {col} = c.new FROM {rows} c\n     \
+         WHERE t.{key} {key_eq} c.key AND {guard}\n    \
+         RETURNING c.key, c.old, c.new, c.phase, c.source, c.rule, c.evidence)",
+        target = spec.target.rel.sql_name(),
+        key_eq = spec.target.key.ops().eq,
+        guard = spec.column.ops().not_distinct(&format!("t.{col}"), "c.old"),
+    )
+}
+
+/// The backup and audit rows of rows already written (`decided_update_cte`), as the
+/// extension's owner, from text only, like the first statement of a logging-first write.
+pub(crate) fn log_written(spec: &WriteSpec, written: Changes) -> Result<()> {
+    if written.key.is_empty() {
+        return Ok(());
+    }
+    let mut log = Statement::new();
+    let changes_cte = changes_as_text(written, &mut log);
+    let log_ctes = log_ctes(spec, &mut log, "changes", "");
+    log.sql = format!("WITH {changes_cte}{log_ctes}\nSELECT");
+    sql::as_extension_owner(|| sql::execute(&log.sql, &log.params))?;
+    Ok(())
+}
+
 /// `{"1": 15, "override": 1}`: how many rows of each phase, as JSON text.
 fn phase_counts(phases: &[Option<String>]) -> String {
     let mut counts = serde_json::Map::new();

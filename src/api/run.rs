@@ -17,7 +17,7 @@ use crate::writer::WriteSpec;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
 
-/// `run_now` works in batches of this many rows, to keep memory bounded on big tables.
+/// `run_now` logs (and a dry run counts) this many rows at a time, to keep memory bounded on big tables.
 const RUN_NOW_BATCH: i64 = 5000;
 
 fn tenant_spec<'a>(job: &'a Job, run_id: i64, dry_run: bool) -> WriteSpec<'a> {
@@ -133,8 +133,13 @@ fn run_now_impl(target: RegClass, mode: Option<&str>, dry_run: bool) -> Result<(
     })?;
     let upper_key = runs::load(run_id)?.upper_key;
     let spec = tenant_spec(&job, run_id, dry_run);
+    if upper_key.is_some() && !dry_run {
+        let written = batch::decide_and_write_all(&job, mode, &spec, RUN_NOW_BATCH)?;
+        runs::record_batch(run_id, &written, None)?;
+    }
+    // A dry run counts batch by batch (it writes nothing).
     let mut last_key: Option<String> = None;
-    while upper_key.is_some() {
+    while upper_key.is_some() && dry_run {
         let scope = Scope::Batch { after: last_key.clone(), up_to: upper_key.clone(), limit: Some(RUN_NOW_BATCH) };
         let batch = batch::run_batch(&job, mode, &scope, &spec)?;
         runs::record_batch(run_id, &batch, None)?;

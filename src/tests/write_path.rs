@@ -34,8 +34,9 @@ mod tests {
 
     #[pg_test]
     fn run_now_memory_does_not_grow_with_the_table() {
-        // 30,000 rows to fill: six batches in one transaction. Whatever a batch leaves in
-        // the transaction's memory (pgrx copies decoded values there) piles up until commit.
+        // 30,000 rows to fill: one statement, its rows logged in six chunks in one
+        // transaction. Whatever a chunk leaves in the transaction's memory (pgrx copies
+        // decoded values there) piles up until commit.
         run("CREATE TABLE companies (id int PRIMARY KEY)");
         run("INSERT INTO companies SELECT generate_series(1, 50)");
         run("CREATE TABLE customers (id bigint PRIMARY KEY, company_id int REFERENCES companies)");
@@ -48,6 +49,41 @@ mod tests {
         assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers')"), 30000);
         let after = count("SELECT total_bytes FROM pg_backend_memory_contexts WHERE name = 'TopTransactionContext'");
         assert!(after - before < 256 * 1024, "the transaction's memory grew by {} bytes", after - before);
+        // Every chunk was logged, each row once.
+        assert_eq!(count("SELECT count(DISTINCT row_key) FROM tenant_backfill.backup"), 30000);
+        assert_eq!(
+            count("SELECT count(*) FROM tenant_backfill.audit_log WHERE evidence = '{\"appointments\": {\"1\": 1}}'"),
+            600
+        );
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.audit_log"), 30000);
+    }
+
+    #[pg_test]
+    fn run_now_logs_only_the_rows_its_update_wrote() {
+        // A trigger of the application's that keeps some rows from changing: run_now
+        // decides and updates in one statement, and logs what the UPDATE wrote, nothing else.
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("CREATE FUNCTION keep_odd_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RETURN CASE WHEN NEW.id % 2 = 1 THEN NULL ELSE NEW END; END $$");
+        run("CREATE TRIGGER keep_odd_rows BEFORE UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION keep_odd_rows()");
+        let even = count(
+            "SELECT count(*) FROM tenant_backfill.plan('customers') WHERE action = 'fill' AND row_key::int % 2 = 0",
+        );
+        assert!(even > 0 && even < 23);
+        assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers')"), even);
+        assert_eq!(count("SELECT rows_skipped FROM tenant_backfill.runs"), 23 - even);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.audit_log WHERE row_key::int % 2 = 0"), even);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.audit_log"), even);
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.backup"), even);
+        // What was logged is what the rows hold now.
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM tenant_backfill.audit_log a JOIN customers c ON c.id = a.row_key::int
+                    WHERE c.company_id::text IS DISTINCT FROM a.new_value"
+            ),
+            0
+        );
     }
 
     #[pg_test]
