@@ -1,7 +1,8 @@
 //! One batch of a run: the decision query over the next keys of the key space, made
 //! by a statement that locks nothing, then the rows it changes handed to the writer.
-//! `CALL run` does one batch per transaction; `run_now` loops over them in the caller's,
-//! in one statement (`decide_and_write_all`).
+//! `CALL run` does one batch per transaction. `run_now` decides and writes the whole
+//! table in one statement instead (`decide_and_write_all`), in the caller's transaction;
+//! only its dry run goes batch by batch.
 
 use crate::checks;
 use crate::engine::{self, Detail, Mode, Scope};
