@@ -40,7 +40,7 @@ COMMENT ON FUNCTION @extschema@.review_queue(pg_catalog.regclass, pg_catalog.tex
 -- ---------------------------------------------------------------- 3. run
 
 COMMENT ON FUNCTION @extschema@.run_now(pg_catalog.regclass, pg_catalog.text, pg_catalog.bool) IS
-    'Backfills the target in the caller''s transaction (batches of 5000 rows, a backup and an audit row per changed row), for migrations and small tables; returns the run id, rows changed, rows changed per phase and rows left for review. A dry run writes no user row and ends planned.';
+    'Backfills the target in the caller''s transaction (one statement that decides and updates, then a backup and an audit row per changed row), for migrations and small tables; returns the run id, rows changed, rows changed per phase and rows left for review. A dry run writes no user row and ends planned.';
 COMMENT ON FUNCTION @extschema@.apply_decisions(pg_catalog.regclass, pg_catalog.regclass) IS
     'Applies a reviewed table (columns row_key and tenant, such as review_queue''s CSV loaded back) as a run of its own, phase manual, with backup and audit; returns the rows changed. Rows with an empty tenant are left alone; an unknown key, a value that does not cast or a row decided twice differently is an error and nothing is applied.';
 COMMENT ON FUNCTION @extschema@.soft_delete_orphans(pg_catalog.regclass, pg_catalog.bool) IS

@@ -42,6 +42,10 @@ struct Driven {
     reason: Option<String>,
     /// The application_name to put back when the run ends here.
     application_name: Option<String>,
+    /// A `CALL run`'s target, whose session lock an abort that ends the procedure releases
+    /// (`on_transaction_event`); None for a background worker, which recovers from an
+    /// abort and goes on holding it.
+    release_on_abort: Option<pg_sys::Oid>,
 }
 
 thread_local! {
@@ -96,7 +100,8 @@ pub fn resume_or_insert(
 
 /// This backend drives the run from now on: it holds the target's run lock, and
 /// `pg_stat_activity` names the run (the old application_name comes back at the end).
-pub fn drive_here(run_id: i64, target_name: &str) -> Result<()> {
+pub fn drive_here(run_id: i64, target_name: &str, release_on_abort: Option<pg_sys::Oid>) -> Result<()> {
+    watch_transactions();
     let previous = sql::select_value::<String>("SELECT pg_catalog.current_setting('application_name')", &[])?;
     sql::execute(
         "SELECT pg_catalog.set_config('application_name', $1, false)",
@@ -105,9 +110,54 @@ pub fn drive_here(run_id: i64, target_name: &str) -> Result<()> {
     DRIVEN.with(|d| {
         let mut d = d.borrow_mut();
         d.retain(|d| d.run_id != run_id);
-        d.push(Driven { run_id, last_notice: Instant::now(), throttled: 0, reason: None, application_name: previous });
+        d.push(Driven {
+            run_id,
+            last_notice: Instant::now(),
+            throttled: 0,
+            reason: None,
+            application_name: previous,
+            release_on_abort,
+        });
     });
     Ok(())
+}
+
+thread_local! {
+    static WATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Registers `on_transaction_event`, once per backend.
+fn watch_transactions() {
+    if !WATCHING.with(|w| w.replace(true)) {
+        // SAFETY: a callback with the signature Postgres expects, registered once and
+        // never unregistered (it lives as long as the library, loaded for the backend's life).
+        unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) }
+    }
+}
+
+/// A `CALL run` records its end and releases its run lock on every error inside its
+/// batches' blocks (sql/procedures.sql). A cancel can still land outside them: PL/pgSQL
+/// checks for interrupts before each statement, and between a batch's COMMIT and the
+/// next block there is such a statement. The error then ends the procedure without
+/// `end`, and the session-level run lock would stay with the connection, which a pooler
+/// hands to its next client (tests/shell/pgbouncer.sh). So when a transaction aborts
+/// while a `CALL run` is driven here, the procedure is over: its lock is released here
+/// (no statement can run in an aborting transaction, so without SQL), and the run reads
+/// as failed, not alive, until a `CALL run` resumes it.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    if event != pg_sys::XactEvent::XACT_EVENT_ABORT {
+        return;
+    }
+    let ended: Vec<pg_sys::Oid> = DRIVEN.with(|d| {
+        let mut d = d.borrow_mut();
+        let ended = d.iter().filter_map(|d| d.release_on_abort).collect();
+        d.retain(|d| d.release_on_abort.is_none());
+        ended
+    });
+    for target in ended {
+        locks::release_session_in_abort(target);
+    }
 }
 
 /// `tenant_backfill run 12 (public.customers)`, cut to what application_name keeps.

@@ -190,6 +190,32 @@ pub fn release_session(target: pg_sys::Oid) -> Result<()> {
     Ok(())
 }
 
+/// Releases the session's run lock of the target, if this session holds it, without
+/// SQL: for a transaction that is aborting, where no statement can run. The lock is the
+/// one `pg_try_advisory_lock(LOCK_CLASS, oid)` takes (advisory.c's two-int4 key).
+pub fn release_session_in_abort(target: pg_sys::Oid) {
+    let tag = pg_sys::LOCKTAG {
+        // SAFETY: the backend's database, set before any session can run SQL.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.into(),
+        locktag_field2: LOCK_CLASS as u32,
+        locktag_field3: target.into(),
+        locktag_field4: 2,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: reads this backend's own lock table, then releases a lock it holds.
+    unsafe {
+        #[cfg(any(feature = "pg15", feature = "pg16"))]
+        let held = pg_sys::LockHeldByMe(&tag, mode);
+        #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+        let held = pg_sys::LockHeldByMe(&tag, mode, false);
+        if held {
+            pg_sys::LockRelease(&tag, mode, true);
+        }
+    }
+}
+
 /// Releases the session's run lock of the target when the transaction ends: the end of
 /// a run is recorded in this transaction, and until it commits the run must still read
 /// as alive (a transaction-level hold of the same lock bridges the gap).

@@ -214,7 +214,7 @@ fn claim(run_id: i64, part: Option<i32>) -> Result<bool> {
         // SAFETY: this process's pid.
         runs::set_pid(run_id, unsafe { pg_sys::MyProcPid })?;
     }
-    committed::drive_here(run_id, &target.rel.sql_name())?;
+    committed::drive_here(run_id, &target.rel.sql_name(), None)?;
     Ok(true)
 }
 

@@ -1,7 +1,7 @@
 //! Running (API.md section 3): one plan, applied batch by batch. `CALL run`
 //! (sql/procedures.sql) is a thin PL/pgSQL loop over the three functions here, because
-//! only a procedure can COMMIT between batches; `run_now` loops over the same batches
-//! in the caller's transaction.
+//! only a procedure can COMMIT between batches; `run_now` decides and writes the whole
+//! table in one statement in the caller's transaction (src/batch.rs).
 
 use crate::batch;
 use crate::committed::{self, load_job_for_writing};
@@ -62,7 +62,7 @@ fn begin(target: RegClass, mode: Mode, dry_run: bool, settings: BatchSettings, l
     locks::take_for_session(&job.target.rel)?;
     let started = (|| {
         let run_id = committed::resume_or_insert(&job, mode, dry_run, settings, limits, Driver::Foreground)?;
-        committed::drive_here(run_id, &job.target.rel.sql_name())?;
+        committed::drive_here(run_id, &job.target.rel.sql_name(), Some(job.target.rel.oid))?;
         Ok(run_id)
     })();
     if started.is_err() {

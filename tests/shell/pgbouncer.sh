@@ -221,6 +221,29 @@ assert_eq "one run, done, 1920 changed" "1|done|1920" \
     "$(val "SELECT count(*), min(status), min(rows_changed) FROM tenant_backfill.runs WHERE target = 'cancelled'::regclass")"
 assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('cancelled', $run)")"
 
+section "an error that ends CALL run between its batches' blocks releases the run lock too"
+# A cancel that lands on the statement PL/pgSQL runs between a batch's COMMIT and the
+# next block ends the procedure outside every block: made certain here with a DO block
+# that begins a run as CALL run does, commits, and fails.
+quiet "SELECT make_copy('escaped', 100)"
+escaped=$(BDB=pinned PGAPPNAME=escaper bsql -tAq -v ON_ERROR_STOP=0 2>&1 <<'SQL'
+DO $$
+BEGIN
+    PERFORM tenant_backfill_internal._run_begin('escaped', 100, 0, 'fill', false, 1000, 100, '10 seconds', 268435456);
+    COMMIT;
+    RAISE EXCEPTION 'the procedure ends here';
+END $$;
+SELECT 'locks held after the error: ' || count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid();
+SQL
+)
+assert_contains "the error reaches the client" "the procedure ends here" "$escaped"
+assert_contains "the session holds no run lock after it" "locks held after the error: 0" "$escaped"
+assert_eq "the run reads failed, nothing done" "failed|0" \
+    "$(val "SELECT state, rows_done FROM tenant_backfill.progress WHERE target = 'escaped'::regclass")"
+assert_contains "CALL run resumes it to its end" "done:" \
+    "$(BDB=pinned bsql -c "CALL tenant_backfill.run('escaped', batch_size => 100)" 2>&1)"
+assert_eq "one run, done" "1|done" "$(val "SELECT count(*), min(status) FROM tenant_backfill.runs WHERE target = 'escaped'::regclass")"
+
 section "the guard's assign mode: SET LOCAL stays in its transaction"
 quiet "SELECT make_copy('guarded', 100)"
 assert_eq "enforce through pgbouncer" "" "$(bval "SELECT tenant_backfill.enforce('guarded', 'assign')" 2>/dev/null)"
