@@ -14,6 +14,14 @@ use crate::writer::{self, Changes, WriteSpec};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+/// The actions a human decides (conflicts, unresolved rows, orphans), as a SQL list.
+const FOR_REVIEW: &str = "('conflict', 'unresolved', 'orphan')";
+
+/// A decided row's phase as the log keeps it: `override` for phase 0, else its number.
+fn phase_text(alias: &str) -> String {
+    format!("CASE WHEN {alias}.phase = 0 THEN 'override' ELSE {alias}.phase::text END")
+}
+
 /// A batch's decision.
 struct Decision {
     /// The batch's highest key: where the next batch starts.
@@ -33,13 +41,14 @@ fn decide(job: &Job, mode: Mode, scope: &Scope) -> Result<Decision> {
         "WITH d AS MATERIALIZED (\n{decision})\n\
          SELECT (SELECT d.key::text FROM d ORDER BY d.key DESC LIMIT 1),\n       \
          (SELECT pg_catalog.count(*) FROM d),\n       \
-         (SELECT pg_catalog.count(*) FROM d WHERE d.action IN ('conflict', 'unresolved', 'orphan')),\n       \
+         (SELECT pg_catalog.count(*) FROM d WHERE d.action IN {FOR_REVIEW}),\n       \
          pg_catalog.array_agg(c.key::text), pg_catalog.array_agg(c.current::text),\n       \
          pg_catalog.array_agg(c.proposed::text),\n       \
-         pg_catalog.array_agg(CASE WHEN c.phase = 0 THEN 'override' ELSE c.phase::text END),\n       \
+         pg_catalog.array_agg({phase}),\n       \
          pg_catalog.array_agg(c.source), pg_catalog.array_agg(c.rule), pg_catalog.array_agg(c.evidence)\n  \
          FROM (SELECT * FROM d WHERE d.action IN {actions} ORDER BY d.key) c",
         actions = mode.writing_actions(),
+        phase = phase_text("c"),
     );
     sql::select_one_row(&st.sql, &st.params, "a batch's decision", |row| {
         // Columns 4 to 10: the seven arrays of the rows to change, in `Changes` order.
@@ -87,6 +96,9 @@ enum WrittenOrCounts {
 /// written rows in a tuplestore that goes to disk past `work_mem`. A dry run writes
 /// nothing and takes `run_batch`.
 pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, chunk: i64) -> Result<BatchCounts> {
+    if spec.dry_run || spec.skip_locked || !spec.guard {
+        return Err(BackfillError::Internal("run_now's one statement writes guarded and waits for held rows".into()));
+    }
     checks::require_castable_sources(job, mode, &Scope::All)?;
     let started = Instant::now();
     let mut st = Statement::new();
@@ -95,15 +107,16 @@ pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, chunk: i64)
     st.sql = format!(
         "WITH d AS MATERIALIZED (\n{decision})\n\
          , c AS (\n    SELECT d.key, d.current AS old, d.proposed AS new,\n           \
-         CASE WHEN d.phase = 0 THEN 'override' ELSE d.phase::text END AS phase, d.source, d.rule, d.evidence\n      \
+         {phase} AS phase, d.source, d.rule, d.evidence\n      \
          FROM d WHERE d.action IN {actions}){update}\n\
          SELECT u.key::text, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence,\n       \
          NULL::pg_catalog.int8, NULL::pg_catalog.int8, NULL::pg_catalog.int8 FROM upd u\n\
          UNION ALL\n\
          SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT pg_catalog.count(*) FROM d),\n       \
-         (SELECT pg_catalog.count(*) FROM d WHERE d.action IN ('conflict', 'unresolved', 'orphan')),\n       \
+         (SELECT pg_catalog.count(*) FROM d WHERE d.action IN {FOR_REVIEW}),\n       \
          (SELECT pg_catalog.count(*) FROM c)",
         actions = mode.writing_actions(),
+        phase = phase_text("d"),
     );
     let decode = |row: &pgrx::spi::SpiHeapTupleData| -> Result<WrittenOrCounts> {
         if let Some(scanned) = get::<i64>(row, 8)? {

@@ -149,11 +149,14 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
     if event != pg_sys::XactEvent::XACT_EVENT_ABORT {
         return;
     }
-    let ended: Vec<pg_sys::Oid> = DRIVEN.with(|d| {
-        let mut d = d.borrow_mut();
-        let ended = d.iter().filter_map(|d| d.release_on_abort).collect();
-        d.retain(|d| d.release_on_abort.is_none());
-        ended
+    // try_borrow_mut: a panic here would be an ERROR inside an abort.
+    let ended: Vec<pg_sys::Oid> = DRIVEN.with(|d| match d.try_borrow_mut() {
+        Ok(mut d) => {
+            let ended = d.iter().filter_map(|d| d.release_on_abort).collect();
+            d.retain(|d| d.release_on_abort.is_none());
+            ended
+        }
+        Err(_) => Vec::new(),
     });
     for target in ended {
         locks::release_session_in_abort(target);

@@ -3,7 +3,8 @@
 //! it, and dies with that backend.
 //!
 //! - `CALL run` holds it at session level, across the commits of its batches, and
-//!   releases it on every way out of the procedure (`release_session`).
+//!   releases it on every way out of the procedure (`release_session`), an error that
+//!   ends the procedure outside its blocks included (`release_session_in_abort`).
 //! - `run_now` and `rollback` hold it at transaction level: it conflicts with a run's
 //!   session lock and ends with the transaction, whatever happens. (`apply_decisions`,
 //!   `soft_delete_orphans` and `release_quarantine` write rows a run does not decide

@@ -140,7 +140,8 @@ pub fn write_batch(spec: &WriteSpec, changes: Changes) -> Result<Written> {
 /// the rows of the CTE `rows` (key, old, new, phase, source, rule, evidence, the key and
 /// the values in their own types) updated where the column still holds `old`, with the
 /// caller's rights; starts with a comma. Nothing is logged yet: `log_written` logs
-/// what the UPDATE returned, in the same transaction.
+/// what the UPDATE returned, in the same transaction. For a guarded write that waits
+/// for rows other sessions hold (`run_now`'s; src/batch.rs checks it).
 pub(crate) fn decided_update_cte(spec: &WriteSpec, rows: &str) -> String {
     let key = spec.target.key.sql_name();
     let col = spec.column.sql_name();
