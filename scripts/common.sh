@@ -98,6 +98,11 @@ setup_machine() {
 install_extension() {
     local v=$1
     log "building and installing tenant_backfill into Postgres $v"
+    # Every build of this crate links to the same file, whatever its features or sources
+    # (the upgrade test builds an old release into this target/; the units build with
+    # pg_test), and cargo calls a build fresh by its own records, not by that file: without
+    # the file it links again (seconds), so what is installed is this tree's build.
+    rm -f "$REPO_ROOT"/target/debug/libtenant_backfill.so "$REPO_ROOT"/target/debug/deps/libtenant_backfill.so
     (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$(pg_config_for "$v")" --no-default-features --features "pg$v")
     cp "$REPO_ROOT"/sql/tenant_backfill--[0-9]*.sql "$("$(pg_config_for "$v")" --sharedir)/extension/"
 }

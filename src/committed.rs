@@ -317,9 +317,18 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
     };
     let settings = run.settings.unwrap_or(BatchSettings::DEFAULT);
     let mode = run.mode.ok_or_else(|| BackfillError::Internal(format!("run {run_id} has no mode")))?;
+    // Citus cannot plan the lock step that skips held rows (`FOR NO KEY UPDATE SKIP
+    // LOCKED` in a subquery over a Citus table is "currently unsupported"): a batch of a
+    // Citus target waits for held rows on every try, as long as lock_timeout_ms, and its
+    // driver backs off and tries again after that. Two workers of one run on a
+    // distributed target wait so for each other's shard locks.
+    let skip_held_rows = skip_held_rows && !job.target_in_citus;
     // Only this batch's transaction waits at most lock_timeout for a lock.
-    let lock_wait_ms =
-        if skip_held_rows { settings.lock_timeout_ms } else { settings.lock_timeout_ms.min(FIRST_TRY_WAIT_MS) };
+    let lock_wait_ms = if skip_held_rows || job.target_in_citus {
+        settings.lock_timeout_ms
+    } else {
+        settings.lock_timeout_ms.min(FIRST_TRY_WAIT_MS)
+    };
     sql::execute(
         "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
         &[Value::text(format!("{lock_wait_ms}ms"))],

@@ -117,6 +117,9 @@ pub struct Job {
     /// Whether the target or a source is a Citus table (distributed or reference): the
     /// decision query then takes a form Citus can plan (engine.rs).
     pub citus: bool,
+    /// Whether the target itself is a Citus table: a batch then cannot skip rows other
+    /// sessions hold (committed.rs).
+    pub target_in_citus: bool,
 }
 
 /// Checks that a source's columns fit its target: `via` compares with the key (for a
@@ -303,7 +306,8 @@ pub fn job(oid: pg_sys::Oid) -> Result<Job> {
     let citus = crate::catalog::citus_tables(
         &std::iter::once(target.rel.oid).chain(sources.iter().map(|s| s.rel.oid)).collect::<Vec<_>>(),
     )?;
-    Ok(Job { target, sources, override_tables, citus })
+    let target_in_citus = citus && crate::catalog::citus_tables(&[target.rel.oid])?;
+    Ok(Job { target, sources, override_tables, citus, target_in_citus })
 }
 
 /// The rows of a configuration table (sources, override tables) for one target, each a

@@ -126,12 +126,41 @@ assert_eq "a rollback restores a distributed table" "$(val "SELECT rows_changed 
     "$(val "SELECT restored || '|' || skipped FROM tenant_backfill.rollback($dist_visits_run)")"
 assert_eq "all NULL again" 600 "$(val "SELECT count(*) FROM dist_visits WHERE company_id IS NULL")"
 
+# Citus cannot plan the lock step that skips held rows (FOR NO KEY UPDATE SKIP LOCKED in a
+# subquery over a distributed table): a batch of a Citus target waits for them instead,
+# as long as lock_timeout_ms, and backs off and tries again after that.
+section "a row another session holds on a distributed target: the batch waits for it"
+sql -q -c "BEGIN" -c "SELECT 1 FROM dist_visits WHERE id = 5 FOR UPDATE" -c "SELECT pg_sleep(2)" -c "COMMIT" >/dev/null &
+holder=$!
+wait_until "SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' AND state = 'active'"
+began=$SECONDS
+sql -q -c "SET client_min_messages = warning" -c "CALL tenant_backfill.run('dist_visits', batch_size => 64, lock_timeout_ms => 10000)" 2>&1 |
+    grep -v '^$' >"$SCRATCH/held.out" || true
+wait "$holder"
+assert_eq "CALL run ends without an error" "" "$(cat "$SCRATCH/held.out")"
+held_run=$(val "SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'dist_visits'::regclass")
+assert_eq "done, the held row changed too, nothing skipped" \
+    "done|$(val "SELECT rows_changed FROM tenant_backfill.runs WHERE target = 'local_visits'::regclass")|0|1" \
+    "$(val "SELECT status, rows_changed, rows_skipped, (SELECT count(*) FROM dist_visits WHERE id = 5 AND company_id IS NOT NULL)
+              FROM tenant_backfill.runs WHERE run_id = $held_run")"
+assert_eq "row by row the same" 0 "$(val "SELECT differs('visits')")"
+assert_true "it waited for the row" "$([ $((SECONDS - began)) -ge 1 ] && echo t || echo f)"
+quiet "SELECT * FROM tenant_backfill.rollback($held_run)"
+assert_eq "rolled back: all NULL again" 600 "$(val "SELECT count(*) FROM dist_visits WHERE company_id IS NULL")"
+
 section "background runs: start with one worker and with two, on a reference target and a distributed one"
 quiet "SELECT * FROM tenant_backfill.run_now('local_tags')"
 run=$(val "SELECT tenant_backfill.start('dist_tags', batch_size => 10)")
 assert_eq "the reference target's run is done" done "$(val "SELECT tenant_backfill.wait($run)")"
 assert_eq "row by row the same" 0 "$(val "SELECT differs('tags')")"
-run=$(val "SELECT tenant_backfill.start('dist_visits', batch_size => 50, workers => 2)")
+# The first row of each part held while they begin: each worker's first batch waits for
+# it (see above).
+sql -q -c "BEGIN" -c "SELECT 1 FROM dist_visits WHERE id = 1 FOR UPDATE" \
+    -c "SELECT 1 FROM dist_visits WHERE id = 301 FOR UPDATE" -c "SELECT pg_sleep(2)" -c "COMMIT" >/dev/null &
+holder=$!
+wait_until "SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' AND state = 'active'"
+run=$(val "SELECT tenant_backfill.start('dist_visits', batch_size => 50, workers => 2, lock_timeout_ms => 10000)")
+wait "$holder"
 assert_eq "two workers on a distributed target: done" "done" "$(val "SELECT tenant_backfill.wait($run)")"
 assert_eq "no error, two parts" "|2" "$(val "SELECT coalesce(error, ''), (SELECT count(*) FROM tenant_backfill.run_parts WHERE run_id = $run) FROM tenant_backfill.runs WHERE run_id = $run")"
 assert_eq "row by row the same" 0 "$(val "SELECT differs('visits')")"
