@@ -84,9 +84,10 @@ enum WrittenOrCounts {
     Counts(i64, i64, i64),
 }
 
-/// The whole of `run_now`: every row of the target decided and updated in one statement
-/// with the caller's rights, as the logged floor does it (BENCHMARKS.md), then the rows
-/// it wrote logged as the extension's owner, `chunk` rows at a time (a statement cannot
+/// The whole of `run_now`: every row of the target up to `up_to` (the end its run
+/// recorded) decided and updated in one statement with the caller's rights, as the
+/// logged floor does it (BENCHMARKS.md), then the rows it wrote logged as the
+/// extension's owner, `chunk` rows at a time (a statement cannot
 /// change identity halfway, and the log is written only as the owner). `run_now` holds
 /// its rows locked until the caller commits, so the short lock window of `run_batch`
 /// (logging first, the decision before any lock, batch by batch) buys nothing here; one
@@ -95,14 +96,15 @@ enum WrittenOrCounts {
 /// each batch to the writer and joining it back. Memory stays flat: Postgres keeps the
 /// written rows in a tuplestore that goes to disk past `work_mem`. A dry run writes
 /// nothing and takes `run_batch`.
-pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, chunk: i64) -> Result<BatchCounts> {
+pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, up_to: &str, chunk: i64) -> Result<BatchCounts> {
     if spec.dry_run || spec.skip_locked || !spec.guard {
         return Err(BackfillError::Internal("run_now's one statement writes guarded and waits for held rows".into()));
     }
-    checks::require_castable_sources(job, mode, &Scope::All)?;
+    let scope = Scope::UpTo(up_to.to_string());
+    checks::require_castable_sources(job, mode, &scope)?;
     let started = Instant::now();
     let mut st = Statement::new();
-    let decision = engine::decision_query(&mut st, job, mode, &Scope::All, Detail::Full);
+    let decision = engine::decision_query(&mut st, job, mode, &scope, Detail::Full);
     let update = writer::decided_update_cte(spec, "c");
     st.sql = format!(
         "WITH d AS MATERIALIZED (\n{decision})\n\

@@ -86,6 +86,10 @@ pub enum Detail {
 pub enum Scope {
     /// The whole table.
     All,
+    /// The whole table up to a key (inclusive), read as the whole table is: `run_now`'s
+    /// one statement, which ends where its run recorded the table's end (rows inserted
+    /// after that belong to the guard, as for every run).
+    UpTo(String),
     /// Keyset pagination (the batches of the write path): keys after `after` (exclusive)
     /// up to `up_to` (inclusive), at most `limit` rows, in key order. Keys are text,
     /// cast to the key's type.
@@ -96,7 +100,7 @@ pub enum Scope {
 /// it (`WITH d AS (...) SELECT ... FROM d`).
 pub fn decision_query(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope, detail: Detail) -> String {
     let mut ctes = vec![scope_cte(st, job, mode, scope)];
-    let keys = keys_in_scope(job, mode, scope);
+    let keys = keys_in_scope(st, job, mode, scope);
     let mut labels = Vec::with_capacity(job.sources.len());
     for (i, source) in job.sources.iter().enumerate() {
         let label = st.param(Value::text(source.label.clone()));
@@ -124,7 +128,8 @@ pub fn decision_query(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope, 
 /// The CTE `scope` and a subquery of its keys, for a statement that reads the same
 /// rows a decision query over `scope` reads (checks.rs).
 pub fn scope_keys(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> (String, String) {
-    (format!("WITH {}", scope_cte(st, job, mode, scope)), keys_in_scope(job, mode, scope))
+    let scope_cte = scope_cte(st, job, mode, scope);
+    (format!("WITH {scope_cte}"), keys_in_scope(st, job, mode, scope))
 }
 
 /// Whether a source's tenants are cast to the target's tenant type (so a value that
@@ -168,14 +173,16 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
         filters.push(format!("t.{} IS NULL", target.tenant.sql_name()));
     }
     let mut limit_clause = String::new();
+    if let Scope::UpTo(up_to) = scope {
+        filters.push(up_to_filter(st, job, up_to));
+    }
     if let Scope::Batch { after, up_to, limit } = scope {
         if let Some(after) = after {
             let p = st.param(Value::text(after.clone()));
             filters.push(format!("t.{key} {} {p}::text::{key_type}", target.key.ops().gt));
         }
         if let Some(up_to) = up_to {
-            let p = st.param(Value::text(up_to.clone()));
-            filters.push(format!("t.{key} {} {p}::text::{key_type}", target.key.ops().le));
+            filters.push(up_to_filter(st, job, up_to));
         }
         if let Some(limit) = limit {
             let p = st.param(Value::Int8(Some(*limit)));
@@ -188,7 +195,7 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
     // then reads it in key order from the key index and merges it with the evidence;
     // materialized, it was sorted again, on disk, for the merge.
     let materialized = match scope {
-        Scope::All => "NOT MATERIALIZED",
+        Scope::All | Scope::UpTo(_) => "NOT MATERIALIZED",
         Scope::Batch { .. } => "MATERIALIZED",
     };
     format!(
@@ -202,21 +209,27 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
 /// target itself, so the planner sees its real size and hashes; a CTE's distinct count
 /// is unknown to it (it guesses 200) and would make it probe the index once per key. A
 /// batch is small and its size known: probing the index per key is right there.
-fn keys_in_scope(job: &Job, mode: Mode, scope: &Scope) -> String {
+fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String {
     let target = &job.target;
-    match scope {
-        Scope::All => format!(
-            "SELECT t.{key} FROM {table} t{null_filter}",
-            key = target.key.sql_name(),
-            table = target.rel.sql_name(),
-            null_filter = if mode == Mode::Fill {
-                format!(" WHERE t.{} IS NULL", target.tenant.sql_name())
-            } else {
-                String::new()
-            },
-        ),
-        Scope::Batch { .. } => "SELECT sc.key FROM scope sc".to_string(),
+    let mut filters: Vec<String> = Vec::new();
+    if mode == Mode::Fill {
+        filters.push(format!("t.{} IS NULL", target.tenant.sql_name()));
     }
+    match scope {
+        Scope::All => {}
+        Scope::UpTo(up_to) => filters.push(up_to_filter(st, job, up_to)),
+        Scope::Batch { .. } => return "SELECT sc.key FROM scope sc".to_string(),
+    }
+    let where_clause = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
+    format!("SELECT t.{key} FROM {table} t{where_clause}", key = target.key.sql_name(), table = target.rel.sql_name())
+}
+
+/// `t.<key> <= <up_to>`: the key given as text, cast to the key's type (and compared
+/// with its own operator).
+fn up_to_filter(st: &mut Statement, job: &Job, up_to: &str) -> String {
+    let key = &job.target.key;
+    let p = st.param(Value::text(up_to.to_string()));
+    format!("t.{} {} {p}::text::{}", key.sql_name(), key.ops().le, key.type_sql)
 }
 
 /// `ev_<i>` and `cand_<i>` for source `i`.

@@ -133,8 +133,8 @@ fn run_now_impl(target: RegClass, mode: Option<&str>, dry_run: bool) -> Result<(
     })?;
     let upper_key = runs::load(run_id)?.upper_key;
     let spec = tenant_spec(&job, run_id, dry_run);
-    if upper_key.is_some() && !dry_run {
-        let written = batch::decide_and_write_all(&job, mode, &spec, RUN_NOW_BATCH)?;
+    if let (Some(upper_key), false) = (&upper_key, dry_run) {
+        let written = batch::decide_and_write_all(&job, mode, &spec, upper_key, RUN_NOW_BATCH)?;
         runs::record_batch(run_id, &written, None)?;
     }
     // A dry run counts batch by batch (it writes nothing).

@@ -189,6 +189,27 @@ quiet "SELECT make_copy('nologin', 2000); ALTER TABLE nologin OWNER TO nologin_o
 run=$(val "SET ROLE nologin_owner; SELECT tenant_backfill.start('nologin', batch_size => 500)")
 assert_eq "a NOLOGIN role's run works too" "done" "$(val "SELECT tenant_backfill.wait($run)")"
 
+section "run_now ends where its run recorded the table's end; a row committed meanwhile is left to the guard"
+quiet "SELECT make_copy('late', 2000)"
+# Another session inserts a NULL row past the end and holds the source locked: run_now
+# records the end (the new row is not committed yet), then waits for the source; the
+# row is committed before its statement reads the table.
+sql -q -c "BEGIN" -c "INSERT INTO late VALUES (2001, NULL, 'late')" \
+    -c "INSERT INTO late_appts (customer_id, company_id) VALUES (2001, 3)" \
+    -c "LOCK late_appts IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(1.5)" -c "COMMIT" >/dev/null &
+holder=$!
+wait_until "SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1.5)' AND state = 'active'"
+began=$SECONDS
+late=$(val "SELECT rows_changed FROM tenant_backfill.run_now('late')")
+wait "$holder"
+assert_true "run_now waited for the source" "$([ $((SECONDS - began)) -ge 1 ] && echo t || echo f)"
+assert_eq "its end is the last key it saw: 2000 of 2000 rows, 960 changed" "960|2000|1000|1000|100.0" \
+    "$late|$(val "SELECT r.upper_key, p.rows_done, p.rows_total, p.percent FROM tenant_backfill.runs r
+                  JOIN tenant_backfill.progress p USING (run_id) WHERE r.target = 'late'::regclass")"
+assert_eq "the late row is still NULL, not audited" "1|0" \
+    "$(val "SELECT count(*) FILTER (WHERE company_id IS NULL), (SELECT count(*) FROM tenant_backfill.audit_log
+              WHERE target = 'late'::regclass AND row_key = '2001') FROM late WHERE id = 2001")"
+
 section "a foreground CALL run prints progress every few seconds, not once per batch"
 quiet "SELECT make_copy('noisy', 20000)"
 output=$(sql -c "SET client_min_messages = notice" -c "CALL tenant_backfill.run('noisy', batch_size => 100)" 2>&1)
