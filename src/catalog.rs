@@ -49,6 +49,11 @@ pub struct Column {
     /// extension's `citext`) would not be found, and a comparison would silently follow a
     /// type it casts to instead.
     pub builtin_ops: bool,
+    /// ` COLLATE "schema"."name"` when the column has a collation other than the
+    /// database's default, else empty. A value cast from text to the column's type takes
+    /// the default collation: the writer sorts keys so (`ORDER BY c.key{collate}`) to
+    /// order them as the column does, since it bounds the UPDATE by the first and last.
+    pub collate: String,
     /// How the generated SQL compares two values of the type: pg_catalog's operators
     /// (`=`, found under the pinned search_path) for those, else the operators of the
     /// type's default btree operator class, schema-qualified (`OPERATOR(public.=)` for
@@ -219,7 +224,11 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
                                'pg_catalog.uuid'::pg_catalog.regtype), \
                 t.typcategory = 'S', \
                 (SELECT b.typnamespace = 'pg_catalog'::pg_catalog.regnamespace OR b.typtype = 'e' \
-                   FROM pg_catalog.pg_type b WHERE b.oid = COALESCE(NULLIF(t.typbasetype, 0), t.oid)) \
+                   FROM pg_catalog.pg_type b WHERE b.oid = COALESCE(NULLIF(t.typbasetype, 0), t.oid)), \
+                COALESCE((SELECT pg_catalog.format(' COLLATE %I.%I', cn.nspname, co.collname) \
+                            FROM pg_catalog.pg_collation co \
+                            JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
+                           WHERE co.oid = a.attcollation AND a.attcollation <> 'pg_catalog.default'::pg_catalog.regcollation), '') \
            FROM pg_catalog.pg_attribute a \
            JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
            JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
@@ -238,6 +247,7 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
                 prints_json_safe: get_required::<bool>(row, 8)?,
                 text_like: get_required::<bool>(row, 9)?,
                 builtin_ops: get_required::<bool>(row, 10)?,
+                collate: get_required::<String>(row, 11)?,
                 ops: None,
             })
         },

@@ -190,7 +190,7 @@ fn as_they_are(spec: &WriteSpec, changes: Changes) -> Result<Changes> {
          FROM changes c CROSS JOIN LATERAL (SELECT t.{col} AS actual FROM {target} t\n\
          \x20                                  WHERE t.{key} {key_eq} c.key FOR NO KEY UPDATE OF t) t",
         arrays = ["c.key", "t.actual", "c.new", "c.phase", "c.source", "c.rule", "c.evidence"]
-            .map(|e| format!("pg_catalog.array_agg({e}::text ORDER BY c.key)"))
+            .map(|e| format!("pg_catalog.array_agg({e}::text ORDER BY c.key{})", spec.target.key.collate))
             .join(", "),
         col = spec.column.sql_name(),
         target = spec.target.rel.sql_name(),
@@ -212,7 +212,7 @@ pub fn write_selected(spec: &WriteSpec, mut select: Statement) -> Result<Written
     select.sql = format!(
         "SELECT {}\n  FROM (\n{}) s",
         ["key", "old", "new", "phase", "source", "rule", "evidence"]
-            .map(|c| format!("pg_catalog.array_agg(s.{c}::text ORDER BY s.key)"))
+            .map(|c| format!("pg_catalog.array_agg(s.{c}::text ORDER BY s.key{})", spec.target.key.collate))
             .join(", "),
         select.sql
     );

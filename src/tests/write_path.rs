@@ -154,6 +154,42 @@ mod tests {
     }
 
     #[pg_test]
+    fn rollback_restores_every_row_of_a_key_with_a_collation_of_its_own() {
+        // The restore bounds its UPDATE by its first and last key. Keys cast from the
+        // backup's text take the database's default collation; sorted so, 'B' < 'Z' < 'a'
+        // < 'b', while under ICU's root collation 'a' < 'b' < 'B' < 'Z': the bounds 'B'
+        // and 'b' then held no row at all, and every row read as changed since the run.
+        // (A build without ICU, Postgres 18 here, has no collation that sorts otherwise
+        // than the default; it still runs the statements with the COLLATE clause.)
+        let collation = text("SELECT coalesce(max(collname), 'C') FROM pg_collation WHERE collname = 'und-x-icu'")
+            .unwrap_or_default();
+        run(&format!(
+            "CREATE TABLE accounts (code text COLLATE \"{collation}\" PRIMARY KEY, company_id int);
+             INSERT INTO accounts VALUES ('a', NULL), ('b', NULL), ('B', NULL), ('Z', NULL);
+             CREATE TABLE visits (account_code text, company_id int);
+             INSERT INTO visits SELECT code, 7 FROM accounts;
+             SELECT tenant_backfill.define('accounts', 'company_id');
+             SELECT tenant_backfill.add_source('accounts', 'visits', 'account_code');"
+        ));
+        let run_id = count("SELECT run_id FROM tenant_backfill.run_now('accounts')");
+        assert_eq!(count("SELECT count(*) FROM accounts WHERE company_id = 7"), 4);
+        assert_eq!(
+            rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")),
+            vec!["4|0"]
+        );
+        assert_eq!(count("SELECT count(*) FROM accounts WHERE company_id IS NULL"), 4);
+        // A forced rollback of a second run goes the same way.
+        let second = count("SELECT run_id FROM tenant_backfill.run_now('accounts')");
+        assert_eq!(
+            rows(&format!(
+                "SELECT restored::text, skipped::text FROM tenant_backfill.rollback({second}, force => true)"
+            )),
+            vec!["4|0"]
+        );
+        assert_eq!(count("SELECT count(*) FROM accounts WHERE company_id IS NULL"), 4);
+    }
+
+    #[pg_test]
     fn apply_decisions_applies_filled_rows_and_rejects_bad_files_whole() {
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
