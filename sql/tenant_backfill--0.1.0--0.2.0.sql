@@ -583,6 +583,13 @@ BEGIN
                     this_run, target, lock_timeout_ms);
                 err_detail := 'Its status is failed.';
                 err_hint := 'CALL run again with the same mode to resume where it stopped.';
+            ELSIF err_state OPERATOR(pg_catalog.=) '57014' THEN
+                -- A cancel, or statement_timeout, which times the whole CALL, not a batch.
+                err_detail := pg_catalog.format(
+                    'Run %s of %s stopped; its status is failed, and what its batches committed stays.',
+                    this_run, target);
+                err_hint := 'CALL run again with the same mode to resume where it stopped. statement_timeout '
+                            'counts the whole CALL: SET statement_timeout = 0 before a long run.';
             END IF;
             PERFORM tenant_backfill_internal._raise(err_state, err_message, err_detail, err_hint);
         END IF;

@@ -6,7 +6,7 @@
 use crate::batch;
 use crate::committed::{self, load_job_for_writing};
 use crate::engine::{Mode, Scope};
-use crate::error::{required, OrRaise, Result};
+use crate::error::{report_with_hint, required, OrRaise, Result};
 use crate::job::Job;
 use crate::locks;
 use crate::runs::{self, BatchSettings, Driver, NewRun, RunKind, ThrottleLimits};
@@ -68,7 +68,33 @@ fn begin(target: RegClass, mode: Mode, dry_run: bool, settings: BatchSettings, l
     if started.is_err() {
         locks::release_session(job.target.rel.oid)?;
     }
+    if let Ok(run_id) = started {
+        warn_of_statement_timeout(run_id, &job.target.rel.display)?;
+    }
     started
+}
+
+/// statement_timeout times the whole `CALL run`, however many batches it commits: a
+/// session that carries one (a role's default, a pooler's) stops a long run part way.
+/// Said before the first batch, so it is not a surprise minutes later.
+fn warn_of_statement_timeout(run_id: i64, target: &str) -> Result<()> {
+    // SAFETY: a GUC variable of this backend, read on its own thread.
+    if unsafe { pg_sys::StatementTimeout } <= 0 {
+        return Ok(());
+    }
+    let timeout =
+        sql::select_value::<String>("SELECT pg_catalog.current_setting('statement_timeout')", &[])?.unwrap_or_default();
+    report_with_hint(
+        PgLogLevel::NOTICE,
+        format!(
+            "tenant_backfill: statement_timeout is {timeout} in this session, and it times the whole CALL: \
+             run {run_id} of {target} stops when it runs out"
+        ),
+        "What its batches committed stays, and CALL run resumes where it stopped. \
+         SET statement_timeout = 0 before a long run."
+            .into(),
+    );
+    Ok(())
 }
 
 /// Before each batch of a `CALL run`: how many seconds to wait first, 0 when no signal

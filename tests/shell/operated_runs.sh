@@ -210,6 +210,28 @@ assert_eq "the late row is still NULL, not audited" "1|0" \
     "$(val "SELECT count(*) FILTER (WHERE company_id IS NULL), (SELECT count(*) FROM tenant_backfill.audit_log
               WHERE target = 'late'::regclass AND row_key = '2001') FROM late WHERE id = 2001")"
 
+section "statement_timeout times the whole CALL run: said before the first batch, and how to resume"
+quiet "SELECT make_copy('timed', 20000)"
+# The first batch takes milliseconds; the timeout lands in the 3 s pause after it.
+output=$(sql -c "SET client_min_messages = notice" -c "SET statement_timeout = '1s'" \
+    -c "CALL tenant_backfill.run('timed', batch_size => 200, pause_ms => 3000)" 2>&1 || true)
+run=$(val "SELECT run_id FROM tenant_backfill.runs WHERE target = 'timed'::regclass")
+assert_contains "a NOTICE first" \
+    "NOTICE:  tenant_backfill: statement_timeout is 1s in this session, and it times the whole CALL: run $run of public.timed stops when it runs out" \
+    "$output"
+assert_contains "the error" "ERROR:  canceling statement due to statement timeout" "$output"
+assert_contains "its DETAIL" \
+    "DETAIL:  Run $run of timed stopped; its status is failed, and what its batches committed stays." "$output"
+assert_contains "its HINT" \
+    "HINT:  CALL run again with the same mode to resume where it stopped. statement_timeout counts the whole CALL: SET statement_timeout = 0 before a long run." \
+    "$output"
+assert_eq "failed after one batch" "failed|200" "$(val "SELECT status, rows_done FROM tenant_backfill.runs WHERE run_id = $run")"
+sql -q -c "SET client_min_messages = warning" -c "CALL tenant_backfill.run('timed', batch_size => 2000)"
+assert_eq "CALL run again: the same run, done, as run_now would have it" "done|0|0" \
+    "$(val "SELECT status, d.* FROM tenant_backfill.runs, differs('timed', $run) d WHERE run_id = $run")"
+assert_eq "without statement_timeout, no NOTICE of it" "" \
+    "$(sql -c "SET client_min_messages = notice" -c "CALL tenant_backfill.run('timed')" 2>&1 | grep statement_timeout || true)"
+
 section "a foreground CALL run prints progress every few seconds, not once per batch"
 quiet "SELECT make_copy('noisy', 20000)"
 output=$(sql -c "SET client_min_messages = notice" -c "CALL tenant_backfill.run('noisy', batch_size => 100)" 2>&1)
