@@ -49,10 +49,12 @@ pub struct Column {
     /// extension's `citext`) would not be found, and a comparison would silently follow a
     /// type it casts to instead.
     pub builtin_ops: bool,
-    /// ` COLLATE "schema"."name"` when the column has a collation other than the
-    /// database's default, else empty. A value cast from text to the column's type takes
-    /// the default collation: the writer sorts keys so (`ORDER BY c.key{collate}`) to
-    /// order them as the column does, since it bounds the UPDATE by the first and last.
+    /// ` COLLATE "schema"."name"`, the column's collation (` COLLATE pg_catalog."default"`
+    /// for the database's), or empty for a type without one. A value cast from text to the
+    /// column's type takes its type's collation (the default, or a domain's own), not the
+    /// column's: the writer sorts keys with this (`ORDER BY c.key{collate}`) to order them
+    /// as the column does, since it bounds the UPDATE by the first and last, and
+    /// apply_decisions groups them with it.
     pub collate: String,
     /// How the generated SQL compares two values of the type: pg_catalog's operators
     /// (`=`, found under the pinned search_path) for those, else the operators of the
@@ -228,7 +230,7 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
                 COALESCE((SELECT pg_catalog.format(' COLLATE %I.%I', cn.nspname, co.collname) \
                             FROM pg_catalog.pg_collation co \
                             JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
-                           WHERE co.oid = a.attcollation AND a.attcollation <> 'pg_catalog.default'::pg_catalog.regcollation), '') \
+                           WHERE co.oid = a.attcollation), '') \
            FROM pg_catalog.pg_attribute a \
            JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
            JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \

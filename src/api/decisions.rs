@@ -67,6 +67,7 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     }
     let key = target.key.sql_name();
     let kt = &target.key.type_sql;
+    let collate = &target.key.collate;
     let tt = &target.tenant.type_sql;
     let target_table = target.rel.sql_name();
     let (key_eq, tenant_ops) = (target.key.ops().eq, target.tenant.ops());
@@ -86,9 +87,10 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     }
     let twice = first_values(
         &format!(
-            // Grouped by the key as its type compares it (citext: 'A' and 'a' are one row).
+            // Grouped by the key as the column compares it (citext, or a case-insensitive
+            // collation: 'A' and 'a' are one row).
             "SELECT pg_catalog.min(d.row_key::text) FROM {table} d WHERE {DECIDED}\n \
-             GROUP BY d.row_key::text::{kt} HAVING pg_catalog.count(DISTINCT pg_catalog.btrim(d.tenant::text)::{tt}) > 1\n \
+             GROUP BY d.row_key::text::{kt}{collate} HAVING pg_catalog.count(DISTINCT pg_catalog.btrim(d.tenant::text)::{tt}) > 1\n \
              ORDER BY 1 LIMIT 5"
         ),
         &[],

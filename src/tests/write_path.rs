@@ -187,6 +187,25 @@ mod tests {
             vec!["4|0"]
         );
         assert_eq!(count("SELECT count(*) FROM accounts WHERE company_id IS NULL"), 4);
+        if collation != "und-x-icu" {
+            return;
+        }
+        load(&[]);
+        // A case-insensitive key: 'abc' and 'ABC' are one row, and two decisions for it
+        // that differ are refused, not applied one of the two at random.
+        run("CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE TABLE handles (code text COLLATE ci PRIMARY KEY, company_id int);
+             INSERT INTO handles VALUES ('abc', NULL);
+             CREATE TABLE handle_visits (handle text, company_id int);
+             SELECT tenant_backfill.define('handles', 'company_id');
+             SELECT tenant_backfill.add_source('handles', 'handle_visits', 'handle');
+             CREATE TABLE decisions (row_key text, tenant text);
+             INSERT INTO decisions VALUES ('abc', '1'), ('ABC', '2');");
+        assert_eq!(
+            error_of("SELECT tenant_backfill.apply_decisions('handles', 'decisions')"),
+            "22023: public.decisions decides rows ABC more than once, differently"
+        );
+        assert_eq!(count("SELECT count(*) FROM handles WHERE company_id IS NULL"), 1);
     }
 
     #[pg_test]
