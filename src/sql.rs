@@ -142,9 +142,10 @@ fn datums(params: &[Value]) -> Vec<DatumWithOid<'static>> {
 }
 
 /// Runs a statement and decodes every row it returns with `decode`. Every statement
-/// runs under a `search_path` pinned for it alone (`with_pinned_search_path`): the SET
-/// clause of the calling function covers its start only, and code of the user's that a
-/// statement runs (a domain's CHECK, a trigger) could change the path for the ones after.
+/// runs under settings pinned for it alone (`with_pinned_settings`: the search_path and
+/// how values print): the SET clause of the calling function covers its start only, and
+/// code of the user's that a statement runs (a domain's CHECK, a trigger) could change
+/// them for the ones after.
 ///
 /// Every statement runs as a "mutable" SPI call, reads included: a read-only SPI call
 /// would keep the function's first snapshot and miss what an earlier statement of the
@@ -155,7 +156,7 @@ pub fn select_rows<T>(
     params: &[Value],
     mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
 ) -> Result<Vec<T>> {
-    with_pinned_search_path(|| {
+    with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
             let table = client.update(sql, None, &args)?;
@@ -197,7 +198,7 @@ pub fn stream_rows<T>(
     mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
     mut each: impl FnMut(Vec<T>) -> Result<()>,
 ) -> Result<()> {
-    with_pinned_search_path(|| {
+    with_pinned_settings(|| {
         let cursor = Spi::connect_mut(|client| -> Result<String> {
             let args = datums(params);
             Ok(client.try_open_cursor_mut(sql, &args)?.detach_into_name())
@@ -230,7 +231,7 @@ pub fn stream_rows<T>(
 
 /// Runs a statement that returns one value (or none).
 pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Result<Option<T>> {
-    with_pinned_search_path(|| {
+    with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
             let table = client.update(sql, None, &args)?;
@@ -272,7 +273,7 @@ pub fn without_jit<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Runs a statement that writes; returns the number of rows it processed.
 pub fn execute(sql: &str, params: &[Value]) -> Result<u64> {
-    with_pinned_search_path(|| {
+    with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
             let table = client.update(sql, None, &args)?;
@@ -311,32 +312,48 @@ pub fn require_nonatomic(procedure: &str) -> Result<()> {
     })
 }
 
-/// Runs `work` with `search_path` pinned to `pg_catalog, pg_temp`, as a function's
-/// `SET search_path` clause does: a GUC nest level of its own, popped on the way out,
-/// and by Postgres itself when an error aborts the (sub)transaction. For code that
-/// cannot carry the clause: the guard trigger's function, where a clause would cost
-/// every row, pins it only on the cold path, around its own statements.
-pub fn with_pinned_search_path<T>(work: impl FnOnce() -> T) -> T {
+/// The settings every statement of the extension runs under. The search_path, so
+/// nothing resolves through the caller's. And how values print as text: keys travel
+/// between statements, sessions and runs as text (runs.last_key and upper_key, the
+/// backup's and the audit's row_key, a rollback's bounds), so they must read back as
+/// the same value in any session. At extra_float_digits 0 or below a float8 key prints
+/// rounded (1.0000000000000002 as 1), and a run would stop short of its last rows; under
+/// DateStyle `SQL, DMY` a timestamp prints as 04/03/2026, which a session under MDY
+/// reads back as another day. Any positive extra_float_digits prints the shortest text
+/// that reads back exactly; DateStyle `ISO` sets only the output style and keeps the
+/// caller's input order (DMY, MDY) for the text the caller gives (a decisions table).
+const PINNED_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 3] =
+    [(c"search_path", c"pg_catalog, pg_temp"), (c"extra_float_digits", c"1"), (c"DateStyle", c"ISO")];
+
+/// Runs `work` under PINNED_SETTINGS, as a function's SET clauses do: a GUC nest level
+/// of its own, popped on the way out, and by Postgres itself when an error aborts the
+/// (sub)transaction. For code that cannot carry the clauses: the guard trigger's
+/// function, where a clause would cost every row, pins them only on the cold path,
+/// around its own statements; and each statement, since code of the user's that one
+/// runs (a trigger, a domain's CHECK) could change them for the ones after.
+pub fn with_pinned_settings<T>(work: impl FnOnce() -> T) -> T {
     struct PopOnDrop(std::ffi::c_int);
     impl Drop for PopOnDrop {
         fn drop(&mut self) {
-            // SAFETY: pops the nest level this function pushed, restoring the setting.
+            // SAFETY: pops the nest level this function pushed, restoring the settings.
             unsafe { pg_sys::AtEOXact_GUC(true, self.0) }
         }
     }
     // SAFETY: as fmgr_security_definer does for a SET clause.
     let level = unsafe {
         let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        for (name, value) in PINNED_SETTINGS {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
         level
     };
     let _pop = PopOnDrop(level);

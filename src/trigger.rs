@@ -81,7 +81,7 @@ fn guard<'a>(
         if crate::guard::bypassed_for(relid) {
             return Ok(None);
         }
-        return sql::with_pinned_search_path(|| {
+        return sql::with_pinned_settings(|| {
             let attnum = guard_attnum(relid)?;
             after_null_tenant(data, args, attnum)
         })
@@ -99,9 +99,10 @@ fn guard<'a>(
     if crate::guard::bypassed_for(relid) {
         return Ok(Some(row));
     }
-    // The cold path runs statements of its own: under a pinned search_path, so nothing
-    // in them resolves through the writer's.
-    sql::with_pinned_search_path(|| on_null_tenant(data, args, attnum, row)).or_raise_ok()
+    // The cold path runs statements of its own: under the pinned settings, so nothing
+    // in them resolves through the writer's search_path or prints as the writer's
+    // session would.
+    sql::with_pinned_settings(|| on_null_tenant(data, args, attnum, row)).or_raise_ok()
 }
 
 fn fired_after(data: &pg_sys::TriggerData) -> bool {

@@ -154,6 +154,50 @@ mod tests {
     }
 
     #[pg_test]
+    fn keys_read_back_as_the_same_value_whatever_the_session_prints() {
+        // Keys travel as text: the run's highest key, the backup's row_key. A float8 key
+        // printed at extra_float_digits 0 is rounded (1.0000000000000002 as 1): the run
+        // stopped at 1 and left the last row NULL, and the rollback found one row twice.
+        run("SET LOCAL extra_float_digits = 0;
+             CREATE TABLE readings (id float8 PRIMARY KEY, company_id int);
+             INSERT INTO readings VALUES (1, NULL), (1.0000000000000002, NULL);
+             CREATE TABLE reading_sources (reading_id float8, company_id int);
+             INSERT INTO reading_sources SELECT id, 7 FROM readings;
+             SELECT tenant_backfill.define('readings', 'company_id');
+             SELECT tenant_backfill.add_source('readings', 'reading_sources', 'reading_id');");
+        let run_id = count("SELECT run_id FROM tenant_backfill.run_now('readings')");
+        assert_eq!(count("SELECT count(*) FROM readings WHERE company_id = 7"), 2);
+        assert_eq!(
+            rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")),
+            vec!["2|0"]
+        );
+        assert_eq!(count("SELECT count(*) FROM readings WHERE company_id IS NULL"), 2);
+        // A timestamp key written under SQL, DMY (04/03/2026) and rolled back under MDY
+        // read as April 3: no row matched, and both read as changed since the run.
+        run("SET LOCAL TimeZone = 'UTC';
+             SET LOCAL DateStyle = 'SQL, DMY';
+             CREATE TABLE shifts (starts_at timestamptz PRIMARY KEY, company_id int);
+             INSERT INTO shifts VALUES ('2026-03-04 10:00+00', NULL), ('2026-03-05 10:00+00', NULL);
+             CREATE TABLE shift_sources (starts_at timestamptz, company_id int);
+             INSERT INTO shift_sources SELECT starts_at, 8 FROM shifts;
+             SELECT tenant_backfill.define('shifts', 'company_id');
+             SELECT tenant_backfill.add_source('shifts', 'shift_sources', 'starts_at');");
+        let run_id = count("SELECT run_id FROM tenant_backfill.run_now('shifts')");
+        assert_eq!(count("SELECT count(*) FROM shifts WHERE company_id = 8"), 2);
+        run("SET LOCAL DateStyle = 'SQL, MDY'");
+        assert_eq!(
+            rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")),
+            vec!["2|0"]
+        );
+        assert_eq!(count("SELECT count(*) FROM shifts WHERE company_id IS NULL"), 2);
+        // The caller's settings are the caller's again, input order included.
+        assert_eq!(
+            text("SELECT current_setting('extra_float_digits') || ' ' || current_setting('DateStyle')"),
+            Some("0 SQL, MDY".to_string())
+        );
+    }
+
+    #[pg_test]
     fn rollback_restores_every_row_of_a_key_with_a_collation_of_its_own() {
         // The restore bounds its UPDATE by its first and last key. Keys cast from the
         // backup's text take the database's default collation; sorted so, 'B' < 'Z' < 'a'
