@@ -90,20 +90,23 @@ setup_machine() {
     chmod a+rx "$REPO_ROOT"
 }
 
-# Builds the extension and installs it into that version's Postgres.
+# install_extension VERSION [debug|release]: builds the extension (the dev profile unless
+# told) and installs it into that version's Postgres.
 # cargo pgrx installs the library (tenant_backfill-<version>.so), the control file, the
 # generated install script and the upgrade scripts of sql/; the frozen install scripts of
 # earlier releases (sql/tenant_backfill--<version>.sql) are copied too, so that
 # CREATE EXTENSION ... VERSION '<old>' works where the upgrade test needs it.
 install_extension() {
-    local v=$1
-    log "building and installing tenant_backfill into Postgres $v"
+    local v=$1 profile=${2:-debug} release=()
+    [ "$profile" = release ] && release=(--release)
+    log "building and installing tenant_backfill ($profile) into Postgres $v"
     # Every build of this crate links to the same file, whatever its features or sources
     # (the upgrade test builds an old release into this target/; the units build with
-    # pg_test), and cargo calls a build fresh by its own records, not by that file: without
-    # the file it links again (seconds), so what is installed is this tree's build.
-    rm -f "$REPO_ROOT"/target/debug/libtenant_backfill.so "$REPO_ROOT"/target/debug/deps/libtenant_backfill.so
-    (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$(pg_config_for "$v")" --no-default-features --features "pg$v")
+    # pg_test; an A/B builds another commit's worktree into it), and cargo calls a build
+    # fresh by its own records, not by that file: without the file it links again
+    # (seconds), so what is installed is this tree's build.
+    rm -f "$REPO_ROOT/target/$profile/libtenant_backfill.so" "$REPO_ROOT/target/$profile/deps/libtenant_backfill.so"
+    (cd "$REPO_ROOT" && cargo pgrx install "${release[@]}" --pg-config "$(pg_config_for "$v")" --no-default-features --features "pg$v")
     cp "$REPO_ROOT"/sql/tenant_backfill--[0-9]*.sql "$("$(pg_config_for "$v")" --sharedir)/extension/"
 }
 
