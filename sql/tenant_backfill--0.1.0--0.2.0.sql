@@ -588,8 +588,10 @@ BEGIN
                 err_detail := pg_catalog.format(
                     'Run %s of %s stopped; its status is failed, and what its batches committed stays.',
                     this_run, target);
-                err_hint := 'CALL run again with the same mode to resume where it stopped. statement_timeout '
-                            'counts the whole CALL: SET statement_timeout = 0 before a long run.';
+                err_hint := 'CALL run again with the same mode to resume where it stopped, where no statement_timeout '
+                            'applies: SET statement_timeout = 0 in a session of its own (a direct connection: behind a '
+                            'transaction pooler the setting stays on a server connection other clients get), or '
+                            'tenant_backfill.start, whose background workers no statement_timeout stops.';
             END IF;
             PERFORM tenant_backfill_internal._raise(err_state, err_message, err_detail, err_hint);
         END IF;
@@ -691,7 +693,13 @@ RETURNS TABLE (
     rule pg_catalog.text,
     evidence pg_catalog.jsonb)
 LANGUAGE plpgsql
+-- How every statement of the extension prints values (PINNED_SETTINGS in src/sql.rs):
+-- row_key reads back as the same key in any session.
 SET search_path = pg_catalog, pg_temp
+SET extra_float_digits = 1
+SET "DateStyle" = 'ISO'
+SET "IntervalStyle" = 'postgres'
+SET bytea_output = 'hex'
 AS $$
 DECLARE
     statement record;

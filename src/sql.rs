@@ -319,11 +319,23 @@ pub fn require_nonatomic(procedure: &str) -> Result<()> {
 /// the same value in any session. At extra_float_digits 0 or below a float8 key prints
 /// rounded (1.0000000000000002 as 1), and a run would stop short of its last rows; under
 /// DateStyle `SQL, DMY` a timestamp prints as 04/03/2026, which a session under MDY
-/// reads back as another day. Any positive extra_float_digits prints the shortest text
-/// that reads back exactly; DateStyle `ISO` sets only the output style and keeps the
-/// caller's input order (DMY, MDY) for the text the caller gives (a decisions table).
-const PINNED_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 3] =
-    [(c"search_path", c"pg_catalog, pg_temp"), (c"extra_float_digits", c"1"), (c"DateStyle", c"ISO")];
+/// reads back as another day; under IntervalStyle `sql_standard` an interval of -1 day
+/// -02:03:04 prints as `-1 2:03:04`, which the default style reads back as -1 day
+/// +02:03:04. Any positive extra_float_digits prints the shortest text that reads back
+/// exactly; DateStyle `ISO` sets only the output style and keeps the caller's input
+/// order (DMY, MDY) for the text the caller gives (a decisions table); bytea_output
+/// `hex` makes a bytea key's text one spelling (an override names it so). TimeZone is
+/// not pinned: a timestamptz prints with its offset and reads back exactly anywhere,
+/// and pinning it would change what the user's own triggers compute.
+/// sql/procedures.sql's plan, which runs the engine's statement from PL/pgSQL, carries
+/// the same settings as SET clauses.
+const PINNED_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 5] = [
+    (c"search_path", c"pg_catalog, pg_temp"),
+    (c"extra_float_digits", c"1"),
+    (c"DateStyle", c"ISO"),
+    (c"IntervalStyle", c"postgres"),
+    (c"bytea_output", c"hex"),
+];
 
 /// Runs `work` under PINNED_SETTINGS, as a function's SET clauses do: a GUC nest level
 /// of its own, popped on the way out, and by Postgres itself when an error aborts the

@@ -90,8 +90,10 @@ fn warn_of_statement_timeout(run_id: i64, target: &str) -> Result<()> {
             "tenant_backfill: statement_timeout is {timeout} in this session, and it times the whole CALL: \
              run {run_id} of {target} stops when it runs out"
         ),
-        "What its batches committed stays, and CALL run resumes where it stopped. \
-         SET statement_timeout = 0 before a long run."
+        "What its batches committed stays, and CALL run resumes where it stopped. For a long run, \
+         SET statement_timeout = 0 in a session of its own (a direct connection: behind a transaction pooler \
+         the setting stays on a server connection other clients get), or use tenant_backfill.start, whose \
+         background workers no statement_timeout stops."
             .into(),
     );
     Ok(())

@@ -165,6 +165,11 @@ mod tests {
              INSERT INTO reading_sources SELECT id, 7 FROM readings;
              SELECT tenant_backfill.define('readings', 'company_id');
              SELECT tenant_backfill.add_source('readings', 'reading_sources', 'reading_id');");
+        // plan's row_key names each row as run_now, a decisions table and rollback read it.
+        assert_eq!(
+            rows("SELECT row_key FROM tenant_backfill.plan('readings') ORDER BY row_key"),
+            vec!["1", "1.0000000000000002"]
+        );
         let run_id = count("SELECT run_id FROM tenant_backfill.run_now('readings')");
         assert_eq!(count("SELECT count(*) FROM readings WHERE company_id = 7"), 2);
         assert_eq!(
@@ -190,10 +195,30 @@ mod tests {
             vec!["2|0"]
         );
         assert_eq!(count("SELECT count(*) FROM shifts WHERE company_id IS NULL"), 2);
+        // An interval key written under sql_standard (-1 2:03:04) and rolled back under
+        // the default style, which reads that text as -1 day +02:03:04.
+        run("SET LOCAL IntervalStyle = 'sql_standard';
+             CREATE TABLE waits (waited interval PRIMARY KEY, company_id int);
+             INSERT INTO waits VALUES ('-1 day -02:03:04', NULL), ('3 days 04:05:06', NULL);
+             CREATE TABLE wait_sources (waited interval, company_id int);
+             INSERT INTO wait_sources SELECT waited, 9 FROM waits;
+             SELECT tenant_backfill.define('waits', 'company_id');
+             SELECT tenant_backfill.add_source('waits', 'wait_sources', 'waited');");
+        let run_id = count("SELECT run_id FROM tenant_backfill.run_now('waits')");
+        assert_eq!(count("SELECT count(*) FROM waits WHERE company_id = 9"), 2);
+        run("SET LOCAL IntervalStyle = 'postgres'");
+        assert_eq!(
+            rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")),
+            vec!["2|0"]
+        );
+        assert_eq!(count("SELECT count(*) FROM waits WHERE company_id IS NULL"), 2);
         // The caller's settings are the caller's again, input order included.
         assert_eq!(
-            text("SELECT current_setting('extra_float_digits') || ' ' || current_setting('DateStyle')"),
-            Some("0 SQL, MDY".to_string())
+            text(
+                "SELECT current_setting('extra_float_digits') || ' ' || current_setting('DateStyle') || ' ' \
+                 || current_setting('IntervalStyle')"
+            ),
+            Some("0 SQL, MDY postgres".to_string())
         );
     }
 
