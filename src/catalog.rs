@@ -394,6 +394,28 @@ pub fn is_unique(rel: &Relation, col: &Column) -> Result<bool> {
     .unwrap_or(false))
 }
 
+/// Whether `col` can be searched for an array of `key`'s values in one index scan (`col
+/// = ANY (ARRAY(...))`, engine::Keys): it has `key`'s very type, one without a collation
+/// (so no collation can keep the index from serving the comparison), and a valid,
+/// non-partial b-tree index with the type's default operator class starts with it.
+/// Without such an index the array would be searched from its start for every row of
+/// the table.
+pub fn searchable_by_array(rel: &Relation, col: &Column, key: &Column) -> Result<bool> {
+    if col.type_oid != key.type_oid || !col.collate.is_empty() {
+        return Ok(false);
+    }
+    Ok(sql::select_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                          JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+                          JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
+                          JOIN pg_catalog.pg_opclass oc ON oc.oid = i.indclass[0] \
+                         WHERE i.indrelid = $1 AND i.indisvalid AND i.indkey[0] = $2::pg_catalog.int2 \
+                           AND i.indpred IS NULL AND am.amname = 'btree' AND oc.opcdefault)",
+        &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into()))],
+    )?
+    .unwrap_or(false))
+}
+
 /// Whether some valid index of the table starts with this column (so `via = key` lookups are fast).
 pub fn has_leading_index(rel: &Relation, col: &Column) -> Result<bool> {
     Ok(sql::select_value::<bool>(

@@ -95,6 +95,9 @@ pub struct Source {
     /// How the source is named in `plan.source` and in evidence: the table's name,
     /// made unique among the target's sources when two would read the same.
     pub label: String,
+    /// Whether a batch's keys can be looked up in the column the source is read by (a
+    /// child's via, the target's key for a parent) as one array (catalog::searchable_by_array).
+    pub keys_by_array: bool,
 }
 
 /// A config table read live for overrides (the `"Configs"` adapter).
@@ -277,6 +280,10 @@ pub fn job(oid: pg_sys::Oid) -> Result<Job> {
         // Checked again at every use: a key or tenant type changed since add_source
         // would otherwise fail deep inside the decision query.
         require_source_types(&target, &rel, &via, parent_key.as_ref(), &tenant)?;
+        let keys_by_array = match direction {
+            Direction::Child => crate::catalog::searchable_by_array(&rel, &via, &target.key)?,
+            Direction::Parent => crate::catalog::searchable_by_array(&target.rel, &target.key, &target.key)?,
+        };
         sources.push(Source {
             via,
             direction,
@@ -286,6 +293,7 @@ pub fn job(oid: pg_sys::Oid) -> Result<Job> {
             rule: Rule::parse(Some(&rule))?,
             label: rel.name.clone(),
             rel,
+            keys_by_array,
         });
     }
     label_sources(&mut sources);

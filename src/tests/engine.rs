@@ -247,13 +247,19 @@ mod tests {
 
     /// Keys and actions of one batch of the decision query, run directly.
     fn batch(after: Option<&str>, up_to: Option<&str>, limit: Option<i64>) -> Vec<String> {
+        decide_batch(after, up_to, limit).0
+    }
+
+    /// One batch of customers' decision query: its keys with their actions and
+    /// proposals, and the query's text.
+    fn decide_batch(after: Option<&str>, up_to: Option<&str>, limit: Option<i64>) -> (Vec<String>, String) {
         use crate::engine::{decision_query, Mode, Scope};
         let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'customers'::regclass::oid").unwrap().unwrap();
         let job = crate::job::job(oid).unwrap();
         let scope = Scope::Batch { after: after.map(Into::into), up_to: up_to.map(Into::into), limit };
         let mut st = crate::sql::Statement::new();
         let decision = decision_query(&mut st, &job, Mode::Fill, &scope, crate::engine::Detail::Full);
-        crate::sql::select_rows(
+        let decided = crate::sql::select_rows(
             &format!("WITH d AS ({decision}) SELECT d.key::text, d.action FROM d ORDER BY d.key"),
             &st.params,
             |row| {
@@ -264,7 +270,61 @@ mod tests {
                 ))
             },
         )
-        .unwrap()
+        .unwrap();
+        (decided, decision)
+    }
+
+    /// Which of customers' sources a batch reads by an array of its keys.
+    fn sources_read_by_array() -> Vec<String> {
+        let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'customers'::regclass::oid").unwrap().unwrap();
+        let job = crate::job::job(oid).unwrap();
+        job.sources.iter().map(|s| format!("{}:{}", s.label, s.keys_by_array)).collect()
+    }
+
+    /// A batch reads a source by `= ANY (ARRAY(keys))` only where a plain b-tree index
+    /// on the column it is read by serves that search; anywhere else by IN, and the
+    /// batches decide the same either way.
+    #[pg_test]
+    fn a_batch_reads_a_source_by_an_array_of_its_keys_only_where_a_btree_index_serves_it() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        let batches = |size: i64| -> Vec<String> {
+            let (mut all, mut after) = (Vec::new(), None::<String>);
+            loop {
+                let (decided, _) = decide_batch(after.as_deref(), None, Some(size));
+                let Some(last) = decided.last() else { return all };
+                after = last.split(':').next().map(Into::into);
+                all.extend(decided);
+            }
+        };
+        let by_array = "s.customer_id = ANY (ARRAY(SELECT sc.key FROM scope sc))";
+        let by_in = "s.customer_id IN (SELECT sc.key FROM scope sc)";
+
+        // appointments and calls have a b-tree index on customer_id, phone_numbers none.
+        assert_eq!(sources_read_by_array(), vec!["appointments:true", "phone_numbers:false", "calls:true"]);
+        let (_, query) = decide_batch(None, None, Some(4));
+        assert_eq!((query.matches(by_array).count(), query.matches(by_in).count()), (2, 1));
+        let indexed = batches(4);
+        assert_eq!(indexed.len(), 31);
+
+        // A hash index, a partial b-tree index, a b-tree index on a column of another
+        // type than the key's: none serves the array.
+        run("DROP INDEX appointments_customer_id_idx;
+             CREATE INDEX ON appointments USING hash (customer_id);
+             DROP INDEX calls_customer_id_idx;
+             CREATE INDEX ON calls (customer_id) WHERE customer_id > 0;
+             ALTER TABLE phone_numbers ALTER customer_id TYPE bigint;
+             CREATE INDEX ON phone_numbers (customer_id)");
+        assert_eq!(sources_read_by_array(), vec!["appointments:false", "phone_numbers:false", "calls:false"]);
+        let (_, query) = decide_batch(None, None, Some(4));
+        assert_eq!((query.matches(by_array).count(), query.matches("s.customer_id IN (SELECT sc.key").count()), (0, 3));
+        assert_eq!(batches(4), indexed);
+        assert_eq!(batches(31), indexed);
+
+        // A plain b-tree index of the key's type does, whatever else it holds after the column.
+        run("CREATE INDEX ON appointments (customer_id, company_id)");
+        assert_eq!(sources_read_by_array(), vec!["appointments:true", "phone_numbers:false", "calls:false"]);
+        assert_eq!(batches(4), indexed);
     }
 
     #[pg_test]
