@@ -395,13 +395,27 @@ pub fn is_unique(rel: &Relation, col: &Column) -> Result<bool> {
 }
 
 /// Whether `col` can be searched for an array of `key`'s values in one index scan (`col
-/// = ANY (ARRAY(...))`, engine::Keys): it has `key`'s very type, one without a collation
-/// (so no collation can keep the index from serving the comparison), and a valid,
-/// non-partial b-tree index with the type's default operator class starts with it.
-/// Without such an index the array would be searched from its start for every row of
-/// the table.
+/// = ANY (ARRAY(...))`, engine::Keys). All of:
+/// - `col` has `key`'s very type, one without a collation (so that no collation can keep
+///   the index from serving the comparison) and not an array type (`ARRAY(...)` over
+///   arrays makes one array of more dimensions, not an array of arrays);
+/// - a valid, non-partial b-tree index starts with `col`, with the default operator class
+///   of `col`'s (base) type itself (a binary-coercible one, such as `oid_ops` on an int4
+///   column, does not hold the type's `=`);
+/// - the table has no inheritance children, which no index of its own covers (a
+///   partitioned table's valid index covers every partition).
+///
+/// Without such an index the array would be searched from its start for every row read.
 pub fn searchable_by_array(rel: &Relation, col: &Column, key: &Column) -> Result<bool> {
     if col.type_oid != key.type_oid || !col.collate.is_empty() {
+        return Ok(false);
+    }
+    // SAFETY: syscache lookups of a type a column of a locked table has.
+    let (base, element) = unsafe {
+        let base = pg_sys::getBaseType(col.type_oid);
+        (base, pg_sys::get_element_type(base))
+    };
+    if element != pg_sys::InvalidOid {
         return Ok(false);
     }
     Ok(sql::select_value::<bool>(
@@ -410,8 +424,11 @@ pub fn searchable_by_array(rel: &Relation, col: &Column, key: &Column) -> Result
                           JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
                           JOIN pg_catalog.pg_opclass oc ON oc.oid = i.indclass[0] \
                          WHERE i.indrelid = $1 AND i.indisvalid AND i.indkey[0] = $2::pg_catalog.int2 \
-                           AND i.indpred IS NULL AND am.amname = 'btree' AND oc.opcdefault)",
-        &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into()))],
+                           AND i.indpred IS NULL AND am.amname = 'btree' AND oc.opcdefault AND oc.opcintype = $3) \
+            AND (SELECT c.relkind = 'p' OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h \
+                                                        WHERE h.inhparent = c.oid) \
+                   FROM pg_catalog.pg_class c WHERE c.oid = $1)",
+        &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into())), Value::Oid(base)],
     )?
     .unwrap_or(false))
 }

@@ -225,6 +225,11 @@ impl Keys {
     }
 }
 
+/// The most keys a batch reads its sources for as one array: each source's array is
+/// built whole in memory (8 MB of datums at this size), and one past 2^26 of them cannot
+/// be built at all, where IN has no limit.
+const ARRAY_KEYS_MAX: i64 = 1_000_000;
+
 /// Which keys a source's rows are read for. Over the whole table the filter names the
 /// target itself, so the planner sees its real size and hashes; a CTE's distinct count
 /// is unknown to it (it guesses 200) and would make it probe the index once per key.
@@ -235,7 +240,8 @@ impl Keys {
 /// instead of a hash of the keys, a probe per key and a sort: a batch of 5000 decided
 /// in about 34 ms instead of 43 (BENCHMARKS.md). Only where a b-tree index serves the
 /// array (Source::keys_by_array): without one, every row read would search it from the
-/// start. Citus keeps the subquery, the form it plans over a distributed source.
+/// start. A batch of more than ARRAY_KEYS_MAX keys keeps the subquery, and so does Citus,
+/// which plans that form over a distributed source.
 fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> Keys {
     let target = &job.target;
     let mut filters: Vec<String> = Vec::new();
@@ -245,8 +251,9 @@ fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> Ke
     match scope {
         Scope::All => {}
         Scope::UpTo(up_to) => filters.push(up_to_filter(st, job, up_to)),
-        Scope::Batch { .. } => {
-            return Keys { subquery: "SELECT sc.key FROM scope sc".to_string(), as_array: !job.citus };
+        Scope::Batch { limit, .. } => {
+            let few = limit.is_some_and(|n| n <= ARRAY_KEYS_MAX);
+            return Keys { subquery: "SELECT sc.key FROM scope sc".to_string(), as_array: few && !job.citus };
         }
     }
     let where_clause = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
