@@ -373,6 +373,21 @@ mod tests {
     }
 
     #[pg_test]
+    fn the_engine_decides_one_batch_of_keys_by_keyset() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        // The key is compared as an integer, not as text (where "10" < "9").
+        assert_eq!(batch(Some("9"), None, Some(3)), vec!["10:fill", "11:fill", "12:fill"]);
+        assert_eq!(
+            batch(Some("23"), Some("28"), None),
+            vec!["24:conflict", "25:fill", "26:fill", "27:fill", "28:unresolved"]
+        );
+        // Fill mode skips rows that have a tenant: the batch after 30 holds only 31.
+        assert_eq!(batch(Some("30"), None, Some(5)), vec!["31:orphan"]);
+        assert_eq!(batch(Some("31"), None, Some(5)), Vec::<String>::new());
+    }
+
+    #[pg_test]
     fn configuration_survives_pg_dump() {
         // pg_extension_config_dump registers the configuration, the runs (and their parts), the backups and
         // the audit log (and their sequences) for pg_dump.
