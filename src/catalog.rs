@@ -396,26 +396,30 @@ pub fn is_unique(rel: &Relation, col: &Column) -> Result<bool> {
 
 /// Whether `col` can be searched for an array of `key`'s values in one index scan (`col
 /// = ANY (ARRAY(...))`, engine::Keys). All of:
-/// - `col` has `key`'s very type, one without a collation (so that no collation can keep
-///   the index from serving the comparison) and not an array type (`ARRAY(...)` over
-///   arrays makes one array of more dimensions, not an array of arrays);
+/// - neither column has a collation (so that none can keep the index from serving the
+///   comparison) or an array type (`ARRAY(...)` over arrays makes one array of more
+///   dimensions, not an array of arrays);
 /// - a valid, non-partial b-tree index starts with `col`, with the default operator class
 ///   of `col`'s (base) type itself (a binary-coercible one, such as `oid_ops` on an int4
-///   column, does not hold the type's `=`);
+///   column, does not hold the type's `=`), whose family holds the `=` of `col`'s type and
+///   `key`'s (int4 with int8 is one: integer_ops; int2 with numeric is none: the parser
+///   would cast the column, and no index serves that);
 /// - the table has no inheritance children, which no index of its own covers (a
 ///   partitioned table's valid index covers every partition).
 ///
 /// Without such an index the array would be searched from its start for every row read.
 pub fn searchable_by_array(rel: &Relation, col: &Column, key: &Column) -> Result<bool> {
-    if col.type_oid != key.type_oid || !col.collate.is_empty() {
+    if !col.collate.is_empty() || !key.collate.is_empty() {
         return Ok(false);
     }
-    // SAFETY: syscache lookups of a type a column of a locked table has.
-    let (base, element) = unsafe {
-        let base = pg_sys::getBaseType(col.type_oid);
-        (base, pg_sys::get_element_type(base))
+    // SAFETY: syscache lookups of the types two columns of locked tables have.
+    let (col_base, key_base, is_array) = unsafe {
+        let (col_base, key_base) = (pg_sys::getBaseType(col.type_oid), pg_sys::getBaseType(key.type_oid));
+        let is_array = pg_sys::get_element_type(col_base) != pg_sys::InvalidOid
+            || pg_sys::get_element_type(key_base) != pg_sys::InvalidOid;
+        (col_base, key_base, is_array)
     };
-    if element != pg_sys::InvalidOid {
+    if is_array {
         return Ok(false);
     }
     Ok(sql::select_value::<bool>(
@@ -424,11 +428,14 @@ pub fn searchable_by_array(rel: &Relation, col: &Column, key: &Column) -> Result
                           JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
                           JOIN pg_catalog.pg_opclass oc ON oc.oid = i.indclass[0] \
                          WHERE i.indrelid = $1 AND i.indisvalid AND i.indkey[0] = $2::pg_catalog.int2 \
-                           AND i.indpred IS NULL AND am.amname = 'btree' AND oc.opcdefault AND oc.opcintype = $3) \
+                           AND i.indpred IS NULL AND am.amname = 'btree' AND oc.opcdefault AND oc.opcintype = $3 \
+                           AND EXISTS (SELECT 1 FROM pg_catalog.pg_amop o \
+                                        WHERE o.amopfamily = oc.opcfamily AND o.amopmethod = am.oid \
+                                          AND o.amoplefttype = $3 AND o.amoprighttype = $4 AND o.amopstrategy = 3)) \
             AND (SELECT c.relkind = 'p' OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h \
                                                         WHERE h.inhparent = c.oid) \
                    FROM pg_catalog.pg_class c WHERE c.oid = $1)",
-        &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into())), Value::Oid(base)],
+        &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into())), Value::Oid(col_base), Value::Oid(key_base)],
     )?
     .unwrap_or(false))
 }
