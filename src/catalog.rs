@@ -403,7 +403,10 @@ pub fn is_unique(rel: &Relation, col: &Column) -> Result<bool> {
 ///   of `col`'s (base) type itself (a binary-coercible one, such as `oid_ops` on an int4
 ///   column, does not hold the type's `=`), whose family holds the `=` of `col`'s type and
 ///   `key`'s (int4 with int8 is one: integer_ops; int2 with numeric is none: the parser
-///   would cast the column, and no index serves that);
+///   would cast the column, and no index serves that), the very operator the comparison
+///   takes: pg_catalog's for built-in types (the pinned search_path finds no other), the
+///   type's own otherwise (engine::Keys spells it, and a type's own operators compare it
+///   only with itself);
 /// - the table has no inheritance children, which no index of its own covers (a
 ///   partitioned table's valid index covers every partition).
 ///
@@ -430,12 +433,21 @@ pub fn searchable_by_array(rel: &Relation, col: &Column, key: &Column) -> Result
                          WHERE i.indrelid = $1 AND i.indisvalid AND i.indkey[0] = $2::pg_catalog.int2 \
                            AND i.indpred IS NULL AND am.amname = 'btree' AND oc.opcdefault AND oc.opcintype = $3 \
                            AND EXISTS (SELECT 1 FROM pg_catalog.pg_amop o \
+                                         JOIN pg_catalog.pg_operator op ON op.oid = o.amopopr \
                                         WHERE o.amopfamily = oc.opcfamily AND o.amopmethod = am.oid \
-                                          AND o.amoplefttype = $3 AND o.amoprighttype = $4 AND o.amopstrategy = 3)) \
+                                          AND o.amoplefttype = $3 AND o.amoprighttype = $4 AND o.amopstrategy = 3 \
+                                          AND op.oprname = '=' \
+                                          AND (NOT $5 OR op.oprnamespace = 'pg_catalog'::pg_catalog.regnamespace))) \
             AND (SELECT c.relkind = 'p' OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h \
                                                         WHERE h.inhparent = c.oid) \
                    FROM pg_catalog.pg_class c WHERE c.oid = $1)",
-        &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into())), Value::Oid(col_base), Value::Oid(key_base)],
+        &[
+            Value::Oid(rel.oid),
+            Value::Int4(Some(col.attnum.into())),
+            Value::Oid(col_base),
+            Value::Oid(key_base),
+            Value::Bool(Some(col.builtin_compare() && key.builtin_compare())),
+        ],
     )?
     .unwrap_or(false))
 }

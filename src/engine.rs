@@ -238,10 +238,10 @@ const ARRAY_KEYS_MAX: i64 = 1_000_000;
 /// source's index is read in a single scan that walks the sorted keys
 /// (`= ANY (ARRAY(...))`, a ScalarArrayOp index scan) and yields the rows in key order,
 /// instead of a hash of the keys, a probe per key and a sort: the decision of a batch of
-/// 5000 takes about a quarter less time (BENCHMARKS.md, 2026-12-03). Only where a b-tree
-/// index serves the array (Source::keys_by_array): without one, every row read would
-/// search it from the start. A batch of more than ARRAY_KEYS_MAX keys keeps the subquery, and so does Citus,
-/// which plans that form over a distributed source.
+/// 5000 takes a sixth to a quarter less time (BENCHMARKS.md, 2026-12-03). Only where a
+/// b-tree index serves the array (Source::keys_by_array): without one, every row read
+/// would search it from the start. A batch of more than ARRAY_KEYS_MAX keys keeps the
+/// subquery, and so does Citus, which plans that form over a distributed source.
 fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> Keys {
     let target = &job.target;
     let mut filters: Vec<String> = Vec::new();
