@@ -364,6 +364,40 @@ mod tests {
         assert_eq!((query.matches(by_array).count(), query.matches(by_in).count()), (2, 1));
     }
 
+    /// A partitioned source's index covers its partitions once every partition has one
+    /// (the partitioned index is valid then): the array is used. An index created ON ONLY
+    /// the partitioned table, which no partition's index is attached to yet, is not valid.
+    #[pg_test]
+    fn a_partitioned_source_is_read_by_an_array_once_its_index_covers_every_partition() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        // Customer 28 has no evidence with a company; visits give it company 3.
+        run("CREATE TABLE visits (id int, customer_id int, company_id int) PARTITION BY RANGE (id);
+             CREATE TABLE visits_low PARTITION OF visits FOR VALUES FROM (0) TO (100);
+             CREATE TABLE visits_high PARTITION OF visits FOR VALUES FROM (100) TO (200);
+             INSERT INTO visits VALUES (1, 28, 3), (150, 28, 3);
+             CREATE INDEX visits_customer_id_idx ON ONLY visits (customer_id);
+             SELECT tenant_backfill.add_source('customers', 'visits', 'customer_id')");
+        let by_array = |want: bool| {
+            vec![
+                "appointments:true",
+                "phone_numbers:false",
+                "calls:true",
+                if want { "visits:true" } else { "visits:false" },
+            ]
+        };
+        assert_eq!(sources_read_by_array("customers"), by_array(false));
+        let without = decide_batch("customers", Some("27"), None, Some(2)).0;
+        assert_eq!(without, vec!["28:fill", "29:unresolved"]);
+        run("CREATE INDEX visits_low_customer_id_idx ON visits_low (customer_id);
+             ALTER INDEX visits_customer_id_idx ATTACH PARTITION visits_low_customer_id_idx");
+        assert_eq!(sources_read_by_array("customers"), by_array(false));
+        run("CREATE INDEX visits_high_customer_id_idx ON visits_high (customer_id);
+             ALTER INDEX visits_customer_id_idx ATTACH PARTITION visits_high_customer_id_idx");
+        assert_eq!(sources_read_by_array("customers"), by_array(true));
+        assert_eq!(decide_batch("customers", Some("27"), None, Some(2)).0, without);
+    }
+
     /// An array of arrays is no array of more dimensions: a target whose key is an array
     /// is read by IN (`ARRAY(SELECT k ...)` over int[] keys makes an int[] of two
     /// dimensions, which `= ANY` would compare element by element with int[] keys). A
