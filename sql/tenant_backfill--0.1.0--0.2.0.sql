@@ -68,6 +68,61 @@ AS $$
            AND l.pid OPERATOR(pg_catalog.=) run_pid)
 $$;
 
+-- A run's status as committed now. The progress view reads a run's row in its statement's
+-- snapshot and the lock table live, and a run's end commits before its lock is released: a
+-- run that ended between the two reads running there with no process. A VOLATILE function's
+-- query takes a snapshot of its own (in read committed), after the lock table was read, so it
+-- sees that end; a run whose process died without ending it still reads running here.
+CREATE FUNCTION tenant_backfill_internal._run_status_now(run_id pg_catalog.int8)
+RETURNS pg_catalog.text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.status FROM @extschema@.runs r WHERE r.run_id OPERATOR(pg_catalog.=) _run_status_now.run_id
+$$;
+
+-- The same columns; a run that ended between its row's read and the lock table's reads as
+-- ended, not failed. (CREATE OR REPLACE VIEW replaces the view's options with its own.)
+CREATE OR REPLACE VIEW @extschema@.progress WITH (security_invoker = true) AS
+SELECT r.run_id,
+       r.target,
+       r.kind,
+       r.status,
+       r.rows_done,
+       r.rows_total,
+       CASE WHEN s.seconds > 0 THEN pg_catalog.round((s.rows / s.seconds)::pg_catalog.numeric, 1) END
+           AS rows_per_second,
+       CASE WHEN w.state IN ('running', 'throttled') AND s.rows > 0 AND s.seconds > 0
+            THEN pg_catalog.make_interval(secs => GREATEST(r.rows_total - r.rows_done, 0) * s.seconds / s.rows)
+       END AS eta,
+       r.rows_changed,
+       r.left_for_review,
+       r.pass,
+       r.started_at,
+       r.updated_at,
+       -- running, throttled, paused, done, failed, cancelled (and planned, rolled_back):
+       -- a run whose process is gone reads failed at once, with alive false; a paused or
+       -- cancelled one stays alive until its workers have finished the batch they are in
+       w.state,
+       r.pid,
+       w.alive,
+       r.throttled_by,
+       r.batch_size,
+       CASE WHEN r.rows_total > 0 THEN pg_catalog.round(100.0 * r.rows_done / r.rows_total, 1)
+            WHEN r.status IN ('done', 'planned') THEN 100.0 END AS percent,
+       r.background,
+       r.error
+  FROM @extschema@.runs r,
+       LATERAL (SELECT pg_catalog.date_part('epoch', r.updated_at - COALESCE(r.walk_started_at, r.started_at)) AS seconds,
+                       r.rows_done - CASE WHEN r.walk_started_at IS NULL THEN 0 ELSE r.walk_rows_base END AS rows) s,
+       LATERAL (SELECT a.alive,
+                       CASE WHEN r.status <> 'running' THEN r.status
+                            WHEN NOT a.alive
+                            THEN COALESCE(NULLIF(tenant_backfill_internal._run_status_now(r.run_id), 'running'), 'failed')
+                            WHEN r.throttled_by IS NOT NULL THEN 'throttled'
+                            ELSE 'running' END AS state
+                  FROM (SELECT tenant_backfill_internal._run_alive(r.pid, r.target) AS alive) a) w;
+
 CREATE OR REPLACE FUNCTION @extschema@.guard() RETURNS trigger
 LANGUAGE c
 AS 'tenant_backfill-0.2.0', 'guard_wrapper';

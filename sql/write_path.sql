@@ -107,6 +107,19 @@ AS $$
            AND l.pid OPERATOR(pg_catalog.=) run_pid)
 $$;
 
+-- A run's status as committed now. The progress view reads a run's row in its statement's
+-- snapshot and the lock table live, and a run's end commits before its lock is released: a
+-- run that ended between the two reads running there with no process. A VOLATILE function's
+-- query takes a snapshot of its own (in read committed), after the lock table was read, so it
+-- sees that end; a run whose process died without ending it still reads running here.
+CREATE FUNCTION tenant_backfill_internal._run_status_now(run_id pg_catalog.int8)
+RETURNS pg_catalog.text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.status FROM @extschema@.runs r WHERE r.run_id OPERATOR(pg_catalog.=) _run_status_now.run_id
+$$;
+
 -- The prior value of every row a run changed, written in the change's transaction
 -- (src/writer.rs): enough to restore it exactly (rollback).
 CREATE TABLE @extschema@.backup (
@@ -187,7 +200,8 @@ SELECT r.run_id,
                        r.rows_done - CASE WHEN r.walk_started_at IS NULL THEN 0 ELSE r.walk_rows_base END AS rows) s,
        LATERAL (SELECT a.alive,
                        CASE WHEN r.status <> 'running' THEN r.status
-                            WHEN NOT a.alive THEN 'failed'
+                            WHEN NOT a.alive
+                            THEN COALESCE(NULLIF(tenant_backfill_internal._run_status_now(r.run_id), 'running'), 'failed')
                             WHEN r.throttled_by IS NOT NULL THEN 'throttled'
                             ELSE 'running' END AS state
                   FROM (SELECT tenant_backfill_internal._run_alive(r.pid, r.target) AS alive) a) w;

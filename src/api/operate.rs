@@ -204,7 +204,6 @@ fn wait(run_id: Option<i64>, timeout: default!(Option<Interval>, "NULL")) -> Str
         require_can_wait(run_id)?;
         // Visible to the run's throttle, which must not wait for this session in turn.
         locks::mark_waiting(runs::load(run_id)?.target)?;
-        let mut looked_ended = false;
         loop {
             // Until no process of the run is left: a paused or failed run's workers may
             // still finish the batch they are in.
@@ -219,19 +218,11 @@ fn wait(run_id: Option<i64>, timeout: default!(Option<Interval>, "NULL")) -> Str
             .next()
             .ok_or(BackfillError::UnknownRun(run_id))?;
             let ended = !matches!(state.as_str(), "running" | "throttled") && !alive;
-            // An ended run is looked at once more. A look reads the run's row in a snapshot
-            // taken before it reads the live lock table, and a run's end commits before its
-            // lock is released: a run that ended between the two reads as still running
-            // with no process, failed. The second look's snapshot is taken after the first
-            // saw the lock gone, so it sees the end's commit.
-            if ended && !looked_ended {
-                looked_ended = true;
-                continue;
-            }
+            // (A run that ended between the view's read of its row and of the lock table
+            // reads as ended, not failed: sql/write_path.sql, _run_status_now.)
             if ended || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(state);
             }
-            looked_ended = false;
             sql::sleep(WAIT_POLL);
         }
     })()

@@ -87,6 +87,22 @@ quiet "SELECT tenant_backfill.resume($run)"
 assert_eq "resumed to the end" "done" "$(val "SELECT tenant_backfill.wait($run)")"
 assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('killed', $run)")"
 
+section "a run that ends between the view's read of its row and of the lock table reads ended, not failed"
+# A cursor reads the view in the snapshot of its DECLARE and the lock table when it
+# fetches: the run (made to look running again, under a pid that holds no lock) ends
+# in another session in between. Without a fresh look at the row it reads failed.
+quiet "UPDATE tenant_backfill.runs SET status = 'running', pid = 1 WHERE run_id = $run"
+assert_eq "running with no process reads failed" "failed|f" \
+    "$(val "SELECT state, alive FROM tenant_backfill.progress WHERE run_id = $run")"
+assert_eq "ended meanwhile: done" "done|f" "$(sql -tAq <<SQL
+BEGIN;
+DECLARE look CURSOR FOR SELECT state, alive FROM tenant_backfill.progress WHERE run_id = $run;
+\\! "$BIN/psql" -X -q -h "$PRIMARY" -p "$PORT" -U postgres -d test -c "UPDATE tenant_backfill.runs SET status = 'done', pid = NULL WHERE run_id = $run"
+FETCH look;
+COMMIT;
+SQL
+)"
+
 section "cancel stops for good; what was written stays, and rollback undoes it"
 quiet "SELECT make_copy('cancelled', 20000)"
 run=$(val "SELECT tenant_backfill.start('cancelled', batch_size => 500, pause_ms => 50)")
