@@ -117,6 +117,22 @@ impl Column {
     pub fn ops(&self) -> Ops {
         self.ops.clone().unwrap_or_else(Ops::builtin)
     }
+
+    /// A value given as text (`param`, a placeholder), cast to the column's type and
+    /// compared in the column's collation: a column may declare another collation than
+    /// its type (a domain's own), and two different ones on either side of a comparison
+    /// are an error (42P22).
+    pub fn from_text(&self, param: &str) -> String {
+        format!("{param}::pg_catalog.text::{}{}", self.type_sql, self.collate)
+    }
+
+    /// Whether the type's text form depends on the session's TimeZone (timestamptz, or a
+    /// domain over it): the one setting the extension leaves to the caller (src/sql.rs,
+    /// PINNED_SETTINGS).
+    pub fn prints_in_session_time_zone(&self) -> bool {
+        // SAFETY: a syscache lookup of a column's type.
+        unsafe { pg_sys::getBaseType(self.type_oid) == pg_sys::TIMESTAMPTZOID }
+    }
 }
 
 /// The operators of the default btree operator class of a type (of its base type, for a

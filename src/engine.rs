@@ -154,11 +154,25 @@ fn cast_cannot_fail(from: pg_sys::Oid, to: pg_sys::Oid) -> bool {
 /// otherwise (and on 15) each value is cast in a subtransaction of its own (`_casts_to`),
 /// which is why this is used only where a source's type differs.
 pub fn tenant_casts(st: &mut Statement, expr: &str, from: &Column, to: &Column) -> String {
-    if from.text_like && !cfg!(feature = "pg15") {
-        // The type without its modifier, as the decision query casts to it.
-        let type_name = st.param(Value::text(to.type_sql.clone()));
-        return format!("pg_catalog.pg_input_is_valid({expr}::text, {type_name}::text)");
+    if from.text_like {
+        return text_reads_as(st, &format!("{expr}::text"), to);
     }
+    casts_to(st, expr, to)
+}
+
+/// A SQL condition: the text `expr` reads as a value of `to`'s type, tried without
+/// raising on Postgres 16 and later, in a subtransaction on 15.
+fn text_reads_as(st: &mut Statement, expr: &str, to: &Column) -> String {
+    if cfg!(feature = "pg15") {
+        return casts_to(st, expr, to);
+    }
+    // The type without its modifier, as the decision query casts to it.
+    let type_name = st.param(Value::text(to.type_sql.clone()));
+    format!("pg_catalog.pg_input_is_valid({expr}, {type_name}::text)")
+}
+
+/// `_casts_to`: `expr` casts to `to`'s type, tried in a subtransaction of its own.
+fn casts_to(st: &mut Statement, expr: &str, to: &Column) -> String {
     let type_oid = st.param(Value::Oid(to.type_oid));
     format!("tenant_backfill_internal._casts_to({expr}, {type_oid}::pg_catalog.oid::pg_catalog.regtype)")
 }
@@ -167,7 +181,6 @@ pub fn tenant_casts(st: &mut Statement, expr: &str, from: &Column, to: &Column) 
 fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String {
     let target = &job.target;
     let key = target.key.sql_name();
-    let key_type = &target.key.type_sql;
     let mut filters: Vec<String> = Vec::new();
     if mode == Mode::Fill {
         filters.push(format!("t.{} IS NULL", target.tenant.sql_name()));
@@ -179,7 +192,7 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
     if let Scope::Batch { after, up_to, limit } = scope {
         if let Some(after) = after {
             let p = st.param(Value::text(after.clone()));
-            filters.push(format!("t.{key} {} {p}::text::{key_type}", target.key.ops().gt));
+            filters.push(format!("t.{key} {} {}", target.key.ops().gt, target.key.from_text(&p)));
         }
         if let Some(up_to) = up_to {
             filters.push(up_to_filter(st, job, up_to));
@@ -272,7 +285,7 @@ fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> Ke
 fn up_to_filter(st: &mut Statement, job: &Job, up_to: &str) -> String {
     let key = &job.target.key;
     let p = st.param(Value::text(up_to.to_string()));
-    format!("t.{} {} {p}::text::{}", key.sql_name(), key.ops().le, key.type_sql)
+    format!("t.{} {} {}", key.sql_name(), key.ops().le, key.from_text(&p))
 }
 
 /// `ev_<i>` and `cand_<i>` for source `i`.
@@ -521,26 +534,49 @@ fn cascade(st: &mut Statement, job: &Job, labels: &[String]) -> String {
 }
 
 /// Every override of the target as (key_text, tenant_text, priority, origin): the own
-/// `overrides` table first, then each config table in the order it was added.
+/// `overrides` table first, then each config table in the order it was added. Overrides
+/// are matched with a row's key as this session prints it (`key::text`).
 fn override_union(job: &Job, st: &mut Statement) -> String {
     let target = st.param(Value::Oid(job.target.rel.oid));
+    let (own_key, own_valid) = override_key(st, &job.target.key, "o.row_key");
     let mut parts = vec![format!(
-        "SELECT o.row_key AS key_text, o.tenant AS tenant_text, 0 AS priority, 'overrides'::text AS origin \
-         FROM tenant_backfill.overrides o WHERE o.target = {target}::pg_catalog.oid::pg_catalog.regclass"
+        "SELECT {own_key} AS key_text, o.tenant AS tenant_text, 0 AS priority, 'overrides'::text AS origin \
+         FROM tenant_backfill.overrides o WHERE o.target = {target}::pg_catalog.oid::pg_catalog.regclass{own_valid}"
     )];
     for (i, table) in job.override_tables.iter().enumerate() {
         let prefix = st.param(Value::text(table.prefix.clone()));
         let origin = st.param(Value::text(table.rel.name.clone()));
         let key = table.key.sql_name();
         let value = table.value.sql_name();
+        let (key_text, valid) = override_key(
+            st,
+            &job.target.key,
+            &format!("pg_catalog.substr(c.{key}::text, pg_catalog.length({prefix}::text) + 1)"),
+        );
         parts.push(format!(
-            "SELECT pg_catalog.substr(c.{key}::text, pg_catalog.length({prefix}::text) + 1), c.{value}::text, {priority}, {origin}::text \
-             FROM {config} c WHERE pg_catalog.starts_with(c.{key}::text, {prefix}::text) AND c.{value} IS NOT NULL",
+            "SELECT {key_text}, c.{value}::text, {priority}, {origin}::text \
+             FROM {config} c WHERE pg_catalog.starts_with(c.{key}::text, {prefix}::text) AND c.{value} IS NOT NULL{valid}",
             priority = i + 1,
             config = table.rel.sql_name(),
         ));
     }
     parts.join("\n           UNION ALL ")
+}
+
+/// An override's key (`expr`, text) as this session prints the key's value, and a
+/// condition (` AND ...`, or empty) that keeps out keys no value of the key's type
+/// reads. The text as it is, except for a timestamptz key: its text carries the offset
+/// of the TimeZone it was printed in, an override set under Europe/Paris names
+/// `2024-01-01 11:00:00+01`, and a run under UTC prints the row as `2024-01-01
+/// 10:00:00+00`. Such a key is read as a timestamptz and printed again here; the
+/// condition keeps a config table's text that reads as none (the CASE, a qual the
+/// planner may evaluate first, never casts it) out of the keys overrides decide.
+fn override_key(st: &mut Statement, key: &Column, expr: &str) -> (String, String) {
+    if !key.prints_in_session_time_zone() {
+        return (expr.to_string(), String::new());
+    }
+    let valid = text_reads_as(st, expr, key);
+    (format!("CASE WHEN {valid} THEN ({expr})::{}::pg_catalog.text END", key.type_sql), format!(" AND {valid}"))
 }
 
 /// The override in force for one key (already in canonical text form), as text.

@@ -496,7 +496,7 @@ pub fn split(run_id: i64, target: &Target, mode: Mode, workers: i32) -> Result<u
         Mode::Fill => format!(" AND t.{} IS NULL", target.tenant.sql_name()),
         Mode::Reassign => String::new(),
     };
-    let key_type = &target.key.type_sql;
+    let (after_sql, upper_sql) = (target.key.from_text("$1"), target.key.from_text("$2"));
     let crate::catalog::Ops { gt, le, lt, .. } = target.key.ops();
     // The keys at 1/N, 2/N, ... of the rows left: each part ends at one of them.
     let bounds = sql::select_rows(
@@ -504,9 +504,9 @@ pub fn split(run_id: i64, target: &Target, mode: Mode, workers: i32) -> Result<u
             "SELECT DISTINCT b.k::text, b.k FROM pg_catalog.unnest((\n  \
              SELECT pg_catalog.percentile_disc($3::pg_catalog.text[]::pg_catalog.float8[]) WITHIN GROUP (ORDER BY t.{key})\n    \
              FROM {table} t\n   \
-             WHERE ($1::pg_catalog.text IS NULL OR t.{key} {gt} $1::pg_catalog.text::{key_type})\n     \
-             AND t.{key} {le} $2::pg_catalog.text::{key_type}{examined})) b(k)\n \
-             WHERE b.k {lt} $2::pg_catalog.text::{key_type}\n \
+             WHERE ($1::pg_catalog.text IS NULL OR t.{key} {gt} {after_sql})\n     \
+             AND t.{key} {le} {upper_sql}{examined})) b(k)\n \
+             WHERE b.k {lt} {upper_sql}\n \
              ORDER BY b.k"
         ),
         // The fractions 1/N .. (N-1)/N, as a value: Citus cannot push down a subquery

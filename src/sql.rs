@@ -326,7 +326,8 @@ pub fn require_nonatomic(procedure: &str) -> Result<()> {
 /// order (DMY, MDY) for the text the caller gives (a decisions table); bytea_output
 /// `hex` makes a bytea key's text one spelling (an override names it so). TimeZone is
 /// not pinned: a timestamptz prints with its offset and reads back exactly anywhere,
-/// and pinning it would change what the user's own triggers compute.
+/// and pinning it would change what the user's own triggers compute; overrides on such
+/// a key are printed again in the session that matches them (engine.rs, override_key).
 /// sql/procedures.sql's plan, which runs the engine's statement from PL/pgSQL, carries
 /// the same settings as SET clauses.
 const PINNED_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 5] = [

@@ -345,11 +345,11 @@ fn assigned_tenant(data: &pg_sys::TriggerData, args: &[*mut std::ffi::c_char]) -
             let fk = catalog::parent_link(&rel, &parent_column, &arg(args, 1))?;
             fk.require_comparable()?;
             let lookup = format!(
-                "SELECT p.{tenant}::text FROM {parent} p WHERE p.{key} {eq} $1::text::{key_type}",
+                "SELECT p.{tenant}::text FROM {parent} p WHERE p.{key} {eq} {value}",
                 tenant = sql::ident(&fk.parent_tenant),
                 parent = fk.parent_table,
                 key = fk.parent_key.sql_name(),
-                key_type = fk.parent_key.type_sql,
+                value = fk.parent_key.from_text("$1"),
                 eq = fk.parent_key.ops().eq,
             );
             if let Some(tenant) = sql::select_value::<String>(&lookup, &[Value::text(parent_key)])? {

@@ -247,11 +247,11 @@ pub fn restore(spec: &WriteSpec, original: i64) -> Result<Written> {
         (st.param(Value::TextArray(keys)), st.param(Value::TextArray(written)), st.param(Value::TextArray(found)));
     let source = st.param(Value::text(format!("run {original}")));
     st.sql = format!(
-        "SELECT c.key::{kt} AS key, c.written::{ct} AS old, c.found::{ct} AS new,\n       \
+        "SELECT {key} AS key, c.written::{ct} AS old, c.found::{ct} AS new,\n       \
          'rollback'::text AS phase, {source}::text AS source, 'rollback'::text AS rule, NULL::pg_catalog.jsonb AS evidence\n  \
          FROM ROWS FROM (pg_catalog.unnest({keys}::text[]), pg_catalog.unnest({written}::text[]),\n                 \
          pg_catalog.unnest({found}::text[])) AS c(key, written, found)",
-        kt = spec.target.key.type_sql,
+        key = spec.target.key.from_text("c.key"),
         ct = spec.column.type_sql,
     );
     let _bypass = guard::Bypass::open(spec.target.rel.oid)?;
@@ -419,9 +419,9 @@ fn changes_as_text(changes: Changes, st: &mut Statement) -> String {
 fn changes_from_arrays(spec: &WriteSpec, changes: Changes, st: &mut Statement) -> String {
     let rows = unnest_changes(changes, st);
     format!(
-        "changes AS (\n    SELECT c.key::{key_type} AS key, c.old::{column_type} AS old, c.new::{column_type} AS new,\n           \
+        "changes AS (\n    SELECT {key} AS key, c.old::{column_type} AS old, c.new::{column_type} AS new,\n           \
          c.phase, c.source, c.rule, tenant_backfill_internal._evidence_jsonb(c.evidence) AS evidence\n{rows})",
-        key_type = spec.target.key.type_sql,
+        key = spec.target.key.from_text("c.key"),
         column_type = spec.column.type_sql,
     )
 }
@@ -457,13 +457,9 @@ fn lock_and_update_ctes(spec: &WriteSpec, key_range: Option<&(String, String)>, 
     let skip = if spec.skip_locked { " SKIP LOCKED" } else { "" };
     let range = match key_range {
         Some((lowest, highest)) => {
-            let key_type = &spec.target.key.type_sql;
-            let lowest = st.param(Value::text(lowest.clone()));
-            let highest = st.param(Value::text(highest.clone()));
-            format!(
-                "\n       AND t.{key} {} {lowest}::text::{key_type} AND t.{key} {} {highest}::text::{key_type}",
-                key_ops.ge, key_ops.le
-            )
+            let lowest = spec.target.key.from_text(&st.param(Value::text(lowest.clone())));
+            let highest = spec.target.key.from_text(&st.param(Value::text(highest.clone())));
+            format!("\n       AND t.{key} {} {lowest} AND t.{key} {} {highest}", key_ops.ge, key_ops.le)
         }
         None => String::new(),
     };

@@ -453,11 +453,11 @@ fn add_override_table_impl(
 fn own_key_text(target: &job::Target, canonical: &str) -> Result<Option<String>> {
     sql::select_value::<String>(
         &format!(
-            "SELECT t.{key}::text FROM {table} t WHERE t.{key} {eq} $1::text::{kt} LIMIT 1",
+            "SELECT t.{key}::text FROM {table} t WHERE t.{key} {eq} {value} LIMIT 1",
             key = target.key.sql_name(),
             table = target.rel.sql_name(),
             eq = target.key.ops().eq,
-            kt = target.key.type_sql
+            value = target.key.from_text("$1"),
         ),
         &[Value::text(canonical)],
     )

@@ -68,13 +68,14 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     let key = target.key.sql_name();
     let kt = &target.key.type_sql;
     let collate = &target.key.collate;
+    let decided_key = target.key.from_text("d.row_key::text");
     let tt = &target.tenant.type_sql;
     let target_table = target.rel.sql_name();
     let (key_eq, tenant_ops) = (target.key.ops().eq, target.tenant.ops());
     let unknown = first_values(
         &format!(
             "SELECT d.row_key::text FROM {table} d\n \
-             WHERE {DECIDED} AND NOT EXISTS (SELECT 1 FROM {target_table} t WHERE t.{key} {key_eq} d.row_key::text::{kt})\n \
+             WHERE {DECIDED} AND NOT EXISTS (SELECT 1 FROM {target_table} t WHERE t.{key} {key_eq} {decided_key})\n \
              ORDER BY 1 LIMIT 5"
         ),
         &[],
@@ -117,7 +118,7 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
     select.sql = format!(
         "SELECT DISTINCT ON (t.{key}) t.{key} AS key, t.{tenant} AS old, pg_catalog.btrim(d.tenant::text)::{tt} AS new,\n       \
          'manual'::text AS phase, {source}::text AS source, 'manual'::text AS rule, NULL::pg_catalog.jsonb AS evidence\n  \
-         FROM {table} d JOIN {target_table} t ON t.{key} {key_eq} d.row_key::text::{kt}\n \
+         FROM {table} d JOIN {target_table} t ON t.{key} {key_eq} {decided_key}\n \
          WHERE {DECIDED} AND {differs}\n \
          ORDER BY t.{key}",
         tenant = target.tenant.sql_name(),

@@ -255,6 +255,46 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_timestamptz_key_is_overridden_whatever_time_zone_set_the_override_or_runs() {
+        // A timestamptz prints with the offset of the session's TimeZone: the override
+        // below is stored as 2024-01-01 11:00:00+01, and a session under UTC prints the
+        // row's key as 2024-01-01 10:00:00+00. Matched as text, it was ignored there,
+        // and the source's tenant (1) was written instead of the override's.
+        run("CREATE TABLE events (at timestamptz PRIMARY KEY, company_id int);
+             INSERT INTO events VALUES ('2024-01-01 10:00+00', NULL), ('2024-01-02 10:00+00', NULL),
+                                       ('2024-01-03 10:00+00', NULL);
+             CREATE TABLE event_visits (event_at timestamptz, company_id int);
+             INSERT INTO event_visits SELECT at, 1 FROM events;
+             CREATE TABLE settings (key text, value text);
+             SELECT tenant_backfill.define('events', 'company_id');
+             SELECT tenant_backfill.add_source('events', 'event_visits', 'event_at');
+             SELECT tenant_backfill.add_override_table('events', 'settings', 'key', 'value', 'event:');
+             SET LOCAL TimeZone = 'Europe/Paris';
+             SELECT tenant_backfill.set_override('events', '2024-01-01 11:00:00+01', '5');
+             -- A config table's text in its own spelling, and one that is no timestamp.
+             INSERT INTO settings VALUES ('event:2024-01-02T05:00:00-05', '6'), ('event:tomorrow-ish', '7');
+             SET LOCAL TimeZone = 'UTC';");
+        assert_eq!(rows("SELECT row_key FROM tenant_backfill.overrides"), vec!["2024-01-01 11:00:00+01"]);
+        assert_eq!(text("SELECT tenant_backfill.override_for('events', '2024-01-01 10:00:00+00')"), Some("5".into()));
+        assert_eq!(text("SELECT tenant_backfill.override_for('events', '2024-01-02 10:00:00+00')"), Some("6".into()));
+        assert_eq!(
+            rows("SELECT row_key || ':' || coalesce(proposed_tenant, '-') FROM tenant_backfill.plan('events') ORDER BY 1"),
+            vec!["2024-01-01 10:00:00+00:5", "2024-01-02 10:00:00+00:6", "2024-01-03 10:00:00+00:1"]
+        );
+        run("SELECT * FROM tenant_backfill.run_now('events')");
+        assert_eq!(
+            rows("SELECT at::text || ':' || company_id FROM events ORDER BY at"),
+            vec!["2024-01-01 10:00:00+00:5", "2024-01-02 10:00:00+00:6", "2024-01-03 10:00:00+00:1"]
+        );
+        // An overridden row that disagrees with its source is no disagreement (and the
+        // config text that is no timestamp overrides nothing, rather than every row).
+        assert_eq!(
+            rows("SELECT ok::text || ':' || actual FROM tenant_backfill.validate('events') WHERE check_name = 'sources_agree'"),
+            vec!["true:0"]
+        );
+    }
+
+    #[pg_test]
     fn add_override_table_and_override_for_reject_bad_input() {
         load(&[SHIFT_TYPES]);
         run(SHIFT_TYPES_JOB);

@@ -279,6 +279,43 @@ mod tests {
         (decided, decision)
     }
 
+    #[pg_test]
+    fn a_key_whose_column_declares_another_collation_than_its_domain_is_compared_in_the_columns() {
+        // A key given as text is cast to the key's type, a domain here, which brings the
+        // domain's collation ("C"); the column declares its own ("POSIX"). Two different
+        // implicit collations on either side of a comparison cannot be compared (42P22):
+        // every cast of a key carries the column's collation.
+        run("CREATE DOMAIN account_code AS text COLLATE \"C\";
+             CREATE TABLE accounts (code account_code COLLATE \"POSIX\" PRIMARY KEY, company_id int);
+             INSERT INTO accounts VALUES ('a', NULL), ('b', NULL), ('c', NULL), ('d', NULL);
+             CREATE TABLE visits (account_code text, company_id int);
+             INSERT INTO visits VALUES ('a', 7), ('b', 7), ('c', 8);
+             SELECT tenant_backfill.define('accounts', 'company_id');
+             SELECT tenant_backfill.add_source('accounts', 'visits', 'account_code');
+             SELECT tenant_backfill.set_override('accounts', 'b', '9');");
+        assert_eq!(rows("SELECT tenant_backfill.override_for('accounts', 'b')"), vec!["9"]);
+        // run_now ends at the key its run recorded (a key cast from text).
+        let run_id = count("SELECT run_id FROM tenant_backfill.run_now('accounts')");
+        assert_eq!(
+            rows("SELECT code || '=' || coalesce(company_id::text, '-') FROM accounts ORDER BY code"),
+            vec!["a=7", "b=9", "c=8", "d=-"]
+        );
+        // A batch starts after the last key of the one before (cast from text).
+        assert_eq!(decide_batch("accounts", Some("c"), None, Some(2)).0, vec!["d:orphan"]);
+        // The rollback bounds its UPDATE by its first and last key, and casts each.
+        assert_eq!(
+            rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")),
+            vec!["3|0"]
+        );
+        // apply_decisions joins its row_key, cast to the key's type, to the table.
+        run("CREATE TABLE decisions (row_key text, tenant text); INSERT INTO decisions VALUES ('d', '5');");
+        assert_eq!(count("SELECT tenant_backfill.apply_decisions('accounts', 'decisions')"), 1);
+        assert_eq!(
+            rows("SELECT code || '=' || coalesce(company_id::text, '-') FROM accounts ORDER BY code"),
+            vec!["a=-", "b=-", "c=-", "d=5"]
+        );
+    }
+
     /// Which of a target's sources a batch reads by an array of its keys.
     fn sources_read_by_array(target: &str) -> Vec<String> {
         let oid = Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{target}'::regclass::oid")).unwrap().unwrap();
