@@ -11,6 +11,7 @@ use crate::job::Job;
 use crate::runs::BatchCounts;
 use crate::sql::{self, get, get_required, Statement};
 use crate::writer::{self, Changes, WriteSpec};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -84,25 +85,99 @@ enum WrittenOrCounts {
     Counts(i64, i64, i64),
 }
 
+/// `tenant_backfill.run_now_statement_rows`: how many rows of the target's key range one
+/// statement of `run_now` decides and writes.
+static STATEMENT_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
+
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"tenant_backfill.run_now_statement_rows",
+        c"How many rows of the target's key range one statement of run_now decides and writes.",
+        c"A statement keeps one queued check per row it changes under a foreign key (or an AFTER ROW trigger) \
+          in memory until it ends: run_now walks the key range in statements of this many rows.",
+        &STATEMENT_ROWS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
 /// The whole of `run_now`: every row of the target up to `up_to` (the end its run
-/// recorded) decided and updated in one statement with the caller's rights, as the
-/// logged floor does it (BENCHMARKS.md), then the rows it wrote logged as the
-/// extension's owner, `chunk` rows at a time (a statement cannot
-/// change identity halfway, and the log is written only as the owner). `run_now` holds
-/// its rows locked until the caller commits, so the short lock window of `run_batch`
-/// (logging first, the decision before any lock, batch by batch) buys nothing here; one
-/// statement lets the planner decide the whole table as `plan` does (grouped, merged in
-/// key order) instead of probing the sources' indexes batch by batch, and saves passing
-/// each batch to the writer and joining it back. Memory stays flat: Postgres keeps the
-/// written rows in a tuplestore that goes to disk past `work_mem`. A dry run writes
-/// nothing and takes `run_batch`.
+/// recorded), decided and updated with the caller's rights as the logged floor does it
+/// (BENCHMARKS.md), a range of `tenant_backfill.run_now_statement_rows` keys per
+/// statement, each statement's written rows then logged as the extension's owner,
+/// `chunk` rows at a time (a statement cannot change identity halfway, and the log is
+/// written only as the owner). `run_now` holds its rows locked until the caller commits,
+/// so the short lock window of `run_batch` (logging first, the decision before any lock,
+/// batch by batch) buys nothing here; a statement over a range lets the planner decide
+/// it as `plan` does (grouped, merged in key order, each source's index read for the
+/// range) instead of probing the sources' indexes batch by batch, and saves passing each
+/// batch to the writer and joining it back. Memory stays flat: Postgres keeps the
+/// written rows in a tuplestore that goes to disk past `work_mem`, and the one thing
+/// that grows with the rows a statement changes, its queue of AFTER trigger events (a
+/// foreign-key check per row when the tenant column has a foreign key), ends with each
+/// range. A dry run writes nothing and takes `run_batch`.
 pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, up_to: &str, chunk: i64) -> Result<BatchCounts> {
     if spec.dry_run || spec.skip_locked || !spec.guard {
-        return Err(BackfillError::Internal("run_now's one statement writes guarded and waits for held rows".into()));
+        return Err(BackfillError::Internal("run_now's statements write guarded and wait for held rows".into()));
     }
-    let scope = Scope::UpTo(up_to.to_string());
-    checks::require_castable_sources(job, mode, &scope)?;
+    checks::require_castable_sources(job, mode, &Scope::Range { after: None, up_to: up_to.to_string() })?;
     let started = Instant::now();
+    let rows =
+        i64::from(crate::int_setting(c"tenant_backfill.run_now_statement_rows", || STATEMENT_ROWS.get(), 1_000_000));
+    let mut total = Written::default();
+    let mut after: Option<String> = None;
+    loop {
+        let end = range_end(job, after.as_deref(), up_to, rows)?;
+        let last = end.as_deref().is_none_or(|e| e == up_to);
+        let end = end.unwrap_or_else(|| up_to.to_string());
+        write_range(job, mode, spec, Scope::Range { after: after.take(), up_to: end.clone() }, chunk, &mut total)?;
+        if last {
+            break;
+        }
+        after = Some(end);
+    }
+    Ok(BatchCounts {
+        last_key: None,
+        scanned: total.scanned,
+        changed: total.changed,
+        by_phase: serde_json::to_string(&total.by_phase).map_err(|e| BackfillError::Internal(e.to_string()))?,
+        skipped: total.planned - total.changed,
+        for_review: total.for_review,
+        locked_ms: started.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// What the statements of a `run_now` did, added up.
+#[derive(Default)]
+struct Written {
+    scanned: i64,
+    for_review: i64,
+    /// Rows the decisions would change.
+    planned: i64,
+    changed: i64,
+    by_phase: BTreeMap<String, i64>,
+}
+
+/// The key `rows` rows after `after` (the first row's, for no `after`), or None when the
+/// range up to `up_to` holds fewer: where a statement of `run_now` ends. Counted over
+/// every row of the range, so a statement changes at most `rows`.
+fn range_end(job: &Job, after: Option<&str>, up_to: &str, rows: i64) -> Result<Option<String>> {
+    let mut st = Statement::new();
+    let (key, table) = (job.target.key.sql_name(), job.target.rel.sql_name());
+    let bounds = engine::key_range_filters(&mut st, &job.target.key, &format!("t.{key}"), after, Some(up_to));
+    let offset = st.param(sql::Value::Int8(Some(rows - 1)));
+    st.sql = format!(
+        "SELECT t.{key}::text FROM {table} t WHERE {bounds} ORDER BY t.{key} OFFSET {offset}::pg_catalog.int8 LIMIT 1",
+        bounds = bounds.join(" AND "),
+    );
+    sql::select_value::<String>(&st.sql, &st.params)
+}
+
+/// One statement of `run_now`: the rows of `scope` decided and updated, then the rows
+/// it wrote logged, `chunk` at a time; its counts added to `total`.
+fn write_range(job: &Job, mode: Mode, spec: &WriteSpec, scope: Scope, chunk: i64, total: &mut Written) -> Result<()> {
     let mut st = Statement::new();
     let decision = engine::decision_query(&mut st, job, mode, &scope, Detail::Full);
     let update = writer::decided_update_cte(spec, "c");
@@ -130,14 +205,14 @@ pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, up_to: &str
         }
         Ok(WrittenOrCounts::Written(columns))
     };
-    let (mut counts, mut by_phase, mut changed) = (None, BTreeMap::<String, i64>::new(), 0i64);
+    let mut counted = false;
     sql::stream_rows(&st.sql, &st.params, chunk, decode, |rows| {
         let mut written = Changes::default();
         for row in rows {
             match row {
                 WrittenOrCounts::Written([key, old, new, phase, source, rule, evidence]) => {
                     if let Some(phase) = &phase {
-                        *by_phase.entry(phase.clone()).or_default() += 1;
+                        *total.by_phase.entry(phase.clone()).or_default() += 1;
                     }
                     written.key.push(key);
                     written.old.push(old);
@@ -147,21 +222,19 @@ pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, up_to: &str
                     written.rule.push(rule);
                     written.evidence.push(evidence);
                 }
-                WrittenOrCounts::Counts(scanned, for_review, planned) => counts = Some((scanned, for_review, planned)),
+                WrittenOrCounts::Counts(scanned, for_review, planned) => {
+                    total.scanned += scanned;
+                    total.for_review += for_review;
+                    total.planned += planned;
+                    counted = true;
+                }
             }
         }
-        changed += written.key.len() as i64;
+        total.changed += written.key.len() as i64;
         writer::log_written(spec, written)
     })?;
-    let (scanned, for_review, planned) =
-        counts.ok_or_else(|| BackfillError::Internal("run_now's statement returned no counts".into()))?;
-    Ok(BatchCounts {
-        last_key: None,
-        scanned,
-        changed,
-        by_phase: serde_json::to_string(&by_phase).map_err(|e| BackfillError::Internal(e.to_string()))?,
-        skipped: planned - changed,
-        for_review,
-        locked_ms: started.elapsed().as_secs_f64() * 1000.0,
-    })
+    if !counted {
+        return Err(BackfillError::Internal("a statement of run_now returned no counts".into()));
+    }
+    Ok(())
 }

@@ -181,7 +181,7 @@ pub fn bad_source_values<'a>(job: &'a Job, mode: Mode, scope: &Scope) -> Result<
              FROM {from}\n \
              WHERE {in_keys} AND s.{stenant} IS NOT NULL AND NOT {casts}\n \
              ORDER BY {key} LIMIT {FIRST_KEYS}",
-            in_keys = keys.contain(source, &key_ops, &key),
+            in_keys = keys.contain(source, &job.target, &key_ops, &key),
         );
         let rows = sql::select_rows(&st.sql, &st.params, |row| {
             Ok((get_required::<i64>(row, 1)?, get_required::<String>(row, 2)?, get_required::<String>(row, 3)?))

@@ -86,10 +86,11 @@ pub enum Detail {
 pub enum Scope {
     /// The whole table.
     All,
-    /// The whole table up to a key (inclusive), read as the whole table is: `run_now`'s
-    /// one statement, which ends where its run recorded the table's end (rows inserted
-    /// after that belong to the guard, as for every run).
-    UpTo(String),
+    /// The keys after `after` (exclusive, None: from the first) up to `up_to`
+    /// (inclusive), read as the whole table is: a statement of `run_now`, whose last
+    /// ends where its run recorded the table's end (rows inserted after that belong to
+    /// the guard, as for every run).
+    Range { after: Option<String>, up_to: String },
     /// Keyset pagination (the batches of the write path): keys after `after` (exclusive)
     /// up to `up_to` (inclusive), at most `limit` rows, in key order. Keys are text,
     /// cast to the key's type.
@@ -186,17 +187,12 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
         filters.push(format!("t.{} IS NULL", target.tenant.sql_name()));
     }
     let mut limit_clause = String::new();
-    if let Scope::UpTo(up_to) = scope {
-        filters.push(up_to_filter(st, job, up_to));
+    let column = format!("t.{key}");
+    if let Scope::Range { after, up_to } = scope {
+        filters.extend(key_range_filters(st, &target.key, &column, after.as_deref(), Some(up_to)));
     }
     if let Scope::Batch { after, up_to, limit } = scope {
-        if let Some(after) = after {
-            let p = st.param(Value::text(after.clone()));
-            filters.push(format!("t.{key} {} {}", target.key.ops().gt, target.key.from_text(&p)));
-        }
-        if let Some(up_to) = up_to {
-            filters.push(up_to_filter(st, job, up_to));
-        }
+        filters.extend(key_range_filters(st, &target.key, &column, after.as_deref(), up_to.as_deref()));
         if let Some(limit) = limit {
             let p = st.param(Value::Int8(Some(*limit)));
             limit_clause = format!(" LIMIT {p}::pg_catalog.int8");
@@ -208,7 +204,7 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
     // then reads it in key order from the key index and merges it with the evidence;
     // materialized, it was sorted again, on disk, for the merge.
     let materialized = match scope {
-        Scope::All | Scope::UpTo(_) => "NOT MATERIALIZED",
+        Scope::All | Scope::Range { .. } => "NOT MATERIALIZED",
         Scope::Batch { .. } => "MATERIALIZED",
     };
     format!(
@@ -224,16 +220,66 @@ pub struct Keys {
     subquery: String,
     /// Tested as `= ANY (ARRAY(subquery))`, not `IN (subquery)`.
     as_array: bool,
+    /// A range scope's bounds (`Scope::Range`).
+    range: Option<Bounds>,
+}
+
+/// A range of keys: after one (exclusive) and up to another (inclusive), each given as
+/// text and cast to the key's type, each optional.
+struct Bounds {
+    after: Option<String>,
+    up_to: Option<String>,
+}
+
+/// The conditions that keep `column`, a column of the key's type, after `after`
+/// (exclusive) and up to `up_to` (inclusive), each given as text.
+pub fn key_range_filters(
+    st: &mut Statement,
+    key: &Column,
+    column: &str,
+    after: Option<&str>,
+    up_to: Option<&str>,
+) -> Vec<String> {
+    Bounds::new(st, key, after, up_to).on(key, column)
+}
+
+impl Bounds {
+    fn new(st: &mut Statement, key: &Column, after: Option<&str>, up_to: Option<&str>) -> Bounds {
+        let mut cast = |bound: Option<&str>| bound.map(|b| key.from_text(&st.param(Value::text(b.to_string()))));
+        Bounds { after: cast(after), up_to: cast(up_to) }
+    }
+
+    /// The conditions that keep `column`, a column of the key's type, within the range,
+    /// compared with the key's operators.
+    fn on(&self, key: &Column, column: &str) -> Vec<String> {
+        let ops = key.ops();
+        let after = self.after.as_ref().map(|a| format!("{column} {} {a}", ops.gt));
+        let up_to = self.up_to.as_ref().map(|u| format!("{column} {} {u}", ops.le));
+        [after, up_to].into_iter().flatten().collect()
+    }
 }
 
 impl Keys {
     /// `left`, the column `source` is read by, is one of the keys, compared with the
-    /// operator of `ops`.
-    pub fn contain(&self, source: &Source, ops: &crate::catalog::Ops, left: &str) -> String {
-        if self.as_array && source.keys_by_array {
+    /// operator of `ops`. Over a range of keys, a column of the key's type is also
+    /// bounded by the range itself: then the source's index on it is read for that
+    /// range alone, where a semi-join with the keys would read the whole source for
+    /// every range.
+    pub fn contain(&self, source: &Source, target: &Target, ops: &crate::catalog::Ops, left: &str) -> String {
+        let contained = if self.as_array && source.keys_by_array {
             format!("{left} {} ANY (ARRAY({}))", ops.eq, self.subquery)
         } else {
             in_subquery(ops, left, &self.subquery)
+        };
+        let column = match source.direction {
+            Direction::Child => &source.via,
+            Direction::Parent => &target.key,
+        };
+        match &self.range {
+            Some(range) if column.type_oid == target.key.type_oid => {
+                std::iter::once(contained).chain(range.on(&target.key, left)).collect::<Vec<_>>().join(" AND ")
+            }
+            _ => contained,
         }
     }
 }
@@ -261,12 +307,21 @@ fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> Ke
     if mode == Mode::Fill {
         filters.push(format!("t.{} IS NULL", target.tenant.sql_name()));
     }
+    let mut range = None;
     match scope {
         Scope::All => {}
-        Scope::UpTo(up_to) => filters.push(up_to_filter(st, job, up_to)),
+        Scope::Range { after, up_to } => {
+            let bounds = Bounds::new(st, &target.key, after.as_deref(), Some(up_to));
+            filters.extend(bounds.on(&target.key, &format!("t.{}", target.key.sql_name())));
+            range = Some(bounds);
+        }
         Scope::Batch { limit, .. } => {
             let few = limit.is_some_and(|n| n <= ARRAY_KEYS_MAX);
-            return Keys { subquery: "SELECT sc.key FROM scope sc".to_string(), as_array: few && !job.citus };
+            return Keys {
+                subquery: "SELECT sc.key FROM scope sc".to_string(),
+                as_array: few && !job.citus,
+                range: None,
+            };
         }
     }
     let where_clause = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
@@ -277,15 +332,8 @@ fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> Ke
             table = target.rel.sql_name()
         ),
         as_array: false,
+        range,
     }
-}
-
-/// `t.<key> <= <up_to>`: the key given as text, cast to the key's type (and compared
-/// with its own operator).
-fn up_to_filter(st: &mut Statement, job: &Job, up_to: &str) -> String {
-    let key = &job.target.key;
-    let p = st.param(Value::text(up_to.to_string()));
-    format!("t.{} {} {}", key.sql_name(), key.ops().le, key.from_text(&p))
 }
 
 /// `ev_<i>` and `cand_<i>` for source `i`.
@@ -397,14 +445,14 @@ fn source_ctes(
             key = target.key.sql_name(),
             parent_key = parent_key.sql_name(),
             parent_eq = parent_key.ops().eq,
-            in_keys = keys.contain(source, &target.key.ops(), &format!("c.{}", target.key.sql_name())),
+            in_keys = keys.contain(source, target, &target.key.ops(), &format!("c.{}", target.key.sql_name())),
             target_table = target.rel.sql_name(),
         ),
         _ => format!(
             "ev_{i} AS (\n    SELECT s.{via} AS key, pg_catalog.count(s.{stenant}) AS n,\n           \
              pg_catalog.count(*) - pg_catalog.count(s.{stenant}) AS n_null, {lo} AS lo, {hi} AS hi\n      \
              FROM {source_table} s WHERE {in_keys}{castable_s} GROUP BY 1)",
-            in_keys = keys.contain(source, &via_ops, &format!("s.{via}")),
+            in_keys = keys.contain(source, target, &via_ops, &format!("s.{via}")),
         ),
     };
     let (several, several_join) = match several_cte {

@@ -20,6 +20,7 @@ pub extern "C-unwind" fn _PG_init() {
     SETTINGS_DEFINED_HERE.store(true, std::sync::atomic::Ordering::Relaxed);
     guard::init();
     throttle::init();
+    batch::init();
     rejections::init();
 }
 

@@ -33,6 +33,44 @@ mod tests {
     }
 
     #[pg_test]
+    fn run_now_walks_the_key_range_in_statements_of_run_now_statement_rows() {
+        // A statement keeps a foreign-key check per row it changes queued until it ends;
+        // run_now decides and writes the table a range of keys per statement, and the
+        // ranges decide what the whole table would. A statement trigger counts them.
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("CREATE TABLE statements (n int);
+             CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN INSERT INTO public.statements VALUES (1); RETURN NULL; END $$;
+             CREATE TRIGGER count_statement AFTER UPDATE ON customers
+                 FOR EACH STATEMENT EXECUTE FUNCTION count_statement();");
+        let planned = rows(
+            "SELECT row_key || ':' || proposed_tenant FROM tenant_backfill.plan('customers') WHERE action = 'fill'",
+        );
+        // 60 rows, 7 a statement: 9 statements, the last one of 4 rows.
+        run("SET LOCAL tenant_backfill.run_now_statement_rows = 7");
+        assert_eq!(
+            rows("SELECT rows_changed::text, by_phase::text, left_for_review::text FROM tenant_backfill.run_now('customers')"),
+            vec![r#"23|{"1": 15, "2": 5, "3": 2, "override": 1}|8"#]
+        );
+        assert_eq!(count("SELECT count(*) FROM statements"), 9);
+        assert_eq!(
+            rows("SELECT a.row_key || ':' || c.company_id FROM tenant_backfill.audit_log a JOIN customers c ON c.id = a.row_key::int ORDER BY c.id"),
+            planned
+        );
+        assert_eq!(
+            rows("SELECT rows_total::text, rows_done::text, rows_changed::text FROM tenant_backfill.runs"),
+            vec!["31|31|23"]
+        );
+        // 6 a statement: the tenth ends at the last key, and no empty one follows.
+        run("UPDATE customers c SET company_id = NULL FROM tenant_backfill.backup b WHERE b.row_key = c.id::text;
+             DELETE FROM statements;
+             SET LOCAL tenant_backfill.run_now_statement_rows = 6;");
+        assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers')"), 23);
+        assert_eq!(count("SELECT count(*) FROM statements"), 10);
+    }
+
+    #[pg_test]
     fn run_now_memory_does_not_grow_with_the_table() {
         // 30,000 rows to fill: one statement, its rows logged in six chunks in one
         // transaction. Whatever a chunk leaves in the transaction's memory (pgrx copies
