@@ -159,7 +159,7 @@ pub fn select_rows<T>(
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
-            let table = client.update(sql, None, &args)?;
+            let table = in_subtransaction(|| client.update(sql, None, &args))?;
             in_spi_memory(|| {
                 let mut out = Vec::with_capacity(table.len());
                 for row in table {
@@ -201,12 +201,12 @@ pub fn stream_rows<T>(
     with_pinned_settings(|| {
         let cursor = Spi::connect_mut(|client| -> Result<String> {
             let args = datums(params);
-            Ok(client.try_open_cursor_mut(sql, &args)?.detach_into_name())
+            Ok(in_subtransaction(|| client.try_open_cursor_mut(sql, &args))?.detach_into_name())
         })?;
         let streamed = (|| loop {
             let rows = Spi::connect_mut(|client| -> Result<Vec<T>> {
                 let mut open = client.find_cursor(&cursor)?;
-                let table = open.fetch(chunk)?;
+                let table = in_subtransaction(|| open.fetch(chunk))?;
                 let rows = in_spi_memory(|| {
                     let mut out = Vec::with_capacity(table.len());
                     for row in table {
@@ -234,7 +234,7 @@ pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Re
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
-            let table = client.update(sql, None, &args)?;
+            let table = in_subtransaction(|| client.update(sql, None, &args))?;
             if table.is_empty() {
                 return Ok(None);
             }
@@ -253,6 +253,50 @@ fn in_spi_memory<R>(decode: impl FnOnce() -> R) -> R {
     // SAFETY: the context lives until the end of this function, and nothing allocated
     // in it (or in its parent) is used after the SPI call that encloses it.
     unsafe { context.switch_to(|_| decode()) }
+}
+
+/// How many `as_extension_owner` calls are under way: their statements write only the
+/// extension's own tables and run no code of the user's.
+static OWNER_DEPTH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Runs one SPI call in a subtransaction of its own, as PL/pgSQL's exception blocks and
+/// PL/Python's `plpy.execute` do. An ERROR raised under it by code that opened an SPI
+/// connection of its own (a PL/pgSQL trigger, a foreign-key check) leaves that
+/// connection on SPI's stack; pgrx turns the ERROR into a panic, and its SPI client,
+/// dropped on the way out, then finished the other connection instead of its own and
+/// left the backend in a memory context already freed: the re-raised ERROR crashed the
+/// server. Rolling back the subtransaction first pops what was opened under it, as a
+/// transaction's abort would; the ERROR then goes on as it was. Statements run as the
+/// extension's owner run no such code and skip it: each writing subtransaction takes a
+/// transaction id of its own, and past 64 in one transaction every other session's
+/// snapshots overflow (`run_now` logs thousands of chunks in one).
+fn in_subtransaction<T>(call: impl FnOnce() -> T) -> T {
+    if OWNER_DEPTH.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        return call();
+    }
+    // SAFETY: as PL/pgSQL's exec_stmt_block: the subtransaction is begun, and released
+    // or rolled back, here, inside the caller's SPI connection, and the memory context
+    // and resource owner are put back after either.
+    unsafe {
+        let (context, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+        match outcome {
+            Ok(value) => {
+                pg_sys::ReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+                value
+            }
+            Err(error) => {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+                std::panic::resume_unwind(error)
+            }
+        }
+    }
 }
 
 /// Runs `work` with JIT compilation off, then puts the caller's setting back (the
@@ -276,7 +320,7 @@ pub fn execute(sql: &str, params: &[Value]) -> Result<u64> {
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
-            let table = client.update(sql, None, &args)?;
+            let table = in_subtransaction(|| client.update(sql, None, &args))?;
             Ok(table.len() as u64)
         })
     })
@@ -384,6 +428,7 @@ pub fn as_extension_owner<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     struct SwitchBack(pg_sys::Oid, std::ffi::c_int);
     impl Drop for SwitchBack {
         fn drop(&mut self) {
+            OWNER_DEPTH.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             // SAFETY: restores the identity saved below.
             unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) }
         }
@@ -405,6 +450,7 @@ pub fn as_extension_owner<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
         );
     }
     let _back = SwitchBack(user, context);
+    OWNER_DEPTH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     work()
 }
 

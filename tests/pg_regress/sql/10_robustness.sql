@@ -248,3 +248,54 @@ DROP TRIGGER zz_wipe_px ON px;
 -- its rows.
 SELECT * FROM tenant_backfill.rollback(:px_run);
 SELECT id, org FROM px ORDER BY id;
+-- An error raised by the application's own code while a run writes (a trigger, a
+-- foreign key: both run under SPI connections of their own) stops the call with that
+-- error, and nothing of the statement stays. Before each SPI call of the extension ran
+-- in a subtransaction of its own, the error left the trigger's SPI connection behind,
+-- and re-raising it crashed the server.
+CREATE TABLE refusing (id int PRIMARY KEY, org int);
+CREATE TABLE refusing_src (refusing_id int, org int);
+INSERT INTO refusing SELECT i, NULL FROM generate_series(1, 30) i;
+INSERT INTO refusing_src SELECT i, i % 3 + 1 FROM generate_series(1, 30) i;
+SELECT tenant_backfill.define('refusing', 'org');
+SELECT tenant_backfill.add_source('refusing', 'refusing_src', 'refusing_id');
+-- (A second source, by majority: with its per-tenant subquery in the statement, the
+-- crash was certain.)
+CREATE TABLE refusing_calls (refusing_id int, org int);
+INSERT INTO refusing_calls SELECT i, 1 FROM generate_series(1, 30) i;
+SELECT tenant_backfill.add_source('refusing', 'refusing_calls', 'refusing_id', rule => 'majority');
+CREATE FUNCTION refuse_org_3() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.org = 3 AND EXISTS (SELECT 1 FROM robust.refusing_src WHERE refusing_id = NEW.id) THEN
+        RAISE EXCEPTION 'org 3 is closed' USING ERRCODE = 'P0001', HINT = 'ask the application team';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_org_3 BEFORE UPDATE ON refusing FOR EACH ROW EXECUTE FUNCTION refuse_org_3();
+\set VERBOSITY terse
+SELECT * FROM tenant_backfill.run_now('refusing');
+SET tenant_backfill.run_now_statement_rows = 4;
+SELECT * FROM tenant_backfill.run_now('refusing');
+RESET tenant_backfill.run_now_statement_rows;
+SET client_min_messages = warning;
+CALL tenant_backfill.run('refusing', batch_size => 10);
+RESET client_min_messages;
+\set VERBOSITY default
+SELECT count(*) AS still_null FROM refusing WHERE org IS NULL;
+SELECT kind, status, rows_changed, error FROM tenant_backfill.runs
+ WHERE target = 'refusing'::regclass ORDER BY run_id;
+-- A foreign key the new tenants break: its check runs in a trigger under SPI too.
+DROP TRIGGER refuse_org_3 ON refusing;
+CREATE TABLE orgs (id int PRIMARY KEY);
+INSERT INTO orgs VALUES (1), (2);
+ALTER TABLE refusing ADD FOREIGN KEY (org) REFERENCES orgs;
+\set VERBOSITY terse
+SELECT * FROM tenant_backfill.run_now('refusing');
+\set VERBOSITY default
+INSERT INTO orgs VALUES (3);
+-- The server is up, and the same run goes through once the key is there (the CALL's
+-- failed run is resumed and finishes).
+SET client_min_messages = warning;
+CALL tenant_backfill.run('refusing', batch_size => 10);
+RESET client_min_messages;
+SELECT count(*) AS still_null FROM refusing WHERE org IS NULL;
