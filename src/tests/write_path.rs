@@ -261,16 +261,16 @@ mod tests {
             Some("0 SQL, MDY postgres".to_string())
         );
         // TimeZone is the caller's (README, "Keys read back"): an override on a
-        // timestamptz key is matched by its text, printed in the zone that set it, so a
-        // run in another zone does not see it. Pinned here so a typed match shows.
+        // timestamptz key is stored as printed in the zone that set it (+01), and read as
+        // a timestamp and printed again in the run's zone to be matched.
         run("SET LOCAL TimeZone = 'Europe/Berlin';
              SELECT tenant_backfill.set_override('shifts', '2026-03-04 11:00:00+01', '3');
              SET LOCAL TimeZone = 'UTC';");
         count("SELECT run_id FROM tenant_backfill.run_now('shifts')");
         assert_eq!(
             rows("SELECT company_id::text FROM shifts ORDER BY id"),
-            vec!["7", "7"],
-            "the override set in Berlin is missed by a run in UTC"
+            vec!["3", "7"],
+            "the override set in Berlin decides its row in a run in UTC"
         );
     }
 
