@@ -1,8 +1,8 @@
 //! One batch of a run: the decision query over the next keys of the key space, made
 //! by a statement that locks nothing, then the rows it changes handed to the writer.
-//! `CALL run` does one batch per transaction. `run_now` decides and writes the whole
-//! table in one statement instead (`decide_and_write_all`), in the caller's transaction;
-//! only its dry run goes batch by batch.
+//! `CALL run` does one batch per transaction. `run_now` decides and writes the table in
+//! a few statements instead, one per range of keys (`decide_and_write_all`), in the
+//! caller's transaction; only its dry run goes batch by batch.
 
 use crate::checks;
 use crate::engine::{self, Detail, Mode, Scope};
@@ -89,12 +89,17 @@ enum WrittenOrCounts {
 /// statement of `run_now` decides and writes.
 static STATEMENT_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 
+/// The most statements `run_now` divides a table into: fewer than the 64 subtransaction
+/// ids a transaction keeps in shared memory, with room left for the caller's own.
+const MOST_STATEMENTS: i64 = 48;
+
 pub fn init() {
     GucRegistry::define_int_guc(
         c"tenant_backfill.run_now_statement_rows",
         c"How many rows of the target's key range one statement of run_now decides and writes.",
         c"A statement keeps one queued check per row it changes under a foreign key (or an AFTER ROW trigger) \
-          in memory until it ends: run_now walks the key range in statements of this many rows.",
+          in memory until it ends: run_now walks the key range in statements of this many rows, \
+          or more when the table would take more than 48 statements.",
         &STATEMENT_ROWS,
         1,
         i32::MAX,
@@ -124,8 +129,13 @@ pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, up_to: &str
     }
     checks::require_castable_sources(job, mode, &Scope::Range { after: None, up_to: up_to.to_string() })?;
     let started = Instant::now();
-    let rows =
-        i64::from(crate::int_setting(c"tenant_backfill.run_now_statement_rows", || STATEMENT_ROWS.get(), 1_000_000));
+    let setting = crate::int_setting(c"tenant_backfill.run_now_statement_rows", || STATEMENT_ROWS.get(), 1_000_000);
+    // Each statement that writes takes a subtransaction id of its own (sql.rs,
+    // in_subtransaction), all in the caller's one transaction: past 64, every snapshot
+    // in the cluster overflows until the caller commits. So the ranges grow with the
+    // table, to at most MOST_STATEMENTS of them.
+    let table_rows = crate::runs::load(spec.run_id)?.rows_at_start.unwrap_or(0);
+    let rows = i64::from(setting).max((table_rows + MOST_STATEMENTS - 1) / MOST_STATEMENTS);
     let mut total = Written::default();
     let mut after: Option<String> = None;
     loop {

@@ -521,7 +521,7 @@ pub fn split(run_id: i64, target: &Target, mode: Mode, workers: i32) -> Result<u
     let mut ends = bounds;
     ends.push(upper);
     let mut after = run.last_key.clone();
-    sql::as_extension_owner(|| {
+    sql::as_extension_owner_checked(|| {
         for (part, end) in ends.iter().enumerate() {
             sql::execute(
                 "INSERT INTO tenant_backfill.run_parts (run_id, target, part, after_key, up_to_key)\n\

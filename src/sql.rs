@@ -259,6 +259,9 @@ fn in_spi_memory<R>(decode: impl FnOnce() -> R) -> R {
 /// extension's own tables and run no code of the user's.
 static OWNER_DEPTH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// How many `as_extension_owner_checked` calls are under way.
+static CHECKED_DEPTH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Runs one SPI call in a subtransaction of its own, as PL/pgSQL's exception blocks and
 /// PL/Python's `plpy.execute` do. An ERROR raised under it by code that opened an SPI
 /// connection of its own (a PL/pgSQL trigger, a foreign-key check) leaves that
@@ -269,9 +272,12 @@ static OWNER_DEPTH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32:
 /// transaction's abort would; the ERROR then goes on as it was. Statements run as the
 /// extension's owner run no such code and skip it: each writing subtransaction takes a
 /// transaction id of its own, and past 64 in one transaction every other session's
-/// snapshots overflow (`run_now` logs thousands of chunks in one).
+/// snapshots overflow (`run_now` logs thousands of chunks in one, the guard may write a
+/// row for every row of a bulk INSERT). Except those that fire the foreign keys between
+/// the extension's own tables, whose checks run under SPI (`as_extension_owner_checked`).
 fn in_subtransaction<T>(call: impl FnOnce() -> T) -> T {
-    if OWNER_DEPTH.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+    use std::sync::atomic::Ordering::Relaxed;
+    if OWNER_DEPTH.load(Relaxed) > 0 && CHECKED_DEPTH.load(Relaxed) == 0 {
         return call();
     }
     // SAFETY: as PL/pgSQL's exec_stmt_block: the subtransaction is begun, and released
@@ -452,6 +458,23 @@ pub fn as_extension_owner<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     let _back = SwitchBack(user, context);
     OWNER_DEPTH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     work()
+}
+
+/// `as_extension_owner`, for statements that fire the foreign keys between the
+/// extension's own tables (a source, an override or a run's part names its target or
+/// run; a target's removal cascades): their checks run under SPI connections of their
+/// own, so each statement keeps its subtransaction (`in_subtransaction`). Configuration
+/// and a run's start, a statement or a few per call.
+pub fn as_extension_owner_checked<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    struct Uncount;
+    impl Drop for Uncount {
+        fn drop(&mut self) {
+            CHECKED_DEPTH.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    CHECKED_DEPTH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _uncount = Uncount;
+    as_extension_owner(work)
 }
 
 /// Runs `work` under a snapshot taken now, so it sees what other sessions committed

@@ -3,8 +3,8 @@
 //!
 //! - `write_batch`: a batch of `CALL run` (or of a dry `run_now`), decided beforehand
 //!   (without locks) and handed over as arrays;
-//! - `decided_update_cte` and `log_written`: `run_now`, whose one statement decides and
-//!   updates the whole table with the caller's rights (src/batch.rs), and whose written
+//! - `decided_update_cte` and `log_written`: `run_now`, whose statements decide and
+//!   update a range of keys each with the caller's rights (src/batch.rs), and whose written
 //!   rows are then logged as the owner, from text, like step 1 below but after the
 //!   UPDATE (its rows stay locked until the caller commits anyway);
 //! - `write_selected`: rows chosen by a query of the caller (apply_decisions,

@@ -105,7 +105,7 @@ fn undefine_target(target: RegClass) -> Result<()> {
         Err(BackfillError::NotDefined(name)) => return Err(BackfillError::NotDefined(name)),
         Err(_) => catalog::require_table_privilege(&catalog::relation(target.0)?, "UPDATE")?,
     }
-    let removed = sql::as_extension_owner(|| {
+    let removed = sql::as_extension_owner_checked(|| {
         sql::execute(
             "DELETE FROM tenant_backfill.targets WHERE target = $1::pg_catalog.oid::pg_catalog.regclass",
             &[Value::Oid(target.0)],
@@ -245,7 +245,7 @@ fn add_source_impl(
             "Each phase holds one source; pick a free phase or leave phase NULL for the next one.".into(),
         ));
     }
-    sql::as_extension_owner(|| {
+    sql::as_extension_owner_checked(|| {
         sql::execute(
             "INSERT INTO tenant_backfill.sources (target, source, via, tenant_column, phase, rule, direction, source_key) \
              VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.oid::pg_catalog.regclass, \
@@ -353,10 +353,10 @@ fn set_override_impl(
             sql::execute(
                 "DELETE FROM tenant_backfill.overrides WHERE target = $1::pg_catalog.oid::pg_catalog.regclass \
                    AND row_key OPERATOR(pg_catalog.=) ANY ($2::text[])",
-                &[Value::Oid(target.rel.oid), Value::TextArray(vec![Some(key), Some(canonical)])],
+                &[Value::Oid(target.rel.oid), Value::TextArray(vec![Some(key.clone()), Some(canonical)])],
             )
         })?;
-        return Ok(());
+        return remove_other_spellings(&target, &key);
     };
     let tenant = catalog::canonical_value(tenant, &target.tenant, &target.rel)?;
     if row_key_text.is_none() {
@@ -365,8 +365,9 @@ fn set_override_impl(
             "An override names an existing row by its key.".into(),
         ));
     }
+    remove_other_spellings(&target, &key)?;
     let caller = sql::current_role();
-    sql::as_extension_owner(|| {
+    sql::as_extension_owner_checked(|| {
         sql::execute(
             "INSERT INTO tenant_backfill.overrides (target, row_key, tenant, note, set_by) \
              VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5::text::pg_catalog.name) \
@@ -427,7 +428,7 @@ fn add_override_table_impl(
     )?;
     catalog::require_select(&rel, &[&key, &value])?;
     catalog::require_update(&target.rel, &target.tenant)?;
-    sql::as_extension_owner(|| {
+    sql::as_extension_owner_checked(|| {
         sql::execute(
             "INSERT INTO tenant_backfill.override_tables (target, config_table, key_column, value_column, key_prefix, position) \
              SELECT $1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.oid::pg_catalog.regclass, \
@@ -442,6 +443,26 @@ fn add_override_table_impl(
                 Value::text(value.name),
                 Value::text(key_prefix.unwrap_or_default()),
             ],
+        )
+    })?;
+    Ok(())
+}
+
+/// Removes the overrides of the target stored under another text of the key `key`: a
+/// timestamptz key prints with the offset of the session's TimeZone, so the same row
+/// set from Berlin (`+01`) and from UTC (`+00`) would be two overrides, matched alike
+/// (engine.rs, override_key) and neither sure to win. Read as pg_catalog's timestamptz
+/// (no domain's CHECK runs as the owner); every stored key read so when it was set.
+fn remove_other_spellings(target: &job::Target, key: &str) -> Result<()> {
+    if !target.key.prints_in_session_time_zone() {
+        return Ok(());
+    }
+    sql::as_extension_owner(|| {
+        sql::execute(
+            "DELETE FROM tenant_backfill.overrides WHERE target = $1::pg_catalog.oid::pg_catalog.regclass \
+               AND row_key OPERATOR(pg_catalog.<>) $2 \
+               AND row_key::pg_catalog.timestamptz OPERATOR(pg_catalog.=) $2::pg_catalog.timestamptz",
+            &[Value::Oid(target.rel.oid), Value::text(key)],
         )
     })?;
     Ok(())

@@ -1,7 +1,7 @@
 //! Running (API.md section 3): one plan, applied batch by batch. `CALL run`
 //! (sql/procedures.sql) is a thin PL/pgSQL loop over the three functions here, because
-//! only a procedure can COMMIT between batches; `run_now` decides and writes the whole
-//! table in one statement in the caller's transaction (src/batch.rs).
+//! only a procedure can COMMIT between batches; `run_now` decides and writes the table
+//! a range of keys per statement, in the caller's transaction (src/batch.rs).
 
 use crate::batch;
 use crate::committed::{self, load_job_for_writing};

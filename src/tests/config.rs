@@ -292,6 +292,16 @@ mod tests {
             rows("SELECT ok::text || ':' || actual FROM tenant_backfill.validate('events') WHERE check_name = 'sources_agree'"),
             vec!["true:0"]
         );
+        // The same row's override set again from another zone replaces it, and removing
+        // it from a third removes it: one override per row, whatever zone spelled it.
+        run("SELECT tenant_backfill.set_override('events', '2024-01-01 10:00:00+00', '4');");
+        assert_eq!(
+            rows("SELECT row_key || ':' || tenant FROM tenant_backfill.overrides"),
+            vec!["2024-01-01 10:00:00+00:4"]
+        );
+        run("SET LOCAL TimeZone = 'America/New_York';
+             SELECT tenant_backfill.set_override('events', '2024-01-01 05:00:00-05', NULL);");
+        assert_eq!(count("SELECT count(*) FROM tenant_backfill.overrides"), 0);
     }
 
     #[pg_test]

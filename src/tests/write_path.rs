@@ -68,6 +68,14 @@ mod tests {
              SET LOCAL tenant_backfill.run_now_statement_rows = 6;");
         assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers')"), 23);
         assert_eq!(count("SELECT count(*) FROM statements"), 10);
+        // At most 48 statements (each writing one takes a subtransaction id, and a
+        // transaction past 64 overflows every snapshot): 1 a statement is 2 here, 30.
+        run("UPDATE customers c SET company_id = NULL FROM tenant_backfill.backup b
+              WHERE b.row_key = c.id::text AND b.run_id = (SELECT max(run_id) FROM tenant_backfill.runs);
+             DELETE FROM statements;
+             SET LOCAL tenant_backfill.run_now_statement_rows = 1;");
+        assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers')"), 23);
+        assert_eq!(count("SELECT count(*) FROM statements"), 30);
     }
 
     #[pg_test]
