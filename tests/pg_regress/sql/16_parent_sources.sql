@@ -51,7 +51,10 @@ SELECT check_name, rows, detail FROM tenant_backfill.monitor('parents.appointmen
 SELECT * FROM tenant_backfill.rollback((SELECT max(run_id) FROM tenant_backfill.runs
                                          WHERE target = 'parents.appointments'::regclass AND kind = 'run'));
 SELECT count(*) AS null_again FROM parents.appointments WHERE company_id IS NULL;
+-- (Two keys a statement: run_now walks the table in ranges, the parent read for each.)
+SET tenant_backfill.run_now_statement_rows = 2;
 SELECT rows_changed, by_phase, left_for_review FROM tenant_backfill.run_now('parents.appointments', mode => 'reassign');
+RESET tenant_backfill.run_now_statement_rows;
 SELECT id, company_id FROM parents.appointments ORDER BY id;
 
 -- ... else on the parent's primary key: a via without a foreign key.
