@@ -133,6 +133,13 @@ impl Column {
         // SAFETY: a syscache lookup of a column's type.
         unsafe { pg_sys::getBaseType(self.type_oid) == pg_sys::TIMESTAMPTZOID }
     }
+
+    /// Whether the type's text form depends on the session's lc_monetary (money, or a
+    /// domain over it), which the extension neither pins nor can print again.
+    pub fn prints_by_locale(&self) -> bool {
+        // SAFETY: a syscache lookup of a column's type.
+        unsafe { pg_sys::getBaseType(self.type_oid) == pg_sys::MONEYOID }
+    }
 }
 
 /// The operators of the default btree operator class of a type (of its base type, for a
@@ -519,6 +526,16 @@ pub fn castable(from: pg_sys::Oid, to: pg_sys::Oid) -> Result<bool> {
 /// type whose comparisons it can write (`Column::ops`): pg_catalog's, or its default btree
 /// operator class's.
 pub fn require_comparable(rel: &Relation, col: &Column, role: &str) -> Result<()> {
+    if col.prints_by_locale() {
+        return Err(BackfillError::Unsupported(
+            format!("{role} {} of {} is {}, whose text follows lc_monetary", col.name, rel.display, col.type_display),
+            "tenant_backfill keeps keys and tenants as text (backup, audit_log, overrides) and casts them back in \
+             later sessions, which may print and read money in another locale."
+                .into(),
+            "Give the column a type whose text is the same in every session (numeric, an integer), or name another key column."
+                .into(),
+        ));
+    }
     if col.ops.is_some() {
         return Ok(());
     }

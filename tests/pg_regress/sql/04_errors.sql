@@ -20,6 +20,12 @@ CREATE TABLE visits (customer_id int, day date, company_id int, PRIMARY KEY (cus
 SELECT tenant_backfill.define('visits', 'company_id');
 SELECT tenant_backfill.define('customers', 'company_id', 'email');
 SELECT tenant_backfill.define('customers', 'company_id');
+-- A key or tenant of type money (0A000): its text follows lc_monetary, so a key kept as text
+-- would not read back in a session with another locale.
+CREATE TABLE price_list (price money PRIMARY KEY, company_id int);
+SELECT tenant_backfill.define('price_list', 'company_id');
+CREATE TABLE payments (id int PRIMARY KEY, company_id money);
+SELECT tenant_backfill.define('payments', 'company_id');
 -- A via column whose type cannot be compared with the key (42804).
 CREATE TABLE notes (customer_ref text, company_id int);
 SELECT tenant_backfill.add_source('customers', 'notes', 'customer_ref');
