@@ -7,7 +7,7 @@
 use crate::error::{BackfillError, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::SpiHeapTupleData;
+use pgrx::spi::{PreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
 use pgrx::PgMemoryContexts;
 
 /// A quoted identifier: `company_id`, `"CompanyId"`, `"Tenant Id"`.
@@ -141,13 +141,34 @@ fn datums(params: &[Value]) -> Vec<DatumWithOid<'static>> {
     params.iter().map(Value::to_datum).collect()
 }
 
+/// A statement prepared as "mutating" in pgrx's terms: run read-write (SPI's read_only
+/// false: the command counter advanced and, in read committed, a new snapshot taken for
+/// it, so it sees what the statements before it wrote, and it may write itself). pgrx's
+/// other way to run one, `SpiClient::update`, first asks for the current transaction's
+/// id, which assigns one: every statement, reads included, would take a transaction id,
+/// and inside `in_subtransaction` a subtransaction id, so that `plan` took 17 and a
+/// `wait` one every 100 ms, and past 64 in one transaction every other session's
+/// snapshots overflow. Postgres assigns an id itself to a statement that writes.
+fn prepare<'conn>(client: &SpiClient<'conn>, sql: &str, args: &[DatumWithOid]) -> Result<PreparedStatement<'conn>> {
+    let types: Vec<PgOid> = args.iter().map(|arg| PgOid::from(arg.oid())).collect();
+    Ok(client.prepare_mut(sql, &types)?)
+}
+
+/// Runs `sql` once, prepared by `prepare`. The plan is made for these argument values
+/// (a custom plan, as SPI makes for a statement run with arguments), and freed with the
+/// SPI connection.
+fn run_prepared<'conn>(client: &SpiClient<'conn>, sql: &str, args: &[DatumWithOid]) -> Result<SpiTupleTable<'conn>> {
+    let statement = prepare(client, sql, args)?;
+    Ok(client.select(&statement, None, args)?)
+}
+
 /// Runs a statement and decodes every row it returns with `decode`. Every statement
 /// runs under settings pinned for it alone (`with_pinned_settings`: the search_path and
 /// how values print): the SET clause of the calling function covers its start only, and
 /// code of the user's that a statement runs (a domain's CHECK, a trigger) could change
 /// them for the ones after.
 ///
-/// Every statement runs as a "mutable" SPI call, reads included: a read-only SPI call
+/// Every statement runs read-write (`prepare`), reads included: a read-only SPI call
 /// would keep the function's first snapshot and miss what an earlier statement of the
 /// same call wrote (a run's row, a batch's counts), and could not run the write path's
 /// data-modifying CTEs at all.
@@ -159,7 +180,7 @@ pub fn select_rows<T>(
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
-            let table = in_subtransaction(|| client.update(sql, None, &args))?;
+            let table = in_subtransaction(|| run_prepared(client, sql, &args))?;
             in_spi_memory(|| {
                 let mut out = Vec::with_capacity(table.len());
                 for row in table {
@@ -201,7 +222,11 @@ pub fn stream_rows<T>(
     with_pinned_settings(|| {
         let cursor = Spi::connect_mut(|client| -> Result<String> {
             let args = datums(params);
-            Ok(in_subtransaction(|| client.try_open_cursor_mut(sql, &args))?.detach_into_name())
+            Ok(in_subtransaction(|| -> Result<_> {
+                let statement = prepare(client, sql, &args)?;
+                Ok(client.try_open_cursor(&statement, &args)?)
+            })?
+            .detach_into_name())
         })?;
         let streamed = (|| loop {
             let rows = Spi::connect_mut(|client| -> Result<Vec<T>> {
@@ -234,7 +259,7 @@ pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Re
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
-            let table = in_subtransaction(|| client.update(sql, None, &args))?;
+            let table = in_subtransaction(|| run_prepared(client, sql, &args))?;
             if table.is_empty() {
                 return Ok(None);
             }
@@ -326,7 +351,7 @@ pub fn execute(sql: &str, params: &[Value]) -> Result<u64> {
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
-            let table = in_subtransaction(|| client.update(sql, None, &args))?;
+            let table = in_subtransaction(|| run_prepared(client, sql, &args))?;
             Ok(table.len() as u64)
         })
     })
