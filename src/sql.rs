@@ -7,7 +7,7 @@
 use crate::error::{BackfillError, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::{PreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
+use pgrx::spi::{SpiClient, SpiHeapTupleData};
 use pgrx::PgMemoryContexts;
 
 /// A quoted identifier: `company_id`, `"CompanyId"`, `"Tenant Id"`.
@@ -141,25 +141,106 @@ fn datums(params: &[Value]) -> Vec<DatumWithOid<'static>> {
     params.iter().map(Value::to_datum).collect()
 }
 
-/// A statement prepared as "mutating" in pgrx's terms: run read-write (SPI's read_only
-/// false: the command counter advanced and, in read committed, a new snapshot taken for
-/// it, so it sees what the statements before it wrote, and it may write itself). pgrx's
-/// other way to run one, `SpiClient::update`, first asks for the current transaction's
-/// id, which assigns one: every statement, reads included, would take a transaction id,
-/// and inside `in_subtransaction` a subtransaction id, so that `plan` took 17 and a
-/// `wait` one every 100 ms, and past 64 in one transaction every other session's
-/// snapshots overflow. Postgres assigns an id itself to a statement that writes.
-fn prepare<'conn>(client: &SpiClient<'conn>, sql: &str, args: &[DatumWithOid]) -> Result<PreparedStatement<'conn>> {
-    let types: Vec<PgOid> = args.iter().map(|arg| PgOid::from(arg.oid())).collect();
-    Ok(client.prepare_mut(sql, &types)?)
+/// The arguments as SPI takes them: a type, a value and a null flag each.
+fn spi_arguments(args: &[DatumWithOid]) -> (Vec<pg_sys::Oid>, Vec<pg_sys::Datum>, Vec<std::ffi::c_char>) {
+    let mut types = Vec::with_capacity(args.len());
+    let mut values = Vec::with_capacity(args.len());
+    let mut nulls = Vec::with_capacity(args.len());
+    for arg in args {
+        types.push(arg.oid());
+        match arg.datum() {
+            Some(datum) => {
+                values.push(datum.sans_lifetime());
+                nulls.push(b' ' as std::ffi::c_char);
+            }
+            None => {
+                values.push(pg_sys::Datum::from(0usize));
+                nulls.push(b'n' as std::ffi::c_char);
+            }
+        }
+    }
+    (types, values, nulls)
 }
 
-/// Runs `sql` once, prepared by `prepare`. The plan is made for these argument values
-/// (a custom plan, as SPI makes for a statement run with arguments), and freed with the
-/// SPI connection.
-fn run_prepared<'conn>(client: &SpiClient<'conn>, sql: &str, args: &[DatumWithOid]) -> Result<SpiTupleTable<'conn>> {
-    let statement = prepare(client, sql, args)?;
-    Ok(client.select(&statement, None, args)?)
+fn statement_text(sql: &str) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(sql).map_err(|_| BackfillError::Internal("a statement's text held a NUL byte".into()))
+}
+
+/// Runs one statement read-write, as pgrx's `SpiClient::update` runs it
+/// (`SPI_execute_with_args` with read_only false: the command counter advanced and, in
+/// read committed, a snapshot of its own, so it sees what the statements before it
+/// wrote, and may write; a one-shot plan for these argument values, parallel allowed),
+/// but without `update`'s first step, which asks for the current transaction's id and
+/// so assigns one: every statement, reads included, took a transaction id, and inside
+/// `in_subtransaction` a subtransaction id (`plan` took 17), and past 64 in one
+/// transaction every other session's snapshots overflow. Postgres assigns one itself to
+/// a statement that writes (or locks rows). Returns how many rows it processed and the
+/// rows it returned, which live in SPI's memory until the connection ends.
+fn run_read_write<'conn>(
+    _client: &SpiClient<'conn>,
+    sql: &str,
+    args: &[DatumWithOid],
+) -> Result<(u64, Vec<SpiHeapTupleData<'conn>>)> {
+    let text = statement_text(sql)?;
+    let (mut types, mut values, nulls) = spi_arguments(args);
+    let nargs = i32::try_from(args.len()).map_err(|_| BackfillError::Internal("too many arguments".into()))?;
+    // SAFETY: the arrays hold nargs entries each and outlive the call; SPI raises an
+    // ERROR for a statement that fails, and the client's connection is open.
+    let code = unsafe {
+        pg_sys::SPI_tuptable = std::ptr::null_mut();
+        pg_sys::SPI_execute_with_args(
+            text.as_ptr(),
+            nargs,
+            types.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            false,
+            0,
+        )
+    };
+    Spi::check_status(code)?;
+    // SAFETY: SPI_tuptable is the result of the statement just run (or null for one
+    // that returns no rows), kept in the connection's memory.
+    unsafe {
+        let table = pg_sys::SPI_tuptable;
+        if table.is_null() {
+            return Ok((pg_sys::SPI_processed, Vec::new()));
+        }
+        let count = (*table).numvals as usize;
+        let mut rows = Vec::with_capacity(count);
+        for i in 0..count {
+            if let Some(row) = SpiHeapTupleData::new((*table).tupdesc, *(*table).vals.add(i))? {
+                rows.push(row);
+            }
+        }
+        Ok((count as u64, rows))
+    }
+}
+
+/// Opens a cursor for one statement, read-write as `run_read_write` runs one, and
+/// returns its name; the statement runs at the first fetch.
+fn open_read_write_cursor(_client: &SpiClient<'_>, sql: &str, args: &[DatumWithOid]) -> Result<String> {
+    let text = statement_text(sql)?;
+    let (mut types, mut values, nulls) = spi_arguments(args);
+    let nargs = i32::try_from(args.len()).map_err(|_| BackfillError::Internal("too many arguments".into()))?;
+    // SAFETY: as in run_read_write; SPI_cursor_open_with_args raises an ERROR rather
+    // than return no portal, and the portal's name is a NUL-terminated string.
+    unsafe {
+        let portal = pg_sys::SPI_cursor_open_with_args(
+            std::ptr::null(),
+            text.as_ptr(),
+            nargs,
+            types.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            false,
+            0,
+        );
+        if portal.is_null() {
+            return Err(BackfillError::Internal("SPI opened no cursor".into()));
+        }
+        Ok(std::ffi::CStr::from_ptr((*portal).name).to_string_lossy().into_owned())
+    }
 }
 
 /// Runs a statement and decodes every row it returns with `decode`. Every statement
@@ -168,7 +249,7 @@ fn run_prepared<'conn>(client: &SpiClient<'conn>, sql: &str, args: &[DatumWithOi
 /// code of the user's that a statement runs (a domain's CHECK, a trigger) could change
 /// them for the ones after.
 ///
-/// Every statement runs read-write (`prepare`), reads included: a read-only SPI call
+/// Every statement runs read-write (`run_read_write`), reads included: a read-only SPI call
 /// would keep the function's first snapshot and miss what an earlier statement of the
 /// same call wrote (a run's row, a batch's counts), and could not run the write path's
 /// data-modifying CTEs at all.
@@ -180,11 +261,11 @@ pub fn select_rows<T>(
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
-            let table = in_subtransaction(|| run_prepared(client, sql, &args))?;
+            let (_, rows) = in_subtransaction(|| run_read_write(client, sql, &args))?;
             in_spi_memory(|| {
-                let mut out = Vec::with_capacity(table.len());
-                for row in table {
-                    out.push(decode(&row)?);
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    out.push(decode(row)?);
                 }
                 Ok(out)
             })
@@ -222,11 +303,7 @@ pub fn stream_rows<T>(
     with_pinned_settings(|| {
         let cursor = Spi::connect_mut(|client| -> Result<String> {
             let args = datums(params);
-            Ok(in_subtransaction(|| -> Result<_> {
-                let statement = prepare(client, sql, &args)?;
-                Ok(client.try_open_cursor(&statement, &args)?)
-            })?
-            .detach_into_name())
+            in_subtransaction(|| open_read_write_cursor(client, sql, &args))
         })?;
         let streamed = (|| loop {
             let rows = Spi::connect_mut(|client| -> Result<Vec<T>> {
@@ -259,11 +336,11 @@ pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Re
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
-            let table = in_subtransaction(|| run_prepared(client, sql, &args))?;
-            if table.is_empty() {
+            let (_, rows) = in_subtransaction(|| run_read_write(client, sql, &args))?;
+            let Some(row) = rows.first() else {
                 return Ok(None);
-            }
-            in_spi_memory(|| Ok(table.first().get_one::<T>()?))
+            };
+            in_spi_memory(|| Ok(row.get::<T>(1)?))
         })
     })
 }
@@ -351,8 +428,8 @@ pub fn execute(sql: &str, params: &[Value]) -> Result<u64> {
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
-            let table = in_subtransaction(|| run_prepared(client, sql, &args))?;
-            Ok(table.len() as u64)
+            let (processed, _) = in_subtransaction(|| run_read_write(client, sql, &args))?;
+            Ok(processed)
         })
     })
 }
