@@ -141,32 +141,43 @@ fn datums(params: &[Value]) -> Vec<DatumWithOid<'static>> {
     params.iter().map(Value::to_datum).collect()
 }
 
-/// The arguments as SPI takes them: a type, a value and a null flag each.
-fn spi_arguments(args: &[DatumWithOid]) -> (Vec<pg_sys::Oid>, Vec<pg_sys::Datum>, Vec<std::ffi::c_char>) {
-    let mut types = Vec::with_capacity(args.len());
-    let mut values = Vec::with_capacity(args.len());
-    let mut nulls = Vec::with_capacity(args.len());
-    for arg in args {
-        types.push(arg.oid());
-        match arg.datum() {
-            Some(datum) => {
-                values.push(datum.sans_lifetime());
-                nulls.push(b' ' as std::ffi::c_char);
-            }
-            None => {
-                values.push(pg_sys::Datum::from(0usize));
-                nulls.push(b'n' as std::ffi::c_char);
-            }
+/// A statement's text and arguments as SPI takes them: a type, a value and a null flag
+/// for each argument. The values are the arguments' Datums, which point into SPI's
+/// memory (`datums`) for a by-reference type, so they live until the connection ends.
+struct SpiStatement {
+    text: std::ffi::CString,
+    nargs: i32,
+    types: Vec<pg_sys::Oid>,
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<std::ffi::c_char>,
+}
+
+impl SpiStatement {
+    fn new(sql: &str, args: &[DatumWithOid]) -> Result<SpiStatement> {
+        let text = std::ffi::CString::new(sql)
+            .map_err(|_| BackfillError::Internal("a statement's text held a NUL byte".into()))?;
+        let nargs = i32::try_from(args.len()).map_err(|_| BackfillError::Internal("too many arguments".into()))?;
+        let mut statement = SpiStatement {
+            text,
+            nargs,
+            types: Vec::with_capacity(args.len()),
+            values: Vec::with_capacity(args.len()),
+            nulls: Vec::with_capacity(args.len()),
+        };
+        for arg in args {
+            statement.types.push(arg.oid());
+            let (value, null) = match arg.datum() {
+                Some(datum) => (datum.sans_lifetime(), b' '),
+                None => (pg_sys::Datum::from(0usize), b'n'),
+            };
+            statement.values.push(value);
+            statement.nulls.push(null as std::ffi::c_char);
         }
+        Ok(statement)
     }
-    (types, values, nulls)
 }
 
-fn statement_text(sql: &str) -> Result<std::ffi::CString> {
-    std::ffi::CString::new(sql).map_err(|_| BackfillError::Internal("a statement's text held a NUL byte".into()))
-}
-
-/// Runs one statement read-write, as pgrx's `SpiClient::update` runs it
+/// Runs one statement read-write, as pgrx's `SpiClient::update` ran it
 /// (`SPI_execute_with_args` with read_only false: the command counter advanced and, in
 /// read committed, a snapshot of its own, so it sees what the statements before it
 /// wrote, and may write; a one-shot plan for these argument values, parallel allowed),
@@ -174,26 +185,25 @@ fn statement_text(sql: &str) -> Result<std::ffi::CString> {
 /// so assigns one: every statement, reads included, took a transaction id, and inside
 /// `in_subtransaction` a subtransaction id (`plan` took 17), and past 64 in one
 /// transaction every other session's snapshots overflow. Postgres assigns one itself to
-/// a statement that writes (or locks rows). Returns how many rows it processed and the
-/// rows it returned, which live in SPI's memory until the connection ends.
+/// a statement that writes or locks rows. Returns how many rows it processed and the
+/// rows it returned, which point into SPI's memory until the connection ends (a
+/// released subtransaction leaves them there; only an aborted one frees its results).
 fn run_read_write<'conn>(
     _client: &SpiClient<'conn>,
     sql: &str,
     args: &[DatumWithOid],
 ) -> Result<(u64, Vec<SpiHeapTupleData<'conn>>)> {
-    let text = statement_text(sql)?;
-    let (mut types, mut values, nulls) = spi_arguments(args);
-    let nargs = i32::try_from(args.len()).map_err(|_| BackfillError::Internal("too many arguments".into()))?;
+    let mut st = SpiStatement::new(sql, args)?;
     // SAFETY: the arrays hold nargs entries each and outlive the call; SPI raises an
     // ERROR for a statement that fails, and the client's connection is open.
     let code = unsafe {
         pg_sys::SPI_tuptable = std::ptr::null_mut();
         pg_sys::SPI_execute_with_args(
-            text.as_ptr(),
-            nargs,
-            types.as_mut_ptr(),
-            values.as_mut_ptr(),
-            nulls.as_ptr(),
+            st.text.as_ptr(),
+            st.nargs,
+            st.types.as_mut_ptr(),
+            st.values.as_mut_ptr(),
+            st.nulls.as_ptr(),
             false,
             0,
         )
@@ -217,22 +227,23 @@ fn run_read_write<'conn>(
     }
 }
 
-/// Opens a cursor for one statement, read-write as `run_read_write` runs one, and
-/// returns its name; the statement runs at the first fetch.
+/// Opens a cursor for one statement with read_only false, as `run_read_write` runs one
+/// and as pgrx's `try_open_cursor_mut` opened it, without asking for a transaction id;
+/// returns its name. The statement runs at the first fetch. (Its plan, as before, is
+/// SPI's cached kind: serial, and generic under `plan_cache_mode = force_generic_plan`.)
 fn open_read_write_cursor(_client: &SpiClient<'_>, sql: &str, args: &[DatumWithOid]) -> Result<String> {
-    let text = statement_text(sql)?;
-    let (mut types, mut values, nulls) = spi_arguments(args);
-    let nargs = i32::try_from(args.len()).map_err(|_| BackfillError::Internal("too many arguments".into()))?;
-    // SAFETY: as in run_read_write; SPI_cursor_open_with_args raises an ERROR rather
-    // than return no portal, and the portal's name is a NUL-terminated string.
+    let mut st = SpiStatement::new(sql, args)?;
+    // SAFETY: as in run_read_write (the portal copies the arguments);
+    // SPI_cursor_open_with_args raises an ERROR rather than return no portal, and the
+    // portal's name is a NUL-terminated string.
     unsafe {
         let portal = pg_sys::SPI_cursor_open_with_args(
             std::ptr::null(),
-            text.as_ptr(),
-            nargs,
-            types.as_mut_ptr(),
-            values.as_mut_ptr(),
-            nulls.as_ptr(),
+            st.text.as_ptr(),
+            st.nargs,
+            st.types.as_mut_ptr(),
+            st.values.as_mut_ptr(),
+            st.nulls.as_ptr(),
             false,
             0,
         );
