@@ -302,7 +302,7 @@ replica_quiet "SELECT pg_wal_replay_resume()"
 assert_eq "it finishes once the replica catches up" "done" "$(val "SELECT tenant_backfill.wait($run, '60 seconds')")"
 assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('lagged', $run)")"
 
-section "a hot standby answers plan and preflight"
+section "a hot standby answers plan, preflight, conflicts and review_queue"
 # A standby cannot assign transaction ids: the reports run there only because a statement
 # that writes nothing takes none (src/sql.rs, run_read_write).
 quiet "SELECT make_copy('on_standby', 2000)"
@@ -313,6 +313,10 @@ assert_contains "the primary's plan fills rows" "fill|" "$on_primary"
 assert_eq "the standby's plan is the primary's" "$on_primary" "$(replica_sql -tAq -c "$plan_sql")"
 preflight_sql="SELECT count(*) FROM tenant_backfill.preflight('on_standby')"
 assert_eq "the standby's preflight is the primary's" "$(val "$preflight_sql")" "$(replica_sql -tAq -c "$preflight_sql")"
+for report in conflicts review_queue; do
+    report_sql="SELECT count(*) FROM tenant_backfill.$report('on_standby')"
+    assert_eq "the standby's $report is the primary's" "$(val "$report_sql")" "$(replica_sql -tAq -c "$report_sql")"
+done
 replica_stop
 
 finish
