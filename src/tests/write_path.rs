@@ -82,8 +82,8 @@ mod tests {
     /// backend's subtransaction ids): a statement that writes inside a subtransaction
     /// takes an id of its own, and past 64 in one transaction every other session's
     /// snapshots overflow until it commits. A run_now that would take 60 statements
-    /// takes 30, an id for each that changes a row, and a read such as plan takes none (pgrx's `update` used to
-    /// give every statement one, so that plan took 17).
+    /// takes 30, and an id for each that changes a row; a read such as plan takes none
+    /// (pgrx's `update` gave every statement one: plan took 17).
     #[cfg(not(feature = "pg15"))]
     #[pg_test]
     fn run_now_takes_a_subtransaction_id_per_statement_and_a_read_takes_none() {
