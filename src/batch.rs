@@ -11,7 +11,7 @@ use crate::job::Job;
 use crate::runs::BatchCounts;
 use crate::sql::{self, get, get_required, Statement};
 use crate::writer::{self, Changes, WriteSpec};
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -93,13 +93,29 @@ static STATEMENT_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 /// ids a transaction keeps in shared memory, with room left for the caller's own.
 const MOST_STATEMENTS: i64 = 48;
 
+/// How many statements `run_now` may divide a table into now: MOST_STATEMENTS less the
+/// subtransaction ids the caller's transaction has taken already (a migration that fills
+/// several tables in one transaction, each `run_now` taking one id per range it
+/// changes), so that the transaction stays 16 below 64 while it can; at least one. Once
+/// past 64 (`overflowed`), fewer statements save nothing, and MOST_STATEMENTS holds.
+fn most_statements_now() -> i64 {
+    // SAFETY: MyProc is this backend's own PGPROC, set for as long as it runs, and its
+    // subtransaction cache is written only by this backend (GetNewTransactionId).
+    let status = unsafe { (*pg_sys::MyProc).subxidStatus };
+    if status.overflowed {
+        return MOST_STATEMENTS;
+    }
+    (MOST_STATEMENTS - i64::from(status.count)).max(1)
+}
+
 pub fn init() {
     GucRegistry::define_int_guc(
         c"tenant_backfill.run_now_statement_rows",
         c"How many rows of the target's key range one statement of run_now decides and writes.",
         c"A statement keeps one queued check per row it changes under a foreign key (or an AFTER ROW trigger) \
           in memory until it ends: run_now walks the key range in statements of this many rows, \
-          or more when the table would take more than 48 statements.",
+          or more when the table would take more than 48 statements, less the subtransaction ids \
+          its transaction has taken already.",
         &STATEMENT_ROWS,
         1,
         i32::MAX,
@@ -133,9 +149,11 @@ pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, up_to: &str
     // Each statement that writes takes a subtransaction id of its own (sql.rs,
     // in_subtransaction), all in the caller's one transaction: past 64, every snapshot
     // in the cluster overflows until the caller commits. So the ranges grow with the
-    // table, to at most MOST_STATEMENTS of them.
+    // table, to at most MOST_STATEMENTS of them, fewer when the transaction has taken
+    // ids already.
     let table_rows = crate::runs::load(spec.run_id)?.rows_at_start.unwrap_or(0);
-    let rows = i64::from(setting).max((table_rows + MOST_STATEMENTS - 1) / MOST_STATEMENTS);
+    let statements = most_statements_now();
+    let rows = i64::from(setting).max((table_rows + statements - 1) / statements);
     let mut total = Written::default();
     let mut after: Option<String> = None;
     loop {

@@ -36,46 +36,61 @@ mod tests {
     fn run_now_walks_the_key_range_in_statements_of_run_now_statement_rows() {
         // A statement keeps a foreign-key check per row it changes queued until it ends;
         // run_now decides and writes the table a range of keys per statement, and the
-        // ranges decide what the whole table would. A statement trigger counts them.
+        // ranges decide what the whole table would. A statement trigger counts them, on a
+        // sequence (nextval takes no subtransaction id, which would cut the ranges short).
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
-        run("CREATE TABLE statements (n int);
+        run("CREATE SEQUENCE statements;
              CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN INSERT INTO public.statements VALUES (1); RETURN NULL; END $$;
+                 $$ BEGIN PERFORM nextval('public.statements'); RETURN NULL; END $$;
              CREATE TRIGGER count_statement AFTER UPDATE ON customers
                  FOR EACH STATEMENT EXECUTE FUNCTION count_statement();");
+        let statements_since = |reset: &str| {
+            run(&format!("{reset}; SELECT setval('statements', 1, false)"));
+        };
+        let statements = || count("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM statements");
+        let latest = "(SELECT max(run_id) FROM tenant_backfill.runs)";
         let planned = rows(
             "SELECT row_key || ':' || proposed_tenant FROM tenant_backfill.plan('customers') WHERE action = 'fill'",
         );
-        // 60 rows, 7 a statement: 9 statements, the last one of 4 rows.
-        run("SET LOCAL tenant_backfill.run_now_statement_rows = 7");
+        // At most 48 statements (each writing one takes a subtransaction id, and a
+        // transaction past 64 overflows every snapshot), less the ids the transaction
+        // holds (4 here, the configuration's): 1 a statement is 2 here, 30.
+        statements_since("SET LOCAL tenant_backfill.run_now_statement_rows = 1");
+        assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers')"), 23);
+        assert_eq!(statements(), 30);
+        // 60 rows, 7 a statement: 9 statements, the last one of 4 rows. (The 13 statements
+        // above that changed rows took an id each: 48 less 17 still leaves 31.)
+        statements_since(
+            "UPDATE customers c SET company_id = NULL FROM tenant_backfill.backup b WHERE b.row_key = c.id::text;
+             SET LOCAL tenant_backfill.run_now_statement_rows = 7",
+        );
         assert_eq!(
             rows("SELECT rows_changed::text, by_phase::text, left_for_review::text FROM tenant_backfill.run_now('customers')"),
             vec![r#"23|{"1": 15, "2": 5, "3": 2, "override": 1}|8"#]
         );
-        assert_eq!(count("SELECT count(*) FROM statements"), 9);
+        assert_eq!(statements(), 9);
         assert_eq!(
-            rows("SELECT a.row_key || ':' || c.company_id FROM tenant_backfill.audit_log a JOIN customers c ON c.id = a.row_key::int ORDER BY c.id"),
+            rows(&format!(
+                "SELECT a.row_key || ':' || c.company_id FROM tenant_backfill.audit_log a JOIN customers c ON c.id = a.row_key::int
+                  WHERE a.run_id = {latest} ORDER BY c.id"
+            )),
             planned
         );
         assert_eq!(
-            rows("SELECT rows_total::text, rows_done::text, rows_changed::text FROM tenant_backfill.runs"),
+            rows(&format!(
+                "SELECT rows_total::text, rows_done::text, rows_changed::text FROM tenant_backfill.runs WHERE run_id = {latest}"
+            )),
             vec!["31|31|23"]
         );
         // 6 a statement: the tenth ends at the last key, and no empty one follows.
-        run("UPDATE customers c SET company_id = NULL FROM tenant_backfill.backup b WHERE b.row_key = c.id::text;
-             DELETE FROM statements;
-             SET LOCAL tenant_backfill.run_now_statement_rows = 6;");
+        statements_since(&format!(
+            "UPDATE customers c SET company_id = NULL FROM tenant_backfill.backup b
+              WHERE b.row_key = c.id::text AND b.run_id = {latest};
+             SET LOCAL tenant_backfill.run_now_statement_rows = 6"
+        ));
         assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers')"), 23);
-        assert_eq!(count("SELECT count(*) FROM statements"), 10);
-        // At most 48 statements (each writing one takes a subtransaction id, and a
-        // transaction past 64 overflows every snapshot): 1 a statement is 2 here, 30.
-        run("UPDATE customers c SET company_id = NULL FROM tenant_backfill.backup b
-              WHERE b.row_key = c.id::text AND b.run_id = (SELECT max(run_id) FROM tenant_backfill.runs);
-             DELETE FROM statements;
-             SET LOCAL tenant_backfill.run_now_statement_rows = 1;");
-        assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers')"), 23);
-        assert_eq!(count("SELECT count(*) FROM statements"), 30);
+        assert_eq!(statements(), 10);
     }
 
     /// What the 48-statement cap is for, read off the backend (Postgres 16 shows a
@@ -83,7 +98,8 @@ mod tests {
     /// takes an id of its own, and past 64 in one transaction every other session's
     /// snapshots overflow until it commits. A run_now that would take 60 statements
     /// takes 30, and an id for each that changes a row; a read such as plan takes none
-    /// (pgrx's `update` gave every statement one: plan took 17).
+    /// (pgrx's `update` gave every statement one: plan took 17). A transaction that has
+    /// taken ids already gets fewer statements.
     #[cfg(not(feature = "pg15"))]
     #[pg_test]
     fn run_now_takes_a_subtransaction_id_per_statement_and_a_read_takes_none() {
@@ -110,6 +126,18 @@ mod tests {
         let writing = count("SELECT count(DISTINCT (row_key::int + 1) / 2) FROM tenant_backfill.audit_log");
         assert_eq!(writing, 13);
         assert_eq!(subtransactions(), vec![format!("{} false", 4 + writing)]);
+        // A transaction that has taken 55 ids (as several run_now of a migration might)
+        // leaves run_now room for one statement: the 30 of 2 keys above would take 13
+        // more and overflow ("64 true"); one statement over the 60 keys takes one.
+        run("CREATE TEMP TABLE taken (i int)");
+        run(&format!(
+            "DO $$ BEGIN FOR i IN 1..{} LOOP BEGIN INSERT INTO taken VALUES (i); EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; END $$",
+            55 - (4 + writing)
+        ));
+        assert_eq!(subtransactions(), vec!["55 false"]);
+        run("UPDATE customers c SET company_id = NULL FROM tenant_backfill.backup b WHERE b.row_key = c.id::text");
+        assert_eq!(count("SELECT rows_changed FROM tenant_backfill.run_now('customers')"), 23);
+        assert_eq!(subtransactions(), vec!["56 false"]);
     }
 
     #[pg_test]
