@@ -107,17 +107,18 @@ AS $$
            AND l.pid OPERATOR(pg_catalog.=) run_pid)
 $$;
 
--- A run's status as committed now. The progress view reads a run's row in its statement's
+-- A run's row as committed now. The progress view reads a run's row in its statement's
 -- snapshot and the lock table live, and a run's end commits before its lock is released: a
 -- run that ended between the two reads running there with no process. A VOLATILE function's
 -- query takes a snapshot of its own (in read committed), after the lock table was read, so it
--- sees that end; a run whose process died without ending it still reads running here.
-CREATE FUNCTION tenant_backfill_internal._run_status_now(run_id pg_catalog.int8)
-RETURNS pg_catalog.text
+-- sees that end, its status, counts and error; a run whose process died without ending it
+-- still reads running here.
+CREATE FUNCTION tenant_backfill_internal._run_now(run_id pg_catalog.int8)
+RETURNS @extschema@.runs
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT r.status FROM @extschema@.runs r WHERE r.run_id OPERATOR(pg_catalog.=) _run_status_now.run_id
+    SELECT r FROM @extschema@.runs r WHERE r.run_id OPERATOR(pg_catalog.=) _run_now.run_id
 $$;
 
 -- The prior value of every row a run changed, written in the change's transaction
@@ -195,15 +196,19 @@ SELECT r.run_id,
             WHEN r.status IN ('done', 'planned') THEN 100.0 END AS percent,
        r.background,
        r.error
-  FROM @extschema@.runs r,
+  FROM @extschema@.runs seen,
+       LATERAL (SELECT tenant_backfill_internal._run_alive(seen.pid, seen.target) AS alive) a,
+       -- A running row whose process holds no lock: the run ended meanwhile, or its process
+       -- died. The row as committed now then gives every column (OFFSET 0: read once).
+       LATERAL (SELECT (x.run).* FROM (SELECT CASE WHEN seen.status = 'running' AND NOT a.alive
+                                                   THEN COALESCE(tenant_backfill_internal._run_now(seen.run_id), seen)
+                                                   ELSE seen END AS run OFFSET 0) x) r,
        LATERAL (SELECT pg_catalog.date_part('epoch', r.updated_at - COALESCE(r.walk_started_at, r.started_at)) AS seconds,
                        r.rows_done - CASE WHEN r.walk_started_at IS NULL THEN 0 ELSE r.walk_rows_base END AS rows) s,
        LATERAL (SELECT a.alive,
                        CASE WHEN r.status <> 'running' THEN r.status
-                            WHEN NOT a.alive
-                            THEN COALESCE(NULLIF(tenant_backfill_internal._run_status_now(r.run_id), 'running'), 'failed')
+                            WHEN NOT a.alive THEN 'failed'
                             WHEN r.throttled_by IS NOT NULL THEN 'throttled'
-                            ELSE 'running' END AS state
-                  FROM (SELECT tenant_backfill_internal._run_alive(r.pid, r.target) AS alive) a) w;
+                            ELSE 'running' END AS state) w;
 COMMENT ON VIEW @extschema@.progress IS
     'Each run''s state (planned, running, throttled, paused, done, failed, cancelled, rolled_back), its process and whether it is alive, rows done and total, percent, rows per second and time left.';

@@ -219,7 +219,7 @@ fn wait(run_id: Option<i64>, timeout: default!(Option<Interval>, "NULL")) -> Str
             .ok_or(BackfillError::UnknownRun(run_id))?;
             let ended = !matches!(state.as_str(), "running" | "throttled") && !alive;
             // (A run that ended between the view's read of its row and of the lock table
-            // reads as ended, not failed: sql/write_path.sql, _run_status_now.)
+            // reads as ended, not failed: sql/write_path.sql, _run_now.)
             if ended || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(state);
             }
