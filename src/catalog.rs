@@ -134,6 +134,14 @@ impl Column {
         unsafe { pg_sys::getBaseType(self.type_oid) == pg_sys::TIMESTAMPTZOID }
     }
 
+    /// The collation the column declares, as SQL (`"C"`, `public.german`), when it is not
+    /// the database's default: two columns with two different such collations cannot be
+    /// compared without a COLLATE clause (42P22).
+    pub fn explicit_collation(&self) -> Option<&str> {
+        let name = self.collate.strip_prefix(" COLLATE ")?;
+        (name != "pg_catalog.\"default\"").then_some(name)
+    }
+
     /// Whether the type's text form depends on the session's lc_monetary (money, or a
     /// domain over it), which the extension neither pins nor can print again.
     pub fn prints_by_locale(&self) -> bool {

@@ -159,6 +159,21 @@ pub fn require_source_types(
             .into(),
         ));
     }
+    // The engine compares the two columns as they are, so that an index on either serves.
+    if let (Some(left_collation), Some(right_collation)) = (left.explicit_collation(), right.explicit_collation()) {
+        if left_collation != right_collation {
+            return Err(BackfillError::Unsupported(
+                format!(
+                    "column {} of {} has collation {left_collation} and key {} of {} has collation {right_collation}",
+                    left.name, left_rel.display, right.name, right_rel.display
+                ),
+                "Postgres compares two columns of different collations only with a COLLATE clause, and \
+                 tenant_backfill compares them as they are, so that the columns' indexes serve the comparison."
+                    .into(),
+                "Give both columns the same collation, or one of them the database's default.".into(),
+            ));
+        }
+    }
     require_tenant_cast(
         target,
         rel,

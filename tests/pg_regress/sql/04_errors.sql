@@ -26,6 +26,17 @@ CREATE TABLE price_list (price money PRIMARY KEY, company_id int);
 SELECT tenant_backfill.define('price_list', 'company_id');
 CREATE TABLE payments (id int PRIMARY KEY, company_id money);
 SELECT tenant_backfill.define('payments', 'company_id');
+-- A via column and a key of two different collations (0A000): Postgres cannot compare them
+-- without a COLLATE clause. The database's default on either side compares.
+CREATE TABLE accounts (code text COLLATE "C" PRIMARY KEY, company_id int);
+CREATE TABLE account_visits (account_code text COLLATE "POSIX", plain_code text, company_id int);
+SELECT tenant_backfill.define('accounts', 'company_id');
+SELECT tenant_backfill.add_source('accounts', 'account_visits', 'account_code');
+SELECT tenant_backfill.add_source('accounts', 'account_visits', 'plain_code');
+INSERT INTO accounts VALUES ('a', NULL), ('b', NULL);
+INSERT INTO account_visits VALUES (NULL, 'a', 7);
+SELECT row_key, action, proposed_tenant FROM tenant_backfill.plan('accounts') ORDER BY 1;
+SELECT tenant_backfill.undefine('accounts');
 -- A via column whose type cannot be compared with the key (42804).
 CREATE TABLE notes (customer_ref text, company_id int);
 SELECT tenant_backfill.add_source('customers', 'notes', 'customer_ref');
