@@ -94,10 +94,12 @@ section "a run that ends between the view's read of its row and of the lock tabl
 quiet "UPDATE tenant_backfill.runs SET status = 'running', pid = 1 WHERE run_id = $run"
 assert_eq "running with no process reads failed" "failed|f" \
     "$(val "SELECT state, alive FROM tenant_backfill.progress WHERE run_id = $run")"
-assert_eq "ended meanwhile: done" "done|f" "$(sql -tAq <<SQL
+rows_done=$(val "SELECT rows_done FROM tenant_backfill.runs WHERE run_id = $run")
+# Every column is the ended row's: its status and its counts too.
+assert_eq "ended meanwhile: done, with the ended row's status and rows_done" "done|done|$((rows_done + 1))|f" "$(sql -tAq <<SQL
 BEGIN;
-DECLARE look CURSOR FOR SELECT state, alive FROM tenant_backfill.progress WHERE run_id = $run;
-\\! "$BIN/psql" -X -q -h "$PRIMARY" -p "$PORT" -U postgres -d test -c "UPDATE tenant_backfill.runs SET status = 'done', pid = NULL WHERE run_id = $run"
+DECLARE look CURSOR FOR SELECT state, status, rows_done, alive FROM tenant_backfill.progress WHERE run_id = $run;
+\\! "$BIN/psql" -X -q -h "$PRIMARY" -p "$PORT" -U postgres -d test -c "UPDATE tenant_backfill.runs SET status = 'done', pid = NULL, rows_done = rows_done + 1 WHERE run_id = $run"
 FETCH look;
 COMMIT;
 SQL
@@ -302,7 +304,7 @@ replica_quiet "SELECT pg_wal_replay_resume()"
 assert_eq "it finishes once the replica catches up" "done" "$(val "SELECT tenant_backfill.wait($run, '60 seconds')")"
 assert_eq "same rows as run_now, each change audited once" "0|0" "$(val "SELECT * FROM differs('lagged', $run)")"
 
-section "a hot standby answers plan, preflight, conflicts and review_queue"
+section "a hot standby answers plan, preflight, conflicts, review_queue, validate, monitor, discover and audit"
 # A standby cannot assign transaction ids: the reports run there only because a statement
 # that writes nothing takes none (src/sql.rs, run_read_write).
 quiet "SELECT make_copy('on_standby', 2000)"
@@ -317,6 +319,20 @@ for report in preflight conflicts review_queue; do
     report_sql="SELECT count(*) FROM tenant_backfill.$report('on_standby')"
     on_primary=$(val "$report_sql")
     assert_true "the primary's $report has rows ($on_primary)" "$([ "${on_primary:-0}" -gt 0 ] && echo t || echo f)"
+    assert_eq "the standby's $report is the primary's" "$on_primary" "$(replica_sql -tAq -c "$report_sql")"
+done
+# After a run: the proofs and the schema reports, each with its full answer.
+quiet "SELECT tenant_backfill.run_now('on_standby')"
+quiet "ALTER TABLE on_standby_appts ADD FOREIGN KEY (customer_id) REFERENCES on_standby"
+wait_until "SELECT replay_lsn >= pg_current_wal_lsn() FROM pg_stat_replication WHERE application_name = 'standby1'"
+for report_sql in \
+    "SELECT check_name, ok, expected, actual FROM tenant_backfill.validate('on_standby') ORDER BY 1" \
+    "SELECT check_name, rows FROM tenant_backfill.monitor('on_standby') ORDER BY 1" \
+    "SELECT source, via, tenant_column, has_index FROM tenant_backfill.discover('on_standby') ORDER BY 1" \
+    "SELECT table_name, role, rows, null_tenant, cross_tenant FROM tenant_backfill.audit('company_id') WHERE table_name::text LIKE 'on_standby%' ORDER BY 1"; do
+    report=$(echo "$report_sql" | sed 's/.*tenant_backfill\.\([a-z_]*\).*/\1/')
+    on_primary=$(val "$report_sql")
+    assert_true "the primary's $report has rows" "$([ -n "$on_primary" ] && echo t || echo f)"
     assert_eq "the standby's $report is the primary's" "$on_primary" "$(replica_sql -tAq -c "$report_sql")"
 done
 replica_stop
