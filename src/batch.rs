@@ -143,7 +143,7 @@ pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, up_to: &str
     if spec.dry_run || spec.skip_locked || !spec.guard {
         return Err(BackfillError::Internal("run_now's statements write guarded and wait for held rows".into()));
     }
-    checks::require_castable_sources(job, mode, &Scope::Range { after: None, up_to: up_to.to_string() })?;
+    checks::require_castable_sources(job, mode, &Scope::Range { after: None, up_to: up_to.to_string(), rows: None })?;
     let started = Instant::now();
     let setting = crate::int_setting(c"tenant_backfill.run_now_statement_rows", || STATEMENT_ROWS.get(), 1_000_000);
     // Each statement that writes takes a subtransaction id of its own (sql.rs,
@@ -160,7 +160,7 @@ pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, up_to: &str
         let end = range_end(job, after.as_deref(), up_to, rows)?;
         let last = end.as_deref().is_none_or(|e| e == up_to);
         let end = end.unwrap_or_else(|| up_to.to_string());
-        write_range(job, mode, spec, Scope::Range { after: after.take(), up_to: end.clone() }, chunk, &mut total)?;
+        write_range(job, mode, spec, Scope::Range { after: after.take(), up_to: end.clone(), rows: Some(rows) }, chunk, &mut total)?;
         if last {
             break;
         }
@@ -209,9 +209,12 @@ fn write_range(job: &Job, mode: Mode, spec: &WriteSpec, scope: Scope, chunk: i64
     let mut st = Statement::new();
     let decision = engine::decision_query(&mut st, job, mode, &scope, Detail::Full);
     let update = writer::decided_update_cte(spec, "c");
+    // d, the decision, is made once (MATERIALIZED) and read three times; c, the rows to
+    // change, is a filter over it, read twice: inlined (NOT MATERIALIZED), it is not
+    // written out a second time, a million rows to disk past work_mem.
     st.sql = format!(
         "WITH d AS MATERIALIZED (\n{decision})\n\
-         , c AS (\n    SELECT d.key, d.current AS old, d.proposed AS new,\n           \
+         , c AS NOT MATERIALIZED (\n    SELECT d.key, d.current AS old, d.proposed AS new,\n           \
          {phase} AS phase, d.source, d.rule, d.evidence\n      \
          FROM d WHERE d.action IN {actions}){update}\n\
          SELECT u.key::text, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence,\n       \

@@ -90,7 +90,8 @@ pub enum Scope {
     /// (inclusive), read as the whole table is: a statement of `run_now`, whose last
     /// ends where its run recorded the table's end (rows inserted after that belong to
     /// the guard, as for every run).
-    Range { after: Option<String>, up_to: String },
+    /// `rows`: at most how many rows of the target the range holds, when that is known.
+    Range { after: Option<String>, up_to: String, rows: Option<i64> },
     /// Keyset pagination (the batches of the write path): keys after `after` (exclusive)
     /// up to `up_to` (inclusive), at most `limit` rows, in key order. Keys are text,
     /// cast to the key's type.
@@ -188,7 +189,7 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
     }
     let mut limit_clause = String::new();
     let column = format!("t.{key}");
-    if let Scope::Range { after, up_to } = scope {
+    if let Scope::Range { after, up_to, .. } = scope {
         filters.extend(key_range_filters(st, &target.key, &column, after.as_deref(), Some(up_to)));
     }
     if let Scope::Batch { after, up_to, limit } = scope {
@@ -301,6 +302,11 @@ const ARRAY_KEYS_MAX: i64 = 1_000_000;
 /// b-tree index serves the array (Source::keys_by_array): without one, every row read
 /// would search it from the start. A batch of more than ARRAY_KEYS_MAX keys keeps the
 /// subquery, and so does Citus, which plans that form over a distributed source.
+///
+/// A range of `run_now` of at most ARRAY_KEYS_MAX rows reads its keys as one array too,
+/// built from the target's range: the source's index is then read for the keys in scope
+/// alone (in a fill, the NULL rows' related rows), where a semi-join read every related
+/// row of the range, those of rows that have a tenant too.
 fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> Keys {
     let target = &job.target;
     let mut filters: Vec<String> = Vec::new();
@@ -308,12 +314,14 @@ fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> Ke
         filters.push(format!("t.{} IS NULL", target.tenant.sql_name()));
     }
     let mut range = None;
+    let mut as_array = false;
     match scope {
         Scope::All => {}
-        Scope::Range { after, up_to } => {
+        Scope::Range { after, up_to, rows } => {
             let bounds = Bounds::new(st, &target.key, after.as_deref(), Some(up_to));
             filters.extend(bounds.on(&target.key, &format!("t.{}", target.key.sql_name())));
             range = Some(bounds);
+            as_array = rows.is_some_and(|n| n <= ARRAY_KEYS_MAX) && !job.citus;
         }
         Scope::Batch { limit, .. } => {
             let few = limit.is_some_and(|n| n <= ARRAY_KEYS_MAX);
@@ -331,7 +339,7 @@ fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> Ke
             key = target.key.sql_name(),
             table = target.rel.sql_name()
         ),
-        as_array: false,
+        as_array,
         range,
     }
 }
