@@ -85,9 +85,11 @@ $$;
 -- The same columns; a run that ended between its row's read and the lock table's reads as
 -- ended, not failed, with the ended row's columns. (CREATE OR REPLACE VIEW replaces the view's options with its own.)
 CREATE OR REPLACE VIEW @extschema@.progress WITH (security_invoker = true) AS
-SELECT r.run_id,
-       r.target,
-       r.kind,
+-- run_id, target, kind and started_at never change: read from the row seen, so that a filter
+-- on them reaches the table's index.
+SELECT seen.run_id,
+       seen.target,
+       seen.kind,
        r.status,
        r.rows_done,
        r.rows_total,
@@ -99,7 +101,7 @@ SELECT r.run_id,
        r.rows_changed,
        r.left_for_review,
        r.pass,
-       r.started_at,
+       seen.started_at,
        r.updated_at,
        -- running, throttled, paused, done, failed, cancelled (and planned, rolled_back):
        -- a run whose process is gone reads failed at once, with alive false; a paused or
@@ -114,7 +116,8 @@ SELECT r.run_id,
        r.background,
        r.error
   FROM @extschema@.runs seen,
-       LATERAL (SELECT tenant_backfill_internal._run_alive(seen.pid, seen.target) AS alive) a,
+       -- OFFSET 0: the lock table read once per row, so the row taken and the state agree.
+       LATERAL (SELECT tenant_backfill_internal._run_alive(seen.pid, seen.target) AS alive OFFSET 0) a,
        -- A running row whose process holds no lock: the run ended meanwhile, or its process
        -- died. The row as committed now then gives every column (OFFSET 0: read once).
        LATERAL (SELECT (x.run).* FROM (SELECT CASE WHEN seen.status = 'running' AND NOT a.alive

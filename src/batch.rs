@@ -11,7 +11,7 @@ use crate::job::Job;
 use crate::runs::BatchCounts;
 use crate::sql::{self, get, get_required, Statement};
 use crate::writer::{self, Changes, WriteSpec};
-use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PgLogLevel};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -98,14 +98,17 @@ const MOST_STATEMENTS: i64 = 48;
 /// several tables in one transaction, each `run_now` taking one id per range it
 /// changes), so that the transaction stays 16 below 64 while it can; at least one. Once
 /// past 64 (`overflowed`), fewer statements save nothing, and MOST_STATEMENTS holds.
-fn most_statements_now() -> i64 {
-    // SAFETY: MyProc is this backend's own PGPROC, set for as long as it runs, and its
-    // subtransaction cache is written only by this backend (GetNewTransactionId).
+/// Returns it with the ids taken.
+fn most_statements_now() -> (i64, i64) {
+    // SAFETY: MyProc is this backend's own PGPROC, set for as long as it runs; its
+    // subtransaction cache is written by this backend (GetNewTransactionId), or for it
+    // while it waits at commit (ProcArrayGroupClearXid), never while it runs this.
     let status = unsafe { (*pg_sys::MyProc).subxidStatus };
+    let taken = i64::from(status.count);
     if status.overflowed {
-        return MOST_STATEMENTS;
+        return (MOST_STATEMENTS, taken);
     }
-    (MOST_STATEMENTS - i64::from(status.count)).max(1)
+    ((MOST_STATEMENTS - taken).max(1), taken)
 }
 
 pub fn init() {
@@ -152,8 +155,21 @@ pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, up_to: &str
     // table, to at most MOST_STATEMENTS of them, fewer when the transaction has taken
     // ids already.
     let table_rows = crate::runs::load(spec.run_id)?.rows_at_start.unwrap_or(0);
-    let statements = most_statements_now();
+    let (statements, taken) = most_statements_now();
     let rows = i64::from(setting).max((table_rows + statements - 1) / statements);
+    if rows > i64::from(setting) && rows > (table_rows + MOST_STATEMENTS - 1) / MOST_STATEMENTS {
+        crate::error::report_with_hint(
+            PgLogLevel::NOTICE,
+            format!(
+                "tenant_backfill: run_now decides {} in statements of {rows} rows, more than run_now_statement_rows \
+                 ({setting}): its transaction holds {taken} subtransaction ids already",
+                job.target.rel.display
+            ),
+            "A statement keeps a queued check per row it changes under a foreign key in memory until it ends: \
+             commit between the tables of a migration to keep statements small."
+                .into(),
+        );
+    }
     let mut total = Written::default();
     let mut after: Option<String> = None;
     loop {

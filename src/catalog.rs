@@ -134,9 +134,9 @@ impl Column {
         unsafe { pg_sys::getBaseType(self.type_oid) == pg_sys::TIMESTAMPTZOID }
     }
 
-    /// The collation the column declares, as SQL (`"C"`, `public.german`), when it is not
-    /// the database's default: two columns with two different such collations cannot be
-    /// compared without a COLLATE clause (42P22).
+    /// The column's collation (its own, or its type's), as SQL (`pg_catalog."C"`,
+    /// `public.german`), when it is not the database's default: two columns of two
+    /// different such collations cannot be compared without a COLLATE clause (42P22).
     pub fn explicit_collation(&self) -> Option<&str> {
         let name = self.collate.strip_prefix(" COLLATE ")?;
         (name != "pg_catalog.\"default\"").then_some(name)

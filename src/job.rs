@@ -159,18 +159,22 @@ pub fn require_source_types(
             .into(),
         ));
     }
-    // The engine compares the two columns as they are, so that an index on either serves.
+    // The engine compares the two columns as they are: Postgres refuses (42P22) to compare
+    // two columns of two different collations, neither the database's default, without a
+    // COLLATE clause, and which of the two to compare in is the schema's choice.
     if let (Some(left_collation), Some(right_collation)) = (left.explicit_collation(), right.explicit_collation()) {
         if left_collation != right_collation {
             return Err(BackfillError::Unsupported(
                 format!(
-                    "column {} of {} has collation {left_collation} and key {} of {} has collation {right_collation}",
+                    "column {} of {} (collation {left_collation}) cannot be compared with key {} of {} (collation {right_collation})",
                     left.name, left_rel.display, right.name, right_rel.display
                 ),
-                "Postgres compares two columns of different collations only with a COLLATE clause, and \
-                 tenant_backfill compares them as they are, so that the columns' indexes serve the comparison."
+                "Postgres compares two columns of two different collations, neither the database's default, \
+                 only under a COLLATE clause, and tenant_backfill compares the two columns as they are."
                     .into(),
-                "Give both columns the same collation, or one of them the database's default.".into(),
+                "Give both columns the same collation, or one of them the database's default \
+                 (ALTER TABLE ... ALTER COLUMN ... TYPE ... COLLATE ..., which rewrites the table)."
+                    .into(),
             ));
         }
     }

@@ -322,14 +322,19 @@ for report in preflight conflicts review_queue; do
     assert_eq "the standby's $report is the primary's" "$on_primary" "$(replica_sql -tAq -c "$report_sql")"
 done
 # After a run: the proofs and the schema reports, each with its full answer.
-quiet "SELECT tenant_backfill.run_now('on_standby')"
+assert_true "run_now changed rows on the primary" "$(val "SELECT rows_changed > 0 FROM tenant_backfill.run_now('on_standby')")"
 quiet "ALTER TABLE on_standby_appts ADD FOREIGN KEY (customer_id) REFERENCES on_standby"
-wait_until "SELECT replay_lsn >= pg_current_wal_lsn() FROM pg_stat_replication WHERE application_name = 'standby1'"
+wait_until "SELECT replay_lsn >= pg_current_wal_lsn() FROM pg_stat_replication WHERE application_name = 'standby1'" ||
+    fail "the standby replays the run" "replayed" "timed out"
+assert_eq "the primary's validate: every check holds but the two the conflicts fail (they stay NULL)" \
+    "no_null_tenant=false,sources_agree=false" \
+    "$(val "SELECT string_agg(check_name || '=' || coalesce(ok::text, 'null'), ',' ORDER BY check_name)
+              FROM tenant_backfill.validate('on_standby') WHERE ok IS DISTINCT FROM true")"
 for report_sql in \
     "SELECT check_name, ok, expected, actual FROM tenant_backfill.validate('on_standby') ORDER BY 1" \
     "SELECT check_name, rows FROM tenant_backfill.monitor('on_standby') ORDER BY 1" \
-    "SELECT source, via, tenant_column, has_index FROM tenant_backfill.discover('on_standby') ORDER BY 1" \
-    "SELECT table_name, role, rows, null_tenant, cross_tenant FROM tenant_backfill.audit('company_id') WHERE table_name::text LIKE 'on_standby%' ORDER BY 1"; do
+    "SELECT source, via, tenant_column, has_index FROM tenant_backfill.discover('on_standby') ORDER BY 1, 2, 3, 4" \
+    "SELECT table_name, role, rows, null_tenant, cross_tenant FROM tenant_backfill.audit('company_id') WHERE table_name::text LIKE 'on_standby%' ORDER BY 1, 2, 3, 4, 5"; do
     report=$(echo "$report_sql" | sed 's/.*tenant_backfill\.\([a-z_]*\).*/\1/')
     on_primary=$(val "$report_sql")
     assert_true "the primary's $report has rows" "$([ -n "$on_primary" ] && echo t || echo f)"
