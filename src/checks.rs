@@ -79,13 +79,14 @@ pub fn disagreements(job: &Job) -> Result<(i64, Option<String>)> {
         st.sql = format!(
             "WITH bad AS (\n    SELECT t.{key} AS key FROM {source} s JOIN {target} t ON {related}\n     \
              WHERE s.{stenant} IS NOT NULL AND t.{tenant} IS NOT NULL\n       \
-             AND t.{key}::text NOT IN ({overridden})\n       \
+             AND {key_text} NOT IN ({overridden})\n       \
              AND CASE WHEN {castable} THEN s.{stenant}::{tt} {tenant_ne} t.{tenant} ELSE false END)\n\
              SELECT (SELECT pg_catalog.count(*) FROM bad),\n       \
              (SELECT pg_catalog.string_agg(x.key::text, ', ' ORDER BY x.key)\n          \
              FROM (SELECT DISTINCT b.key FROM bad b ORDER BY b.key LIMIT {FIRST_KEYS}) x),\n       \
              (SELECT pg_catalog.count(DISTINCT b.key) FROM bad b)",
             key = t.key.sql_name(),
+            key_text = engine::key_text(&format!("t.{}", t.key.sql_name())),
             tenant = t.tenant.sql_name(),
             tt = t.tenant.type_sql,
             target = t.rel.sql_name(),

@@ -483,9 +483,10 @@ fn overrides_cte(st: &mut Statement, job: &Job) -> String {
     let overrides = override_union(job, st);
     format!(
         "ov AS (\n    SELECT DISTINCT ON (u.key_text) u.key_text, u.tenant_text::{tenant_type} AS tenant, u.origin\n      \
-         FROM ({overrides}) u\n     WHERE u.key_text IN (SELECT sc.key::text FROM scope sc)\n     \
+         FROM ({overrides}) u\n     WHERE u.key_text IN (SELECT {sc_key} FROM scope sc)\n     \
          ORDER BY u.key_text, u.priority)",
         tenant_type = job.target.tenant.type_sql,
+        sc_key = key_text("sc.key"),
     )
 }
 
@@ -528,7 +529,8 @@ fn decided_cte(n: usize, detail: Detail, key_eq: &str) -> String {
         "decided AS (\n    SELECT sc.key, sc.current, ov.tenant AS override_tenant, ov.origin AS override_origin,\n           \
          {idx} AS idx{per_source}, ({has_related}) AS has_related,\n           \
          {evidence} AS evidence,\n           {unattributed} AS unattributed\n      \
-         FROM scope sc{joins}\n      LEFT JOIN ov ON ov.key_text = sc.key::text)"
+         FROM scope sc{joins}\n      LEFT JOIN ov ON ov.key_text = {sc_key})",
+        sc_key = key_text("sc.key"),
     )
 }
 
@@ -589,12 +591,22 @@ fn cascade(st: &mut Statement, job: &Job, labels: &[String]) -> String {
     )
 }
 
+/// A key (`expr`, of any type) as the text overrides are matched with: as this session
+/// prints it, compared byte for byte. Collated "C" on both sides of every match, because
+/// the key text of a config table and the target's key carry their columns' collations:
+/// two different ones (a key COLLATE "POSIX", a config table's COLLATE "C") cannot be
+/// compared at all (42P22), and a nondeterministic one ('ABC' = 'abc') neither searched by
+/// prefix (starts_with refuses it) nor matched only where the text is the same.
+pub fn key_text(expr: &str) -> String {
+    format!("{expr}::pg_catalog.text COLLATE pg_catalog.\"C\"")
+}
+
 /// Every override of the target as (key_text, tenant_text, priority, origin): the own
 /// `overrides` table first, then each config table in the order it was added. Overrides
-/// are matched with a row's key as this session prints it (`key::text`).
+/// are matched with a row's key as this session prints it (`key_text`).
 fn override_union(job: &Job, st: &mut Statement) -> String {
     let target = st.param(Value::Oid(job.target.rel.oid));
-    let (own_key, own_valid) = override_key(st, &job.target.key, "o.row_key");
+    let (own_key, own_valid) = override_key(st, &job.target.key, &key_text("o.row_key"));
     let mut parts = vec![format!(
         "SELECT {own_key} AS key_text, o.tenant AS tenant_text, 0 AS priority, 'overrides'::text AS origin \
          FROM tenant_backfill.overrides o WHERE o.target = {target}::pg_catalog.oid::pg_catalog.regclass{own_valid}"
@@ -602,16 +614,16 @@ fn override_union(job: &Job, st: &mut Statement) -> String {
     for (i, table) in job.override_tables.iter().enumerate() {
         let prefix = st.param(Value::text(table.prefix.clone()));
         let origin = st.param(Value::text(table.rel.name.clone()));
-        let key = table.key.sql_name();
+        let key = key_text(&format!("c.{}", table.key.sql_name()));
         let value = table.value.sql_name();
-        let (key_text, valid) = override_key(
+        let (config_key, valid) = override_key(
             st,
             &job.target.key,
-            &format!("pg_catalog.substr(c.{key}::text, pg_catalog.length({prefix}::text) + 1)"),
+            &format!("pg_catalog.substr({key}, pg_catalog.length({prefix}::text) + 1)"),
         );
         parts.push(format!(
-            "SELECT {key_text}, c.{value}::text, {priority}, {origin}::text \
-             FROM {config} c WHERE pg_catalog.starts_with(c.{key}::text, {prefix}::text) AND c.{value} IS NOT NULL{valid}",
+            "SELECT {config_key}, c.{value}::text, {priority}, {origin}::text \
+             FROM {config} c WHERE pg_catalog.starts_with({key}, {prefix}::text) AND c.{value} IS NOT NULL{valid}",
             priority = i + 1,
             config = table.rel.sql_name(),
         ));

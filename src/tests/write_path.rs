@@ -32,6 +32,15 @@ mod tests {
         );
     }
 
+    /// Counts the UPDATE statements on customers: a statement trigger that takes a value
+    /// of a sequence (nextval takes no subtransaction id, which would cut run_now's ranges
+    /// short); `SELECT setval('statements', 1, false)` starts the count again.
+    const COUNT_UPDATE_STATEMENTS: &str = "CREATE SEQUENCE statements;
+         CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM nextval('public.statements'); RETURN NULL; END $$;
+         CREATE TRIGGER count_statement AFTER UPDATE ON customers
+             FOR EACH STATEMENT EXECUTE FUNCTION count_statement();";
+
     #[pg_test]
     fn run_now_walks_the_key_range_in_statements_of_run_now_statement_rows() {
         // A statement keeps a foreign-key check per row it changes queued until it ends;
@@ -40,11 +49,7 @@ mod tests {
         // sequence (nextval takes no subtransaction id, which would cut the ranges short).
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
-        run("CREATE SEQUENCE statements;
-             CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN PERFORM nextval('public.statements'); RETURN NULL; END $$;
-             CREATE TRIGGER count_statement AFTER UPDATE ON customers
-                 FOR EACH STATEMENT EXECUTE FUNCTION count_statement();");
+        run(COUNT_UPDATE_STATEMENTS);
         let statements_since = |reset: &str| {
             run(&format!("{reset}; SELECT setval('statements', 1, false)"));
         };
@@ -100,12 +105,8 @@ mod tests {
     fn run_now_takes_fewer_statements_in_a_transaction_that_holds_subtransaction_ids() {
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
-        run("CREATE SEQUENCE statements;
-             CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN PERFORM nextval('public.statements'); RETURN NULL; END $$;
-             CREATE TRIGGER count_statement AFTER UPDATE ON customers
-                 FOR EACH STATEMENT EXECUTE FUNCTION count_statement();
-             CREATE TEMP TABLE taken (i int);");
+        run(COUNT_UPDATE_STATEMENTS);
+        run("CREATE TEMP TABLE taken (i int)");
         // The configuration took 4 ids, these 40 more: 48 less 44 leaves 4 statements of
         // 15 keys, where run_now_statement_rows = 1 alone would take 30 of 2.
         run("DO $$ BEGIN FOR i IN 1..40 LOOP BEGIN INSERT INTO taken VALUES (i); EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; END $$");
