@@ -176,7 +176,14 @@ pub fn decide_and_write_all(job: &Job, mode: Mode, spec: &WriteSpec, up_to: &str
         let end = range_end(job, after.as_deref(), up_to, rows)?;
         let last = end.as_deref().is_none_or(|e| e == up_to);
         let end = end.unwrap_or_else(|| up_to.to_string());
-        write_range(job, mode, spec, Scope::Range { after: after.take(), up_to: end.clone(), rows: Some(rows) }, chunk, &mut total)?;
+        write_range(
+            job,
+            mode,
+            spec,
+            Scope::Range { after: after.take(), up_to: end.clone(), rows: Some(rows) },
+            chunk,
+            &mut total,
+        )?;
         if last {
             break;
         }

@@ -275,8 +275,10 @@ mod tests {
         assert_eq!(text("SELECT tenant_backfill.override_for('accounts', 'a1')"), Some("5".into()));
         assert_eq!(text("SELECT tenant_backfill.override_for('accounts', 'A3')"), None);
         assert_eq!(
-            rows("SELECT row_key || ':' || coalesce(proposed_tenant, '-') || ':' || coalesce(action, '-') \
-                  FROM tenant_backfill.plan('accounts', mode => 'reassign') ORDER BY 1"),
+            rows(
+                "SELECT row_key || ':' || coalesce(proposed_tenant, '-') || ':' || coalesce(action, '-') \
+                  FROM tenant_backfill.plan('accounts', mode => 'reassign') ORDER BY 1"
+            ),
             vec!["A3:1:fill", "a1:5:fill", "a2:1:fill", "a4:1:reassign"]
         );
         run("SELECT * FROM tenant_backfill.run_now('accounts', mode => 'reassign')");
