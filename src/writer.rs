@@ -232,7 +232,7 @@ pub fn restore(spec: &WriteSpec, original: i64) -> Result<Written> {
             "SELECT pg_catalog.array_agg(b.row_key ORDER BY b.row_key), pg_catalog.array_agg(b.new_value ORDER BY b.row_key),\n       \
              pg_catalog.array_agg(b.old_value ORDER BY b.row_key)\n  \
              FROM tenant_backfill.backup b\n \
-             WHERE b.run_id = $1 AND b.column_name = $2::pg_catalog.text::pg_catalog.name",
+             WHERE b.run_id = $1 AND b.column_name = $2::pg_catalog.text",
             &[Value::int8(original), Value::text(spec.column.name.clone())],
             "a run's backup",
             |row| {
@@ -504,12 +504,12 @@ fn log_ctes(spec: &WriteSpec, st: &mut Statement, rows: &str, returning: &str) -
     format!(
         "\n, bak AS (\n    INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value)\n    \
          SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text,\n           \
-         {column_name}::text::pg_catalog.name, u.old::text, u.new::text FROM {rows} u{returning})\n\
+         {column_name}::text, u.old::text, u.new::text FROM {rows} u{returning})\n\
          , aud AS (\n    INSERT INTO tenant_backfill.audit_log\n        \
          (run_id, target, row_key, column_name, old_value, new_value, phase, source, rule, evidence, changed_by)\n    \
          SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text,\n           \
-         {column_name}::text::pg_catalog.name, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence,\n           \
-         {changed_by}::text::pg_catalog.name\n      \
+         {column_name}::text, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence,\n           \
+         {changed_by}::text\n      \
          FROM {rows} u{returning})"
     )
 }

@@ -206,7 +206,7 @@ fn isolation(job: &Job, tenant_setting: &str) -> Result<Option<Check>> {
     // table's tenants itself, row-level security hides them.
     let tenants = sql::select_rows(
         "SELECT DISTINCT v FROM (SELECT a.new_value AS v FROM tenant_backfill.audit_log a\n                          \
-         WHERE a.target = $1::pg_catalog.oid::pg_catalog.regclass AND a.column_name = $2::text::pg_catalog.name\n                         \
+         WHERE a.target = $1::pg_catalog.oid::pg_catalog.regclass AND a.column_name = $2::text\n                         \
          UNION SELECT o.tenant FROM tenant_backfill.overrides o\n                          \
          WHERE o.target = $1::pg_catalog.oid::pg_catalog.regclass) x\n \
          WHERE v IS NOT NULL ORDER BY v LIMIT 100",
@@ -255,7 +255,7 @@ fn replaced_nulls(run_id: i64, column: &catalog::Column) -> Result<bool> {
     Ok(sql::as_extension_owner(|| {
         sql::select_value::<bool>(
             "SELECT EXISTS (SELECT 1 FROM tenant_backfill.backup\n \
-         WHERE run_id = $1 AND column_name = $2::text::pg_catalog.name AND old_value IS NULL)",
+         WHERE run_id = $1 AND column_name = $2::text AND old_value IS NULL)",
             &[Value::int8(run_id), Value::text(column.name.clone())],
         )
     })?
@@ -267,7 +267,7 @@ fn rows_set_to_null(rollback_run: i64, target: &Target) -> Result<i64> {
     Ok(sql::as_extension_owner(|| {
         sql::select_value::<i64>(
             "SELECT pg_catalog.count(*) FROM tenant_backfill.audit_log\n \
-         WHERE run_id = $1 AND column_name = $2::text::pg_catalog.name AND new_value IS NULL",
+         WHERE run_id = $1 AND column_name = $2::text AND new_value IS NULL",
             &[Value::int8(rollback_run), Value::text(target.tenant.name.clone())],
         )
     })?
