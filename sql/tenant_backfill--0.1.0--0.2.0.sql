@@ -25,6 +25,8 @@ ALTER TABLE @extschema@.backup ALTER COLUMN column_name TYPE pg_catalog.text;
 ALTER TABLE @extschema@.audit_log
     ALTER COLUMN column_name TYPE pg_catalog.text,
     ALTER COLUMN changed_by TYPE pg_catalog.text;
+-- A batch's DELETE of backup rows must pass a publication FOR ALL TABLES (write_path.sql).
+ALTER TABLE @extschema@.backup REPLICA IDENTITY FULL;
 
 -- The internal functions move, keeping their OIDs: the event triggers and the progress
 -- view, which name them by OID, follow.

@@ -137,6 +137,11 @@ CREATE TABLE @extschema@.backup (
 -- changed row and run; only src/writer.rs writes here (and audit_log), src/runs.rs
 -- writes runs.
 CREATE INDEX backup_run_id_idx ON @extschema@.backup USING brin (run_id);
+-- A batch deletes the backup rows of rows it did not write after all (src/writer.rs, unlog),
+-- and Postgres refuses a DELETE from a table without a replica identity that a publication
+-- publishes (one FOR ALL TABLES publishes the extension's tables too): FULL, the whole row,
+-- for a table with no key. It costs nothing until a row is deleted under wal_level logical.
+ALTER TABLE @extschema@.backup REPLICA IDENTITY FULL;
 COMMENT ON TABLE @extschema@.backup IS
     'Each changed row''s value before the run that changed it (the runbook''s customers_company_id_backup).';
 
