@@ -598,7 +598,7 @@ fn cascade(st: &mut Statement, job: &Job, labels: &[String]) -> String {
 /// compared at all (42P22), and a nondeterministic one ('ABC' = 'abc') neither searched by
 /// prefix (starts_with refuses it) nor matched only where the text is the same.
 pub fn key_text(expr: &str) -> String {
-    format!("{expr}::pg_catalog.text COLLATE pg_catalog.\"C\"")
+    format!("({expr})::pg_catalog.text COLLATE pg_catalog.\"C\"")
 }
 
 /// Every override of the target as (key_text, tenant_text, priority, origin): the own

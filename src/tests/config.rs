@@ -266,7 +266,7 @@ mod tests {
              CREATE TABLE settings (key text COLLATE "C", value text);
              INSERT INTO settings VALUES ('acct:a1', '5'), ('acct:a3', '6');
              CREATE TABLE more_settings (key varchar(40) COLLATE ucs_basic, value int);
-             INSERT INTO more_settings VALUES ('acct:a1', 8), ('acct:a4', 1);
+             INSERT INTO more_settings VALUES ('acct:a1', 8), ('acct:a4', 2);
              SELECT tenant_backfill.define('accounts', 'company_id');
              SELECT tenant_backfill.add_source('accounts', 'account_visits', 'account_code');
              SELECT tenant_backfill.add_override_table('accounts', 'settings', 'key', 'value', 'acct:');
@@ -279,12 +279,12 @@ mod tests {
                 "SELECT row_key || ':' || coalesce(proposed_tenant, '-') || ':' || coalesce(action, '-') \
                   FROM tenant_backfill.plan('accounts', mode => 'reassign') ORDER BY 1"
             ),
-            vec!["A3:1:fill", "a1:5:fill", "a2:1:fill", "a4:1:reassign"]
+            vec!["A3:1:fill", "a1:5:fill", "a2:1:fill", "a4:2:reassign"]
         );
         run("SELECT * FROM tenant_backfill.run_now('accounts', mode => 'reassign')");
         assert_eq!(
             rows("SELECT code || ':' || company_id FROM accounts ORDER BY code COLLATE \"C\""),
-            vec!["A3:1", "a1:5", "a2:1", "a4:1"]
+            vec!["A3:1", "a1:5", "a2:1", "a4:2"]
         );
         // a1 disagrees with its source by an override: no disagreement.
         assert_eq!(
@@ -293,26 +293,37 @@ mod tests {
         );
     }
 
-    /// A config table's key column in a nondeterministic collation ('ABC' = 'abc'): its
-    /// prefix searched (starts_with refuses such a collation) and its text matched as it
-    /// is. Postgres 15 alone here: the Postgres 18 the tests run on is built without ICU.
+    /// A key and a config table's key column in a nondeterministic collation ('ABC' =
+    /// 'abc'): the config table's prefix searched (starts_with refuses such a collation)
+    /// and its key matched as the row's own text, byte for byte: `ACCT:A1` is not a1's,
+    /// and only one override decides the row. Postgres 15 alone here: the Postgres 18 the
+    /// tests run on is built without ICU.
     #[cfg(feature = "pg15")]
     #[pg_test]
     fn a_config_table_of_a_nondeterministic_collation_overrides_by_the_same_text() {
         run(r#"CREATE COLLATION case_blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
-             CREATE TABLE accounts (code text PRIMARY KEY, company_id int);
+             CREATE TABLE accounts (code text COLLATE case_blind PRIMARY KEY, company_id int);
              INSERT INTO accounts VALUES ('a1', NULL), ('A2', NULL);
              CREATE TABLE account_visits (account_code text, company_id int);
              INSERT INTO account_visits VALUES ('a1', 1), ('A2', 1);
              CREATE TABLE settings (key text COLLATE case_blind, value text);
-             INSERT INTO settings VALUES ('ACCT:a1', '5'), ('acct:a2', '6');
+             INSERT INTO settings VALUES ('ACCT:a1', '5'), ('ACCT:A1', '7'), ('acct:a2', '6');
              SELECT tenant_backfill.define('accounts', 'company_id');
              SELECT tenant_backfill.add_source('accounts', 'account_visits', 'account_code');
              SELECT tenant_backfill.add_override_table('accounts', 'settings', 'key', 'value', 'ACCT:');"#);
         assert_eq!(text("SELECT tenant_backfill.override_for('accounts', 'a1')"), Some("5".into()));
+        // The row named in another case is the row, whose own text is a1.
+        assert_eq!(text("SELECT tenant_backfill.override_for('accounts', 'A1')"), Some("5".into()));
         assert_eq!(text("SELECT tenant_backfill.override_for('accounts', 'A2')"), None);
+        assert_eq!(
+            rows("SELECT row_key || ':' || proposed_tenant || ':' || source FROM tenant_backfill.plan('accounts') ORDER BY 1"),
+            vec!["A2:1:account_visits", "a1:5:settings"]
+        );
         run("SELECT * FROM tenant_backfill.run_now('accounts')");
-        assert_eq!(rows("SELECT code || ':' || company_id FROM accounts ORDER BY 1"), vec!["A2:1", "a1:5"]);
+        assert_eq!(
+            rows(r#"SELECT code || ':' || company_id FROM accounts ORDER BY code COLLATE "C""#),
+            vec!["A2:1", "a1:5"]
+        );
     }
 
     #[pg_test]
