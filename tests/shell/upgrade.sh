@@ -63,6 +63,18 @@ for release in "${RELEASES[@]}"; do
     in_db() { sudo -u postgres "$BIN/psql" -X -v ON_ERROR_STOP=1 -h "$PRIMARY" -p "$PORT" -U postgres -d "$db" "$@"; }
     in_db_val() { in_db -tAq -c "$1"; }
 
+    # The update from 0.1.0 rewrites three columns of backup and audit_log as text: a view
+    # of the user's over one of them stops it (0A000, README "Upgrading"), nothing of it
+    # done, and once the view is dropped it goes through.
+    blocked_by_view=""
+    if [ "$version" = 0.1.0 ]; then
+        blocked_by_view="CREATE VIEW who_changed AS SELECT changed_by FROM tenant_backfill.audit_log;
+DO \$\$ BEGIN ALTER EXTENSION tenant_backfill UPDATE;
+EXCEPTION WHEN others THEN RAISE NOTICE 'blocked|%|%', SQLSTATE, SQLERRM; END \$\$;
+SELECT 'still', extversion FROM pg_extension WHERE extname = 'tenant_backfill';
+DROP VIEW who_changed;"
+    fi
+
     # One session does everything a user of the old release did, then updates: the old
     # library is loaded in it when the new one arrives.
     out=$(in_db -tAq 2>&1 <<SQL
@@ -88,6 +100,7 @@ SELECT 'waited', tenant_backfill.wait((SELECT max(run_id) FROM tenant_backfill.r
 SELECT 'enforced', tenant_backfill.enforce('orders');
 SELECT 'old library', count(DISTINCT probin), min(probin) FROM pg_proc
  WHERE pronamespace::regnamespace::text LIKE 'tenant_backfill%' AND prolang = (SELECT oid FROM pg_language WHERE lanname = 'c');
+$blocked_by_view
 ALTER EXTENSION tenant_backfill UPDATE;
 SELECT 'updated', extversion FROM pg_extension WHERE extname = 'tenant_backfill';
 SELECT 'new library', count(DISTINCT probin), min(probin) FROM pg_proc
@@ -99,6 +112,11 @@ SQL
 started|t
 waited|done" "$out"
     assert_contains "$version: every C function in its library" "old library|1|${old_library%.so}" "$out"
+    if [ "$version" = 0.1.0 ]; then
+        assert_contains "$version: a view over audit_log.changed_by stops the update" \
+            "blocked|0A000|cannot alter type of a column used by a view or rule" "$out"
+        assert_contains "$version: the stopped update left $version in place" "still|$version" "$out"
+    fi
     assert_contains "$version: the update in the same session" "updated|$CURRENT" "$out"
     assert_contains "$version: every C function moved to the current library" "new library|1|tenant_backfill-$CURRENT" "$out"
 
