@@ -313,7 +313,8 @@ mod tests {
         // without a replica identity (55000). A batch logs its rows before it writes, and
         // deletes the log rows of those it did not write after all (here the row the
         // application changed since the run, which the rollback skips): the backup, with
-        // no key to identify its rows (a BRIN index alone), refused it.
+        // no key to identify its rows (a BRIN index alone), refused it, and so would the
+        // audit log without REPLICA IDENTITY FULL since it has no primary key either.
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
         run("CREATE PUBLICATION everything FOR ALL TABLES");
