@@ -197,7 +197,7 @@ pub fn relation(oid: pg_sys::Oid) -> Result<Relation> {
         ));
     }
     let rows = sql::select_rows(
-        "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.oid::pg_catalog.regclass::text,\n       \
+        sql::fixed("SELECT n.nspname::text, c.relname::text, c.relkind::text, c.oid::pg_catalog.regclass::text,\n       \
          n.nspname IN ('pg_catalog', 'information_schema', 'pg_toast'),\n       \
          EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid\n                \
          WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid\n                  \
@@ -205,7 +205,7 @@ pub fn relation(oid: pg_sys::Oid) -> Result<Relation> {
          AND e.extname = 'tenant_backfill')\n  \
          FROM pg_catalog.pg_class c\n  \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace\n \
-         WHERE c.oid = $1",
+         WHERE c.oid = $1"),
         &[Value::Oid(oid)],
         |row| {
             Ok((
@@ -248,7 +248,7 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
         ));
     }
     let rows = sql::select_rows(
-        "SELECT a.attnum, a.atttypid, tn.nspname::text, t.typname::text, \
+        sql::fixed("SELECT a.attnum, a.atttypid, tn.nspname::text, t.typname::text, \
                 pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, \
                 pg_catalog.to_regprocedure(pg_catalog.format('pg_catalog.min(%I.%I)', tn.nspname, t.typname)) IS NOT NULL \
                   AND pg_catalog.to_regprocedure(pg_catalog.format('pg_catalog.max(%I.%I)', tn.nspname, t.typname)) IS NOT NULL, \
@@ -266,7 +266,7 @@ pub fn column(rel: &Relation, name: &str) -> Result<Column> {
            JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
            JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
           WHERE a.attrelid = $1 AND a.attname = $2::text::pg_catalog.name \
-            AND a.attnum > 0 AND NOT a.attisdropped",
+            AND a.attnum > 0 AND NOT a.attisdropped"),
         &[Value::Oid(rel.oid), Value::text(name)],
         |row| {
             Ok(Column {
@@ -395,9 +395,11 @@ pub fn citus_without_triggers(tables: &[pg_sys::Oid]) -> Result<bool> {
 
 /// `filter`: a condition on pg_dist_partition p, a constant of this file.
 fn citus_tables_where(tables: &[pg_sys::Oid], filter: &str) -> Result<bool> {
-    let installed =
-        sql::select_value::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL", &[])?
-            .unwrap_or(false);
+    let installed = sql::select_value::<bool>(
+        sql::fixed("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL"),
+        &[],
+    )?
+    .unwrap_or(false);
     if !installed {
         return Ok(false);
     }
@@ -416,10 +418,12 @@ fn citus_tables_where(tables: &[pg_sys::Oid], filter: &str) -> Result<bool> {
 /// Whether a column alone is unique (a valid, non-partial unique index on just it).
 pub fn is_unique(rel: &Relation, col: &Column) -> Result<bool> {
     Ok(sql::select_value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+        sql::fixed(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
                          WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid \
                            AND i.indnkeyatts = 1 AND i.indkey[0] = $2::pg_catalog.int2 \
                            AND i.indpred IS NULL AND i.indexprs IS NULL)",
+        ),
         &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into()))],
     )?
     .unwrap_or(false))
@@ -457,7 +461,8 @@ pub fn searchable_by_array(rel: &Relation, col: &Column, key: &Column) -> Result
         return Ok(false);
     }
     Ok(sql::select_value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+        sql::fixed(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
                           JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
                           JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
                           JOIN pg_catalog.pg_opclass oc ON oc.oid = i.indclass[0] \
@@ -472,6 +477,7 @@ pub fn searchable_by_array(rel: &Relation, col: &Column, key: &Column) -> Result
             AND (SELECT c.relkind = 'p' OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h \
                                                         WHERE h.inhparent = c.oid) \
                    FROM pg_catalog.pg_class c WHERE c.oid = $1)",
+        ),
         &[
             Value::Oid(rel.oid),
             Value::Int4(Some(col.attnum.into())),
@@ -486,9 +492,11 @@ pub fn searchable_by_array(rel: &Relation, col: &Column, key: &Column) -> Result
 /// Whether some valid index of the table starts with this column (so `via = key` lookups are fast).
 pub fn has_leading_index(rel: &Relation, col: &Column) -> Result<bool> {
     Ok(sql::select_value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+        sql::fixed(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
                          WHERE i.indrelid = $1 AND i.indisvalid \
                            AND i.indkey[0] = $2::pg_catalog.int2)",
+        ),
         &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into()))],
     )?
     .unwrap_or(false))
@@ -498,7 +506,7 @@ pub fn has_leading_index(rel: &Relation, col: &Column) -> Result<bool> {
 /// cast of either side, as the parser would), looking through domains.
 pub fn types_comparable(left: pg_sys::Oid, right: pg_sys::Oid) -> Result<bool> {
     Ok(sql::select_value::<bool>(
-        "WITH base AS ( \
+        sql::fixed("WITH base AS ( \
            SELECT (SELECT COALESCE(NULLIF(t.typbasetype, 0), t.oid) FROM pg_catalog.pg_type t WHERE t.oid = $1) AS l, \
                   (SELECT COALESCE(NULLIF(t.typbasetype, 0), t.oid) FROM pg_catalog.pg_type t WHERE t.oid = $2) AS r), \
          lefts AS (SELECT b.l AS typ FROM base b \
@@ -508,7 +516,7 @@ pub fn types_comparable(left: pg_sys::Oid, right: pg_sys::Oid) -> Result<bool> {
          SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o \
                          WHERE o.oprname = '=' \
                            AND o.oprleft IN (SELECT typ FROM lefts) \
-                           AND o.oprright IN (SELECT typ FROM rights))",
+                           AND o.oprright IN (SELECT typ FROM rights))"),
         &[Value::Oid(left), Value::Oid(right)],
     )?
     .unwrap_or(false))
@@ -518,13 +526,15 @@ pub fn types_comparable(left: pg_sys::Oid, right: pg_sys::Oid) -> Result<bool> {
 /// cast, or the I/O conversion Postgres allows to and from string types).
 pub fn castable(from: pg_sys::Oid, to: pg_sys::Oid) -> Result<bool> {
     Ok(sql::select_value::<bool>(
-        "WITH base AS ( \
+        sql::fixed(
+            "WITH base AS ( \
            SELECT f.oid AS f, COALESCE(NULLIF(f.typbasetype, 0), f.oid) AS fb, f.typcategory AS fc, \
                   t.oid AS t, COALESCE(NULLIF(t.typbasetype, 0), t.oid) AS tb, t.typcategory AS tc \
              FROM pg_catalog.pg_type f, pg_catalog.pg_type t WHERE f.oid = $1 AND t.oid = $2) \
          SELECT b.fb = b.tb OR b.fc = 'S' OR b.tc = 'S' \
                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast c WHERE c.castsource = b.fb AND c.casttarget = b.tb) \
            FROM base b",
+        ),
         &[Value::Oid(from), Value::Oid(to)],
     )?
     .unwrap_or(false))
@@ -573,7 +583,7 @@ pub fn require_update(rel: &Relation, column: &Column) -> Result<()> {
 fn require_column_privilege(rel: &Relation, columns: &[&Column], privilege: &str) -> Result<()> {
     for col in columns {
         let allowed = sql::select_value::<bool>(
-            "SELECT pg_catalog.has_column_privilege($1, $2::pg_catalog.int2, $3)",
+            sql::fixed("SELECT pg_catalog.has_column_privilege($1, $2::pg_catalog.int2, $3)"),
             &[Value::Oid(rel.oid), Value::Int4(Some(col.attnum.into())), Value::text(privilege)],
         )?
         .unwrap_or(false);

@@ -102,9 +102,10 @@ pub fn resume_or_insert(
 /// `pg_stat_activity` names the run (the old application_name comes back at the end).
 pub fn drive_here(run_id: i64, target_name: &str, release_on_abort: Option<pg_sys::Oid>) -> Result<()> {
     watch_transactions();
-    let previous = sql::select_value::<String>("SELECT pg_catalog.current_setting('application_name')", &[])?;
+    let previous =
+        sql::select_value::<String>(sql::fixed("SELECT pg_catalog.current_setting('application_name')"), &[])?;
     sql::execute(
-        "SELECT pg_catalog.set_config('application_name', $1, false)",
+        sql::fixed("SELECT pg_catalog.set_config('application_name', $1, false)"),
         &[Value::text(application_name(run_id, target_name))],
     )?;
     DRIVEN.with(|d| {
@@ -473,7 +474,7 @@ pub fn end(run_id: i64, error: Option<String>) -> Result<()> {
         previous
     });
     sql::execute(
-        "SELECT pg_catalog.set_config('application_name', $1, false)",
+        sql::fixed("SELECT pg_catalog.set_config('application_name', $1, false)"),
         &[Value::text(previous.unwrap_or_default())],
     )?;
     locks::release_session_at_commit(run.target)

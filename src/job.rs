@@ -215,10 +215,12 @@ pub fn target(oid: pg_sys::Oid) -> Result<Target> {
     // the one define saw (restored from a dump, or dropped and created again), whose
     // columns may be numbered differently.
     let rows = sql::select_rows(
-        "SELECT ARRAY[tenant_column::text, key_column::text, soft_delete_column::text],\n       \
+        sql::fixed(
+            "SELECT ARRAY[tenant_column::text, key_column::text, soft_delete_column::text],\n       \
          CASE WHEN target_oid = target::pg_catalog.oid THEN tenant_attnum END,\n       \
          CASE WHEN target_oid = target::pg_catalog.oid THEN key_attnum END\n  \
          FROM tenant_backfill.targets WHERE target = $1::pg_catalog.regclass",
+        ),
         &[Value::Oid(oid)],
         |row| Ok((get_required::<Vec<String>>(row, 1)?, get::<i16>(row, 2)?, get::<i16>(row, 3)?)),
     )?;
@@ -342,8 +344,8 @@ pub fn job(oid: pg_sys::Oid) -> Result<Job> {
 /// direction and parent key.
 type ConfigRow = (pg_sys::Oid, [String; 3], i32, String, Option<String>);
 
-fn config_rows(query: &str, target: pg_sys::Oid) -> Result<Vec<ConfigRow>> {
-    sql::select_rows(query, &[Value::Oid(target)], |row| {
+fn config_rows(query: &'static str, target: pg_sys::Oid) -> Result<Vec<ConfigRow>> {
+    sql::select_rows(sql::fixed(query), &[Value::Oid(target)], |row| {
         let text = |i| get_required::<String>(row, i);
         Ok((
             get_required::<pg_sys::Oid>(row, 1)?,

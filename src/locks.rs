@@ -64,10 +64,12 @@ pub fn release_part(run_id: i64, part: i32) -> Result<()> {
 pub fn part_held_by(run_id: i64, part: i32, pid: Option<i32>) -> Result<bool> {
     let [class, key] = part_keys(run_id, part);
     Ok(sql::select_value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l\n \
+        sql::fixed(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l\n \
          WHERE l.locktype = 'advisory' AND l.classid = $1::pg_catalog.int4::pg_catalog.oid\n   \
          AND l.objid = $2::pg_catalog.int4::pg_catalog.oid AND l.objsubid = 2 AND l.granted\n   \
          AND l.pid = COALESCE($3, pg_catalog.pg_backend_pid()))",
+        ),
         &[class, key, Value::Int4(pid)],
     )?
     .unwrap_or(false))
@@ -156,9 +158,11 @@ pub fn try_take_for_session(target: pg_sys::Oid) -> Result<bool> {
 /// Whether backend `pid` holds the target's run lock.
 pub fn held_by(target: pg_sys::Oid, pid: i32) -> Result<bool> {
     Ok(sql::select_value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l\n \
+        sql::fixed(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l\n \
          WHERE l.locktype = 'advisory' AND l.classid = $1::pg_catalog.int4::pg_catalog.oid\n   \
          AND l.objid = $2::pg_catalog.oid AND l.objsubid = 2 AND l.granted AND l.pid = $3)",
+        ),
         &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target), Value::Int4(Some(pid))],
     )?
     .unwrap_or(false))
@@ -233,25 +237,31 @@ pub fn release_session_at_commit(target: pg_sys::Oid) -> Result<()> {
 
 /// The granted run lock of a target in `pg_locks` (advisory locks on two int4 keys
 /// show with `objsubid` 2), held by this backend or (`here` false) by another.
-fn holder_query(here: bool) -> String {
-    format!(
-        "SELECT l.pid FROM pg_catalog.pg_locks l\n \
-         WHERE l.locktype = 'advisory' AND l.classid = $1::pg_catalog.int4::pg_catalog.oid\n   \
-         AND l.objid = $2::pg_catalog.oid AND l.objsubid = 2 AND l.granted\n   \
-         AND l.pid {} pg_catalog.pg_backend_pid()\n \
-         LIMIT 1",
-        if here { "=" } else { "<>" }
-    )
+fn holder_query(here: bool) -> sql::Sql<'static> {
+    macro_rules! holder {
+        ($pid_is:literal) => {
+            concat!(
+                "SELECT l.pid FROM pg_catalog.pg_locks l\n \
+                 WHERE l.locktype = 'advisory' AND l.classid = $1::pg_catalog.int4::pg_catalog.oid\n   \
+                 AND l.objid = $2::pg_catalog.oid AND l.objsubid = 2 AND l.granted\n   \
+                 AND l.pid ",
+                $pid_is,
+                " pg_catalog.pg_backend_pid()\n \
+                 LIMIT 1"
+            )
+        };
+    }
+    sql::fixed(if here { holder!("=") } else { holder!("<>") })
 }
 
 /// Whether this session holds the target's run lock (as the `CALL run` that took it does).
 pub fn held_here(target: pg_sys::Oid) -> Result<bool> {
-    Ok(sql::select_value::<i32>(&holder_query(true), &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target)])?.is_some())
+    Ok(sql::select_value::<i32>(holder_query(true), &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target)])?.is_some())
 }
 
 /// The 55P03 for a lock another backend holds, naming it.
 fn busy(target: &Relation, purpose: Purpose) -> Result<BackfillError> {
-    let pid = sql::select_value::<i32>(&holder_query(false), &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid)])?;
+    let pid = sql::select_value::<i32>(holder_query(false), &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid)])?;
     Ok(match purpose {
         Purpose::Run => BackfillError::Busy(
             format!("another run of {} is in progress", target.display),

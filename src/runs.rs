@@ -281,14 +281,13 @@ fn decode_run(row: &pgrx::spi::SpiHeapTupleData) -> Result<Run> {
 
 /// A stored run.
 pub fn load(run_id: i64) -> Result<Run> {
-    sql::select_rows(
-        &format!("SELECT {RUN_COLUMNS} FROM tenant_backfill.runs WHERE run_id = $1"),
-        &[Value::int8(run_id)],
-        decode_run,
-    )?
-    .into_iter()
-    .next()
-    .ok_or(BackfillError::UnknownRun(run_id))
+    // Read several times a batch: its plan is kept (sql::fixed).
+    static LOAD: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {RUN_COLUMNS} FROM tenant_backfill.runs WHERE run_id = $1"));
+    sql::select_rows(sql::fixed(LOAD.as_str()), &[Value::int8(run_id)], decode_run)?
+        .into_iter()
+        .next()
+        .ok_or(BackfillError::UnknownRun(run_id))
 }
 
 /// The column a run of `soft_delete_orphans` wrote, as it recorded it.
@@ -624,7 +623,7 @@ pub struct BatchCounts {
 pub fn record_batch(run_id: i64, batch: &BatchCounts, next_size: Option<i32>) -> Result<()> {
     sql::as_extension_owner(|| {
         sql::execute(
-        "UPDATE tenant_backfill.runs r SET\n       \
+        sql::fixed("UPDATE tenant_backfill.runs r SET\n       \
          rows_done = r.rows_done + CASE WHEN r.pass = 1 THEN $2 ELSE 0 END,\n       \
          rows_changed = r.rows_changed + $3,\n       \
          by_phase = (SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.n), '{}'::pg_catalog.jsonb)\n                     \
@@ -643,7 +642,7 @@ pub fn record_batch(run_id: i64, batch: &BatchCounts, next_size: Option<i32>) ->
          walk_rows_base = CASE WHEN $9 IS NOT NULL AND r.walk_started_at IS NULL\n                               \
          THEN r.rows_done + CASE WHEN r.pass = 1 THEN $2 ELSE 0 END ELSE r.walk_rows_base END,\n       \
          updated_at = pg_catalog.clock_timestamp()\n \
-         WHERE r.run_id = $1",
+         WHERE r.run_id = $1"),
         &[
             Value::int8(run_id),
             Value::int8(batch.scanned),

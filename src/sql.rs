@@ -134,6 +134,100 @@ impl Statement {
     }
 }
 
+/// A statement's text, and whether its plan is kept.
+///
+/// Most statements are planned for the values they are given, every time (SPI's
+/// one-shot plans): a decision over a batch's keys, or an UPDATE over them, is only as
+/// good as the estimates those values give. A `fixed` statement is a lookup whose best
+/// plan does not depend on its values (a catalog row by OID, a run's row by id): it is
+/// parsed and planned once per backend, as a generic plan, and its plan kept (Postgres
+/// replans it itself when a table it reads changes, or the search_path, or, for a table
+/// with row-level security, the role). A batch of `CALL run` runs some twenty of them,
+/// and planning them afresh cost each batch more than its commit (BENCHMARKS.md).
+#[derive(Clone, Copy, Debug)]
+pub enum Sql<'a> {
+    /// Planned for its values at every call.
+    OneShot(&'a str),
+    /// Planned once, generic, and the plan kept (`fixed`).
+    Fixed(&'static str),
+}
+
+/// A statement whose plan is kept: its text is a constant, its values only select rows.
+pub fn fixed(text: &'static str) -> Sql<'static> {
+    Sql::Fixed(text)
+}
+
+impl Sql<'_> {
+    fn text(&self) -> &str {
+        match self {
+            Sql::OneShot(text) => text,
+            Sql::Fixed(text) => text,
+        }
+    }
+}
+
+impl<'a> From<&'a str> for Sql<'a> {
+    fn from(text: &'a str) -> Self {
+        Sql::OneShot(text)
+    }
+}
+
+impl<'a> From<&'a String> for Sql<'a> {
+    fn from(text: &'a String) -> Self {
+        Sql::OneShot(text)
+    }
+}
+
+/// The most plans kept: `fixed` statements are constants, a few dozen in all, so the
+/// limit only guards against a mistake.
+const MAX_KEPT_PLANS: usize = 256;
+
+thread_local! {
+    // A backend runs SQL on one thread. The plans live in CacheMemoryContext
+    // (SPI_keepplan) for the life of the backend.
+    static KEPT_PLANS: std::cell::RefCell<std::collections::HashMap<(&'static str, Vec<pg_sys::Oid>), pg_sys::SPIPlanPtr>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The kept plan of a `fixed` statement for these argument types, prepared and kept on
+/// first use.
+fn kept_plan(st: &mut SpiStatement, text: &'static str) -> Result<pg_sys::SPIPlanPtr> {
+    let key = (text, st.types.clone());
+    if let Some(plan) = KEPT_PLANS.with(|plans| plans.borrow().get(&key).copied()) {
+        return Ok(plan);
+    }
+    // SAFETY: the text is NUL-terminated and the types array holds nargs entries; SPI
+    // raises an ERROR for a statement that does not parse. A kept plan belongs to no SPI
+    // connection; SPI_freeplan frees it.
+    unsafe {
+        let plan = pg_sys::SPI_prepare_cursor(
+            st.text.as_ptr(),
+            st.nargs,
+            st.types.as_mut_ptr(),
+            pg_sys::CURSOR_OPT_GENERIC_PLAN as std::ffi::c_int,
+        );
+        if plan.is_null() {
+            let code = pg_sys::SPI_result;
+            return Err(BackfillError::Internal(format!("SPI could not prepare a statement ({code})")));
+        }
+        let code = pg_sys::SPI_keepplan(plan);
+        if code != 0 {
+            pg_sys::SPI_freeplan(plan);
+            return Err(BackfillError::Internal(format!("SPI could not keep a plan ({code})")));
+        }
+        KEPT_PLANS.with(|plans| {
+            let mut plans = plans.borrow_mut();
+            if plans.len() >= MAX_KEPT_PLANS {
+                for (_, old) in plans.drain() {
+                    pg_sys::SPI_freeplan(old);
+                }
+            }
+            plans.insert(key, plan);
+        });
+        Ok(plan)
+    }
+}
+
 /// The arguments as Datums. Called inside `Spi::connect_mut`, where the current memory
 /// context is SPI's, freed when the call ends: built outside, a batch's arrays stayed
 /// allocated until the calling function returned.
@@ -188,25 +282,35 @@ impl SpiStatement {
 /// a statement that writes or locks rows. Returns how many rows it processed and the
 /// rows it returned, which point into SPI's memory until the connection ends (a
 /// released subtransaction leaves them there; only an aborted one frees its results).
+/// A `fixed` statement runs its kept plan the same way (`SPI_execute_plan`, read_only
+/// false).
 fn run_read_write<'conn>(
     _client: &SpiClient<'conn>,
-    sql: &str,
+    sql: Sql<'_>,
     args: &[DatumWithOid],
 ) -> Result<(u64, Vec<SpiHeapTupleData<'conn>>)> {
-    let mut st = SpiStatement::new(sql, args)?;
+    let mut st = SpiStatement::new(sql.text(), args)?;
+    let plan = match sql {
+        Sql::Fixed(text) => Some(kept_plan(&mut st, text)?),
+        Sql::OneShot(_) => None,
+    };
     // SAFETY: the arrays hold nargs entries each and outlive the call; SPI raises an
-    // ERROR for a statement that fails, and the client's connection is open.
+    // ERROR for a statement that fails, and the client's connection is open. A kept
+    // plan was prepared for these argument types.
     let code = unsafe {
         pg_sys::SPI_tuptable = std::ptr::null_mut();
-        pg_sys::SPI_execute_with_args(
-            st.text.as_ptr(),
-            st.nargs,
-            st.types.as_mut_ptr(),
-            st.values.as_mut_ptr(),
-            st.nulls.as_ptr(),
-            false,
-            0,
-        )
+        match plan {
+            Some(plan) => pg_sys::SPI_execute_plan(plan, st.values.as_mut_ptr(), st.nulls.as_ptr(), false, 0),
+            None => pg_sys::SPI_execute_with_args(
+                st.text.as_ptr(),
+                st.nargs,
+                st.types.as_mut_ptr(),
+                st.values.as_mut_ptr(),
+                st.nulls.as_ptr(),
+                false,
+                0,
+            ),
+        }
     };
     Spi::check_status(code)?;
     // SAFETY: SPI_tuptable is the result of the statement just run (or null for one
@@ -264,11 +368,12 @@ fn open_read_write_cursor(_client: &SpiClient<'_>, sql: &str, args: &[DatumWithO
 /// would keep the function's first snapshot and miss what an earlier statement of the
 /// same call wrote (a run's row, a batch's counts), and could not run the write path's
 /// data-modifying CTEs at all.
-pub fn select_rows<T>(
-    sql: &str,
+pub fn select_rows<'a, T>(
+    sql: impl Into<Sql<'a>>,
     params: &[Value],
     mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
 ) -> Result<Vec<T>> {
+    let sql = sql.into();
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
@@ -286,8 +391,8 @@ pub fn select_rows<T>(
 
 /// Runs a statement that always returns exactly one row (an aggregate, a write's
 /// summary) and decodes it; `what` names the statement in the error if it returns none.
-pub fn select_one_row<T>(
-    sql: &str,
+pub fn select_one_row<'a, T>(
+    sql: impl Into<Sql<'a>>,
     params: &[Value],
     what: &str,
     decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
@@ -343,7 +448,8 @@ pub fn stream_rows<T>(
 }
 
 /// Runs a statement that returns one value (or none).
-pub fn select_value<T: FromDatum + IntoDatum>(sql: &str, params: &[Value]) -> Result<Option<T>> {
+pub fn select_value<'a, T: FromDatum + IntoDatum>(sql: impl Into<Sql<'a>>, params: &[Value]) -> Result<Option<T>> {
+    let sql = sql.into();
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
@@ -425,17 +531,18 @@ fn in_subtransaction<T>(call: impl FnOnce() -> T) -> T {
 /// each batch statement (40 ms to a 5000-row batch of 150 ms) and optimized the
 /// whole-table plan (400 ms), compilations that a single execution never pays back.
 pub fn without_jit<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
-    let previous = select_value::<String>("SELECT pg_catalog.current_setting('jit')", &[])?;
-    execute("SELECT pg_catalog.set_config('jit', 'off', true)", &[])?;
+    let previous = select_value::<String>(fixed("SELECT pg_catalog.current_setting('jit')"), &[])?;
+    execute(fixed("SELECT pg_catalog.set_config('jit', 'off', true)"), &[])?;
     let outcome = work();
     if let Some(previous) = previous {
-        execute("SELECT pg_catalog.set_config('jit', $1, true)", &[Value::text(previous)])?;
+        execute(fixed("SELECT pg_catalog.set_config('jit', $1, true)"), &[Value::text(previous)])?;
     }
     outcome
 }
 
 /// Runs a statement that writes; returns the number of rows it processed.
-pub fn execute(sql: &str, params: &[Value]) -> Result<u64> {
+pub fn execute<'a>(sql: impl Into<Sql<'a>>, params: &[Value]) -> Result<u64> {
+    let sql = sql.into();
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             let args = datums(params);
@@ -555,7 +662,7 @@ pub fn as_extension_owner<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     // Security-restricted too, as Postgres runs index expressions and REFRESH: nothing
     // in it may SET ROLE or leave state behind (temporary objects, cursors).
     let owner = select_value::<pg_sys::Oid>(
-        "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname = 'tenant_backfill'",
+        fixed("SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname = 'tenant_backfill'"),
         &[],
     )?
     .ok_or_else(|| BackfillError::Internal("the extension tenant_backfill is not installed here".into()))?;

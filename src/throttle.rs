@@ -102,7 +102,10 @@ ORDER BY signal LIMIT 1";
 /// Why the run should wait now, or None.
 pub fn reason(run_id: i64) -> Result<Option<String>> {
     sql::as_extension_owner(|| {
-        sql::select_value::<String>(SIGNALS, &[Value::int8(run_id), Value::Int4(Some(crate::locks::WAITER_CLASS))])
+        sql::select_value::<String>(
+            sql::fixed(SIGNALS),
+            &[Value::int8(run_id), Value::Int4(Some(crate::locks::WAITER_CLASS))],
+        )
     })
 }
 
@@ -110,8 +113,10 @@ pub fn reason(run_id: i64) -> Result<Option<String>> {
 pub fn record(run_id: i64, reason: Option<&str>) -> Result<()> {
     sql::as_extension_owner(|| {
         sql::execute(
-            "UPDATE tenant_backfill.runs SET throttled_by = $2\n \
+            sql::fixed(
+                "UPDATE tenant_backfill.runs SET throttled_by = $2\n \
          WHERE run_id = $1 AND throttled_by IS DISTINCT FROM $2",
+            ),
             &[Value::int8(run_id), Value::Text(reason.map(str::to_string))],
         )
     })?;
