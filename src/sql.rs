@@ -53,7 +53,9 @@ impl Value {
             Value::Bool(v) => (*v).into(),
             Value::Float8(v) => (*v).into(),
             Value::Oid(v) => (*v).into(),
-            Value::TextArray(v) => v.clone().into(),
+            // From the strings where they are, not a copy of them: a batch passes
+            // thousands in each of its arrays.
+            Value::TextArray(v) => v.iter().map(Option::as_ref).collect::<Vec<Option<&String>>>().into(),
             Value::Int8Array(v) => v.clone().into(),
             // SAFETY: the caller built the Datum as a value of that type.
             Value::Raw(datum, oid) => unsafe { DatumWithOid::new(*datum, *oid) },
@@ -226,6 +228,12 @@ fn kept_plan(st: &mut SpiStatement, text: &'static str) -> Result<pg_sys::SPIPla
         });
         Ok(plan)
     }
+}
+
+/// How many plans this backend keeps (for the tests).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn kept_plans() -> usize {
+    KEPT_PLANS.with(|plans| plans.borrow().len())
 }
 
 /// The arguments as Datums. Called inside `Spi::connect_mut`, where the current memory

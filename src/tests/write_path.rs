@@ -613,6 +613,41 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_kept_plan_reads_runs_through_the_row_level_security_of_the_role_now_current() {
+        // A run's row is read with a kept plan (sql::fixed). Planned for the superuser,
+        // whom row-level security does not apply to, it must not show the run to a role
+        // that may not see it, nor hide it from the superuser once a role planned it:
+        // Postgres replans a plan that depends on row-level security when the role changes.
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        let run_id = count("SELECT run_id FROM tenant_backfill.run_now('customers')");
+        let loaded = || crate::runs::load(run_id).map(|run| run.run_id);
+        assert_eq!(loaded().ok(), Some(run_id));
+        run("CREATE ROLE tb_stranger; SET LOCAL ROLE tb_stranger");
+        assert!(matches!(loaded(), Err(crate::error::BackfillError::UnknownRun(id)) if id == run_id));
+        run("RESET ROLE; GRANT SELECT ON customers TO tb_stranger; SET LOCAL ROLE tb_stranger");
+        assert_eq!(loaded().ok(), Some(run_id));
+        run("RESET ROLE; REVOKE SELECT ON customers FROM tb_stranger; SET LOCAL ROLE tb_stranger");
+        assert!(matches!(loaded(), Err(crate::error::BackfillError::UnknownRun(_))));
+        run("RESET ROLE");
+        assert_eq!(loaded().ok(), Some(run_id));
+    }
+
+    #[pg_test]
+    fn catalog_lookups_are_planned_once_per_backend() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        run("SELECT * FROM tenant_backfill.plan('customers')");
+        let kept = crate::sql::kept_plans();
+        assert!(kept >= 5, "plan's catalog lookups keep their plans: {kept}");
+        run("SELECT * FROM tenant_backfill.plan('customers')");
+        run("SELECT * FROM tenant_backfill.run_now('customers', dry_run => true)");
+        let after = crate::sql::kept_plans();
+        run("SELECT * FROM tenant_backfill.run_now('customers', dry_run => true)");
+        assert_eq!(crate::sql::kept_plans(), after, "the same statements again keep no new plan");
+    }
+
+    #[pg_test]
     fn the_write_path_checks_privileges_before_writing() {
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
