@@ -17,8 +17,10 @@
 //!   set a tenant to NULL): the backstop for BEFORE triggers that fire after the guard
 //!   (they fire in name order) and set the tenant to NULL, even on an UPDATE that does
 //!   not name the column. Such a row is rejected; mode `log`, which lets NULLs in, has
-//!   no backstop. A WHEN clause costs nothing for rows that carry a tenant: the
-//!   function is not called.
+//!   no backstop. For a row that carries a tenant the WHEN clauses keep the function
+//!   from being called, but Postgres still evaluates them: of a bulk INSERT, 2.6% for
+//!   the BEFORE trigger (what any row trigger costs) and 3.2% for the two backstops
+//!   (BENCHMARKS.md, the fourth session of 2026-12-04).
 //!
 //! Legacy inheritance children get the triggers too (partitions inherit them from a
 //! partitioned table by themselves), present ones from `enforce`, future ones from the

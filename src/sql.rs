@@ -53,8 +53,8 @@ impl Value {
             Value::Bool(v) => (*v).into(),
             Value::Float8(v) => (*v).into(),
             Value::Oid(v) => (*v).into(),
-            // From the strings where they are, not a copy of them: a batch passes
-            // thousands in each of its arrays.
+            // From the strings where they are, without cloning them first (Postgres
+            // copies each into the array): a batch passes thousands in each array.
             Value::TextArray(v) => v.iter().map(Option::as_ref).collect::<Vec<Option<&String>>>().into(),
             Value::Int8Array(v) => v.clone().into(),
             // SAFETY: the caller built the Datum as a value of that type.
@@ -142,10 +142,11 @@ impl Statement {
 /// one-shot plans): a decision over a batch's keys, or an UPDATE over them, is only as
 /// good as the estimates those values give. A `fixed` statement is a lookup whose best
 /// plan does not depend on its values (a catalog row by OID, a run's row by id): it is
-/// parsed and planned once per backend, as a generic plan, and its plan kept (Postgres
-/// replans it itself when a table it reads changes, or the search_path, or, for a table
-/// with row-level security, the role). A batch of `CALL run` runs some twenty of them,
-/// and planning them afresh cost each batch more than its commit (BENCHMARKS.md).
+/// parsed and planned once per backend, as a generic, serial plan, and its plan kept
+/// (Postgres replans it itself when the definition of a table it reads changes, or the
+/// search_path, or, for a table with row-level security, the role). A batch of `CALL
+/// run` runs some twenty of them, and planning them afresh cost each batch more than
+/// its commit (BENCHMARKS.md, the fourth session of 2026-12-04).
 #[derive(Clone, Copy, Debug)]
 pub enum Sql<'a> {
     /// Planned for its values at every call.
@@ -181,7 +182,8 @@ impl<'a> From<&'a String> for Sql<'a> {
 }
 
 /// The most plans kept: `fixed` statements are constants, a few dozen in all, so the
-/// limit only guards against a mistake.
+/// limit only guards against a mistake; past it a statement is planned afresh (a kept
+/// plan is never freed, so none can be freed while it runs further up the stack).
 const MAX_KEPT_PLANS: usize = 256;
 
 thread_local! {
@@ -191,13 +193,22 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
+thread_local! {
+    static PREPARED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// The kept plan of a `fixed` statement for these argument types, prepared and kept on
-/// first use.
-fn kept_plan(st: &mut SpiStatement, text: &'static str) -> Result<pg_sys::SPIPlanPtr> {
+/// first use; None past MAX_KEPT_PLANS.
+fn kept_plan(st: &mut SpiStatement, text: &'static str) -> Result<Option<pg_sys::SPIPlanPtr>> {
     let key = (text, st.types.clone());
-    if let Some(plan) = KEPT_PLANS.with(|plans| plans.borrow().get(&key).copied()) {
+    let (plan, full) = KEPT_PLANS.with(|plans| {
+        let plans = plans.borrow();
+        (plans.get(&key).copied(), plans.len() >= MAX_KEPT_PLANS)
+    });
+    if plan.is_some() || full {
         return Ok(plan);
     }
+    PREPARED.with(|n| n.set(n.get() + 1));
     // SAFETY: the text is NUL-terminated and the types array holds nargs entries; SPI
     // raises an ERROR for a statement that does not parse. A kept plan belongs to no SPI
     // connection; SPI_freeplan frees it.
@@ -217,23 +228,15 @@ fn kept_plan(st: &mut SpiStatement, text: &'static str) -> Result<pg_sys::SPIPla
             pg_sys::SPI_freeplan(plan);
             return Err(BackfillError::Internal(format!("SPI could not keep a plan ({code})")));
         }
-        KEPT_PLANS.with(|plans| {
-            let mut plans = plans.borrow_mut();
-            if plans.len() >= MAX_KEPT_PLANS {
-                for (_, old) in plans.drain() {
-                    pg_sys::SPI_freeplan(old);
-                }
-            }
-            plans.insert(key, plan);
-        });
-        Ok(plan)
+        KEPT_PLANS.with(|plans| plans.borrow_mut().insert(key, plan));
+        Ok(Some(plan))
     }
 }
 
-/// How many plans this backend keeps (for the tests).
+/// How many plans this backend keeps, and how many it prepared (for the tests).
 #[cfg(any(test, feature = "pg_test"))]
-pub fn kept_plans() -> usize {
-    KEPT_PLANS.with(|plans| plans.borrow().len())
+pub fn kept_plans() -> (usize, usize) {
+    (KEPT_PLANS.with(|plans| plans.borrow().len()), PREPARED.with(std::cell::Cell::get))
 }
 
 /// The arguments as Datums. Called inside `Spi::connect_mut`, where the current memory
@@ -290,8 +293,8 @@ impl SpiStatement {
 /// a statement that writes or locks rows. Returns how many rows it processed and the
 /// rows it returned, which point into SPI's memory until the connection ends (a
 /// released subtransaction leaves them there; only an aborted one frees its results).
-/// A `fixed` statement runs its kept plan the same way (`SPI_execute_plan`, read_only
-/// false).
+/// A `fixed` statement runs its kept plan (`SPI_execute_plan`, read_only false too: the
+/// same snapshot and command counter), generic and serial.
 fn run_read_write<'conn>(
     _client: &SpiClient<'conn>,
     sql: Sql<'_>,
@@ -299,7 +302,7 @@ fn run_read_write<'conn>(
 ) -> Result<(u64, Vec<SpiHeapTupleData<'conn>>)> {
     let mut st = SpiStatement::new(sql.text(), args)?;
     let plan = match sql {
-        Sql::Fixed(text) => Some(kept_plan(&mut st, text)?),
+        Sql::Fixed(text) => kept_plan(&mut st, text)?,
         Sql::OneShot(_) => None,
     };
     // SAFETY: the arrays hold nargs entries each and outlive the call; SPI raises an

@@ -283,13 +283,16 @@ mod tests {
         );
         assert_eq!(count("SELECT count(*) FROM customers WHERE company_id IS NULL"), 30);
         assert_eq!(count("SELECT company_id::bigint FROM customers WHERE id = 2"), 1);
+        // The rollback's own run (not run_id + 1: tests running at the same time take ids
+        // from the same sequence).
+        let rollback_run = || count("SELECT max(run_id) FROM tenant_backfill.runs WHERE kind = 'rollback'");
         assert_eq!(
             error_of(&format!("SELECT * FROM tenant_backfill.rollback({run_id}, true)")),
-            format!("22023: run {run_id} was already rolled back by run {}", run_id + 1)
+            format!("22023: run {run_id} was already rolled back by run {}", rollback_run())
         );
         assert_eq!(
-            error_of(&format!("SELECT * FROM tenant_backfill.rollback({})", run_id + 1)),
-            format!("22023: run {} is itself a rollback", run_id + 1)
+            error_of(&format!("SELECT * FROM tenant_backfill.rollback({})", rollback_run())),
+            format!("22023: run {} is itself a rollback", rollback_run())
         );
         let second = count("SELECT run_id FROM tenant_backfill.run_now('customers')");
         run("UPDATE customers SET company_id = 2 WHERE id = 3");
@@ -324,7 +327,8 @@ mod tests {
             rows(&format!("SELECT restored::text, skipped::text FROM tenant_backfill.rollback({run_id})")),
             vec!["22|1"]
         );
-        let rollback_run = run_id + 1;
+        // Not run_id + 1: tests running at the same time take ids from the same sequence.
+        let rollback_run = count("SELECT max(run_id) FROM tenant_backfill.runs WHERE kind = 'rollback'");
         assert_eq!(
             rows(&format!(
                 "SELECT (SELECT count(*) FROM tenant_backfill.backup WHERE run_id = {rollback_run})::text || '|' || \
@@ -638,13 +642,23 @@ mod tests {
         load(&[CUSTOMERS]);
         run(CUSTOMERS_JOB);
         run("SELECT * FROM tenant_backfill.plan('customers')");
-        let kept = crate::sql::kept_plans();
+        let (kept, prepared) = crate::sql::kept_plans();
         assert!(kept >= 5, "plan's catalog lookups keep their plans: {kept}");
+        assert_eq!(prepared, kept, "each plan prepared once");
         run("SELECT * FROM tenant_backfill.plan('customers')");
         run("SELECT * FROM tenant_backfill.run_now('customers', dry_run => true)");
         let after = crate::sql::kept_plans();
+        run("SELECT * FROM tenant_backfill.plan('customers')");
         run("SELECT * FROM tenant_backfill.run_now('customers', dry_run => true)");
-        assert_eq!(crate::sql::kept_plans(), after, "the same statements again keep no new plan");
+        assert_eq!(crate::sql::kept_plans(), after, "the same statements again prepare nothing");
+        // A kept plan reads the catalog as it is now: a column renamed after it was planned.
+        let oid = pg_sys::Oid::from(count("SELECT 'customers'::regclass::oid::bigint") as u32);
+        let rel = crate::catalog::relation(oid).expect("customers resolves");
+        assert!(crate::catalog::column(&rel, "company_id").is_ok());
+        run("ALTER TABLE customers RENAME COLUMN company_id TO tenant_id");
+        assert!(crate::catalog::column(&rel, "company_id").is_err());
+        assert_eq!(crate::catalog::column(&rel, "tenant_id").map(|c| c.name).ok().as_deref(), Some("tenant_id"));
+        assert_eq!(crate::sql::kept_plans(), after);
     }
 
     #[pg_test]

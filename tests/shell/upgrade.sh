@@ -65,14 +65,20 @@ for release in "${RELEASES[@]}"; do
 
     # The update from 0.1.0 rewrites three columns of backup and audit_log as text: a view
     # of the user's over one of them stops it (0A000, README "Upgrading"), nothing of it
-    # done, and once the view is dropped it goes through.
+    # done, and once the view is dropped it goes through. It drops audit_log's primary
+    # key too: a foreign key of the user's to it stops it the same way (2BP01).
     blocked_by_view=""
     if [ "$version" = 0.1.0 ]; then
         blocked_by_view="CREATE VIEW who_changed AS SELECT changed_by FROM tenant_backfill.audit_log;
 DO \$\$ BEGIN ALTER EXTENSION tenant_backfill UPDATE;
 EXCEPTION WHEN others THEN RAISE NOTICE 'blocked|%|%', SQLSTATE, SQLERRM; END \$\$;
 SELECT 'still', extversion FROM pg_extension WHERE extname = 'tenant_backfill';
-DROP VIEW who_changed;"
+DROP VIEW who_changed;
+CREATE TABLE audit_notes (audit_id bigint REFERENCES tenant_backfill.audit_log (audit_id));
+DO \$\$ BEGIN ALTER EXTENSION tenant_backfill UPDATE;
+EXCEPTION WHEN others THEN RAISE NOTICE 'blocked by a key|%|%', SQLSTATE, SQLERRM; END \$\$;
+SELECT 'still after the key', extversion FROM pg_extension WHERE extname = 'tenant_backfill';
+DROP TABLE audit_notes;"
     fi
 
     # One session does everything a user of the old release did, then updates: the old
@@ -116,6 +122,9 @@ waited|done" "$out"
         assert_contains "$version: a view over audit_log.changed_by stops the update" \
             "blocked|0A000|cannot alter type of a column used by a view or rule" "$out"
         assert_contains "$version: the stopped update left $version in place" "still|$version" "$out"
+        assert_contains "$version: a foreign key to audit_log's primary key stops the update" \
+            "blocked by a key|2BP01|cannot drop constraint audit_log_pkey on table tenant_backfill.audit_log" "$out"
+        assert_contains "$version: that stopped update left $version in place too" "still after the key|$version" "$out"
     fi
     assert_contains "$version: the update in the same session" "updated|$CURRENT" "$out"
     assert_contains "$version: every C function moved to the current library" "new library|1|tenant_backfill-$CURRENT" "$out"
