@@ -27,7 +27,7 @@ ALTER TABLE @extschema@.audit_log
     ALTER COLUMN changed_by TYPE pg_catalog.text;
 -- A batch's DELETE of backup and audit rows must pass a publication FOR ALL TABLES
 -- (write_path.sql). audit_log's primary key goes: nothing looks an audit row up by its id,
--- and the b-tree cost a quarter of each audit row's write.
+-- and the b-tree cost a quarter to a third of each audit row's write.
 ALTER TABLE @extschema@.backup REPLICA IDENTITY FULL;
 ALTER TABLE @extschema@.audit_log DROP CONSTRAINT audit_log_pkey, REPLICA IDENTITY FULL;
 

@@ -147,7 +147,7 @@ COMMENT ON TABLE @extschema@.backup IS
 
 CREATE TABLE @extschema@.audit_log (
     -- numbered by its sequence, in the order rows were logged; no b-tree on it: nothing
-    -- looks a row up by its id, and the index was a quarter of each audit row's write.
+    -- looks a row up by its id, and the index was a quarter to a third of each audit row's write.
     audit_id    bigserial NOT NULL,
     run_id      pg_catalog.int8 NOT NULL,
     target      pg_catalog.regclass NOT NULL,

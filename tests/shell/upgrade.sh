@@ -123,7 +123,7 @@ waited|done" "$out"
             "blocked|0A000|cannot alter type of a column used by a view or rule" "$out"
         assert_contains "$version: the stopped update left $version in place" "still|$version" "$out"
         assert_contains "$version: a foreign key to audit_log's primary key stops the update" \
-            "blocked by a key|2BP01|cannot drop constraint audit_log_pkey on table tenant_backfill.audit_log" "$out"
+            "blocked by a key|2BP01|cannot drop constraint audit_log_pkey on table audit_log" "$out"
         assert_contains "$version: that stopped update left $version in place too" "still after the key|$version" "$out"
     fi
     assert_contains "$version: the update in the same session" "updated|$CURRENT" "$out"
