@@ -235,33 +235,29 @@ pub fn release_session_at_commit(target: pg_sys::Oid) -> Result<()> {
     Ok(())
 }
 
-/// The granted run lock of a target in `pg_locks` (advisory locks on two int4 keys
-/// show with `objsubid` 2), held by this backend or (`here` false) by another.
-fn holder_query(here: bool) -> sql::Sql<'static> {
-    macro_rules! holder {
-        ($pid_is:literal) => {
-            concat!(
-                "SELECT l.pid FROM pg_catalog.pg_locks l\n \
-                 WHERE l.locktype = 'advisory' AND l.classid = $1::pg_catalog.int4::pg_catalog.oid\n   \
-                 AND l.objid = $2::pg_catalog.oid AND l.objsubid = 2 AND l.granted\n   \
-                 AND l.pid ",
-                $pid_is,
-                " pg_catalog.pg_backend_pid()\n \
-                 LIMIT 1"
-            )
-        };
-    }
-    sql::fixed(if here { holder!("=") } else { holder!("<>") })
+/// The backend holding a target's granted run lock in `pg_locks` (advisory locks on two
+/// int4 keys show with `objsubid` 2): this one (`here`) or another.
+fn holder(target: pg_sys::Oid, here: bool) -> Result<Option<i32>> {
+    sql::select_value::<i32>(
+        sql::fixed(
+            "SELECT l.pid FROM pg_catalog.pg_locks l\n \
+             WHERE l.locktype = 'advisory' AND l.classid = $1::pg_catalog.int4::pg_catalog.oid\n   \
+             AND l.objid = $2::pg_catalog.oid AND l.objsubid = 2 AND l.granted\n   \
+             AND (l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()) OPERATOR(pg_catalog.=) $3::pg_catalog.bool\n \
+             LIMIT 1",
+        ),
+        &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target), Value::Bool(Some(here))],
+    )
 }
 
 /// Whether this session holds the target's run lock (as the `CALL run` that took it does).
 pub fn held_here(target: pg_sys::Oid) -> Result<bool> {
-    Ok(sql::select_value::<i32>(holder_query(true), &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target)])?.is_some())
+    Ok(holder(target, true)?.is_some())
 }
 
 /// The 55P03 for a lock another backend holds, naming it.
 fn busy(target: &Relation, purpose: Purpose) -> Result<BackfillError> {
-    let pid = sql::select_value::<i32>(holder_query(false), &[Value::Int4(Some(LOCK_CLASS)), Value::Oid(target.oid)])?;
+    let pid = holder(target.oid, false)?;
     Ok(match purpose {
         Purpose::Run => BackfillError::Busy(
             format!("another run of {} is in progress", target.display),

@@ -191,9 +191,7 @@ thread_local! {
     // (SPI_keepplan) for the life of the backend.
     static KEPT_PLANS: std::cell::RefCell<std::collections::HashMap<(&'static str, Vec<pg_sys::Oid>), pg_sys::SPIPlanPtr>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-thread_local! {
+    // How many plans were prepared (for the tests: each once).
     static PREPARED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
