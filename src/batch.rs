@@ -29,7 +29,7 @@ struct Decision {
     last_key: Option<String>,
     scanned: i64,
     for_review: i64,
-    changes: Changes,
+    changes: writer::Decided,
 }
 
 /// Decides the rows of `scope` and collects the ones whose action changes them.
@@ -46,27 +46,35 @@ fn decide(job: &Job, mode: Mode, scope: &Scope) -> Result<Decision> {
          pg_catalog.array_agg(c.key::text), pg_catalog.array_agg(c.current::text),\n       \
          pg_catalog.array_agg(c.proposed::text),\n       \
          pg_catalog.array_agg({phase}),\n       \
-         pg_catalog.array_agg(c.source), pg_catalog.array_agg(c.rule), pg_catalog.array_agg(c.evidence)\n  \
+         pg_catalog.array_agg(c.source), pg_catalog.array_agg(c.rule), pg_catalog.array_agg(c.evidence),\n       \
+         pg_catalog.count(c.key), (pg_catalog.array_agg(c.key::text))[1],\n       \
+         (pg_catalog.array_agg(c.key::text))[pg_catalog.count(c.key)::int4]\n  \
          FROM (SELECT * FROM d WHERE d.action IN {actions} ORDER BY d.key) c",
         actions = mode.writing_actions(),
         phase = phase_text("c"),
     );
-    sql::select_one_row(&st.sql, &st.params, "a batch's decision", |row| {
-        // Columns 4 to 10: the seven arrays of the rows to change, in `Changes` order.
-        Ok(Decision {
-            last_key: get(row, 1)?,
-            scanned: get_required(row, 2)?,
-            for_review: get_required(row, 3)?,
-            changes: Changes::from_row(row, 4)?,
-        })
-    })
+    // Columns 4 to 10, the seven arrays of the rows to change in `Changes` order, are
+    // kept as they are, for the write's statements; 11 to 13 count them and bound their keys.
+    let ((last_key, scanned, for_review, rows, lowest, highest), arrays) =
+        sql::select_one_row_keeping(&st.sql, &st.params, "a batch's decision", 4..=10, |row| {
+            Ok((
+                get(row, 1)?,
+                get_required(row, 2)?,
+                get_required(row, 3)?,
+                get_required::<i64>(row, 11)?,
+                get::<String>(row, 12)?,
+                get::<String>(row, 13)?,
+            ))
+        })?;
+    let key_range = lowest.zip(highest);
+    Ok(Decision { last_key, scanned, for_review, changes: writer::Decided { arrays, rows, key_range } })
 }
 
 /// One batch: decide, then update, back up and audit the rows that change.
 pub fn run_batch(job: &Job, mode: Mode, scope: &Scope, spec: &WriteSpec) -> Result<BatchCounts> {
     checks::require_castable_sources(job, mode, scope)?;
     let Decision { last_key, scanned, for_review, changes } = decide(job, mode, scope)?;
-    let written = writer::write_batch(spec, changes)?;
+    let written = writer::write_decided(spec, changes)?;
     Ok(BatchCounts {
         last_key,
         scanned,

@@ -342,6 +342,7 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
         skip_locked: skip_held_rows,
         guard: true,
         dry_run: run.dry_run,
+        after_earlier_pass: run.pass > 1,
     };
     let began = Instant::now();
     let mut batch = batch::run_batch(&job, mode, &scope, &spec)?;

@@ -412,6 +412,85 @@ pub fn select_one_row<'a, T>(
         .ok_or_else(|| BackfillError::Internal(format!("{what} returned no row")))
 }
 
+/// Values a statement returned, kept as Postgres made them, in a memory context of their
+/// own that is freed when this is dropped: for later statements to take as arguments
+/// (`kept`). A batch's arrays of thousands of elements so go from the statement that
+/// built them to the ones that write them without being decoded into Rust strings and
+/// encoded back, which took a twentieth of a `CALL run` (BENCHMARKS.md).
+pub struct Kept {
+    values: Vec<Option<pg_sys::Datum>>,
+    types: Vec<pg_sys::Oid>,
+    // Last: the values point into it.
+    _memory: PgMemoryContexts,
+}
+
+impl Kept {
+    /// Value `i` (from 0) of those kept, as an argument; None for a NULL. The argument
+    /// points into this value's memory: it is passed to statements while this lives.
+    pub fn value(&self, i: usize) -> Option<Value> {
+        let datum = (*self.values.get(i)?)?;
+        Some(Value::Raw(datum, *self.types.get(i)?))
+    }
+}
+
+/// Runs a statement that returns one row, as `select_one_row` does, and keeps columns
+/// `keep` (1-based) as they are (`Kept`).
+pub fn select_one_row_keeping<'a, T>(
+    sql: impl Into<Sql<'a>>,
+    params: &[Value],
+    what: &str,
+    keep: std::ops::RangeInclusive<usize>,
+    mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
+) -> Result<(T, Kept)> {
+    let sql = sql.into();
+    // Made here, outside the SPI connection, whose memory the connection's end frees.
+    let mut memory = PgMemoryContexts::new("tenant_backfill kept values");
+    let (decoded, values, types) = with_pinned_settings(|| {
+        Spi::connect_mut(|client| {
+            let args = datums(params);
+            let (_, rows) = in_subtransaction(|| run_read_write(client, sql, &args))?;
+            let Some(row) = rows.first() else {
+                return Err(BackfillError::Internal(format!("{what} returned no row")));
+            };
+            let decoded = in_spi_memory(|| decode(row))?;
+            let (mut values, mut types) = (Vec::new(), Vec::new());
+            // SAFETY: SPI_tuptable is the result of the statement just run (it returned a
+            // row, so it is not null), and each column kept is within its descriptor; a
+            // varlena is copied into memory that outlives the connection.
+            unsafe {
+                let table = pg_sys::SPI_tuptable;
+                let tupdesc = (*table).tupdesc;
+                for column in keep {
+                    let attribute = i32::try_from(column)
+                        .ok()
+                        .filter(|&c| c >= 1 && c <= (*tupdesc).natts)
+                        .ok_or_else(|| BackfillError::Internal(format!("{what} has no column {column}")))?;
+                    let mut is_null = false;
+                    let datum = pg_sys::SPI_getbinval(*(*table).vals, tupdesc, attribute, &mut is_null);
+                    let type_oid = pg_sys::SPI_gettypeid(tupdesc, attribute);
+                    let (mut length, mut by_value) = (0i16, false);
+                    pg_sys::get_typlenbyval(type_oid, &mut length, &mut by_value);
+                    let value = match (is_null, by_value, length) {
+                        (true, ..) => None,
+                        (false, true, _) => Some(datum),
+                        // A varlena (an array): copied whole, decompressed if it was.
+                        (false, false, -1) => {
+                            Some(memory.switch_to(|_| {
+                                pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr()))
+                            }))
+                        }
+                        _ => return Err(BackfillError::Internal(format!("{what}: column {column} cannot be kept"))),
+                    };
+                    values.push(value);
+                    types.push(type_oid);
+                }
+            }
+            Ok((decoded, values, types))
+        })
+    })?;
+    Ok((decoded, Kept { values, types, _memory: memory }))
+}
+
 /// Runs a statement through a cursor and hands its rows, decoded by `decode`, to `each`
 /// `chunk` rows at a time: for a statement whose result is too big to hold at once. A
 /// statement that writes runs to completion at the first fetch, its rows kept by

@@ -32,10 +32,11 @@
 //! (sql/procedures.sql).
 
 use crate::catalog::Column;
-use crate::error::{BackfillError, Result};
+use crate::error::{report_with_hint, BackfillError, Result};
 use crate::guard;
 use crate::job::Target;
 use crate::sql::{self, get, get_required, Statement, Value};
+use pgrx::PgLogLevel;
 use std::time::Instant;
 
 /// The rows a decision changes, column by column, in key order, as text (every key
@@ -76,16 +77,65 @@ impl Changes {
         }
     }
 
-    /// The columns the UPDATE needs: keys, values and phases (the empty arrays unnest
-    /// as NULLs), so the evidence is parsed once, for the audit log.
-    fn for_update(&self) -> Changes {
-        Changes {
-            key: self.key.clone(),
-            old: self.old.clone(),
-            new: self.new.clone(),
-            phase: self.phase.clone(),
-            ..Changes::default()
+    /// Keeps the rows whose key `keep` accepts.
+    fn retain_keys(&mut self, keep: impl Fn(&Option<String>) -> bool) {
+        let kept: Vec<bool> = self.key.iter().map(keep).collect();
+        let Changes { key, old, new, phase, source, rule, evidence } = self;
+        for values in [key, old, new, phase, source, rule, evidence] {
+            let mut kept = kept.iter();
+            values.retain(|_| kept.next().copied().unwrap_or(false));
         }
+    }
+
+    /// The seven arrays as arguments, in field order.
+    fn into_arrays(self) -> ChangeArrays {
+        let Changes { key, old, new, phase, source, rule, evidence } = self;
+        [key, old, new, phase, source, rule, evidence].map(Value::TextArray)
+    }
+}
+
+/// The seven arrays of rows to change, `(key, old, new, phase, source, rule, evidence)`,
+/// as `text[]` arguments: from `Changes`, or as a decision returned them (`Decided`).
+type ChangeArrays = [Value; 7];
+
+/// The columns of `arrays` the UPDATE needs: keys, values and phases (the empty arrays
+/// unnest as NULLs), so the evidence is parsed once, for the audit log.
+fn for_update(arrays: &ChangeArrays) -> ChangeArrays {
+    let [key, old, new, phase, ..] = arrays;
+    [
+        key.clone(),
+        old.clone(),
+        new.clone(),
+        phase.clone(),
+        Value::TextArray(Vec::new()),
+        Value::TextArray(Vec::new()),
+        Value::TextArray(Vec::new()),
+    ]
+}
+
+/// The rows a batch's decision changes, as the decision's statement returned them: seven
+/// `text[]` kept as Postgres built them (`sql::Kept`), in key order, with how many rows
+/// and their lowest and highest key.
+pub struct Decided {
+    pub arrays: sql::Kept,
+    pub rows: i64,
+    pub key_range: Option<(String, String)>,
+}
+
+impl Decided {
+    fn arrays(&self) -> Result<ChangeArrays> {
+        let value = |i: usize| {
+            self.arrays.value(i).ok_or_else(|| BackfillError::Internal(format!("array {i} of a decision was NULL")))
+        };
+        Ok([value(0)?, value(1)?, value(2)?, value(3)?, value(4)?, value(5)?, value(6)?])
+    }
+
+    /// The rows as `Changes`, for the writes that look at them row by row.
+    fn decoded(&self) -> Result<Changes> {
+        let params = self.arrays()?;
+        sql::select_one_row(sql::fixed("SELECT $1, $2, $3, $4, $5, $6, $7"), &params, "a decision's arrays", |row| {
+            Changes::from_row(row, 1)
+        })
     }
 }
 
@@ -101,6 +151,10 @@ pub struct WriteSpec<'a> {
     pub guard: bool,
     /// Count what would change without writing anything.
     pub dry_run: bool,
+    /// The run wrote rows before this write (a later pass of `CALL run`): rows it wrote
+    /// then are left as they are now. A run writes a row once, so its backup holds one
+    /// row per row it changed, which `rollback` and `validate` rely on.
+    pub after_earlier_pass: bool,
 }
 
 /// What a write did.
@@ -116,8 +170,26 @@ pub struct Written {
     pub locked_ms: f64,
 }
 
+/// Writes a batch as its decision returned it: passed on to the write's statements as
+/// it is, or decoded for a write that looks at the rows one by one first (a later pass,
+/// a dry run, a forced write).
+pub fn write_decided(spec: &WriteSpec, decided: Decided) -> Result<Written> {
+    if decided.rows == 0 {
+        return Ok(Written { planned: 0, changed: 0, by_phase: "{}".into(), locked_ms: 0.0 });
+    }
+    if spec.after_earlier_pass || spec.dry_run || !spec.guard {
+        return write_batch(spec, decided.decoded()?);
+    }
+    write_logging_first(spec, decided.arrays()?, decided.rows, decided.key_range.as_ref())
+}
+
 /// Writes a decided batch.
 pub fn write_batch(spec: &WriteSpec, changes: Changes) -> Result<Written> {
+    let changes = if spec.after_earlier_pass && !spec.dry_run && !changes.key.is_empty() {
+        without_rows_written_before(spec, changes)?
+    } else {
+        changes
+    };
     let planned = changes.key.len() as i64;
     if planned == 0 {
         return Ok(Written { planned, changed: 0, by_phase: "{}".into(), locked_ms: 0.0 });
@@ -133,7 +205,49 @@ pub fn write_batch(spec: &WriteSpec, changes: Changes) -> Result<Written> {
     // planner, which cannot see where a batch's keys lie, joins by reading the key index
     // from the table's first row, and later batches take longer and longer.
     let key_range = changes.key_range();
-    write_logging_first(spec, changes, key_range.as_ref())
+    write_logging_first(spec, changes.into_arrays(), planned, key_range.as_ref())
+}
+
+/// `changes` without the rows the run already wrote in an earlier pass: another session
+/// changed them since (set one back to NULL, say), or their evidence. A second write
+/// would leave the run two backups of one row, which `rollback` could not tell apart
+/// (the older no longer holds what the row had before the write a rollback undoes), and
+/// `validate` would count one row twice. They are left as they are, said in a WARNING
+/// (as rows that stayed locked are); the next run decides them. The run's backup is read for the batch's
+/// keys alone: its BRIN index finds the run's rows, a hash of the keys filters them.
+fn without_rows_written_before(spec: &WriteSpec, mut changes: Changes) -> Result<Changes> {
+    let keys = sql::as_extension_owner(|| {
+        sql::select_value::<Vec<Option<String>>>(
+            sql::fixed(
+                "SELECT pg_catalog.array_agg(b.row_key) FROM tenant_backfill.backup b\n \
+                 WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass\n   \
+                 AND b.column_name = $3 AND b.row_key = ANY ($4)",
+            ),
+            &[
+                Value::int8(spec.run_id),
+                Value::Oid(spec.target.rel.oid),
+                Value::text(spec.column.name.clone()),
+                Value::TextArray(changes.key.clone()),
+            ],
+        )
+    })?
+    .unwrap_or_default();
+    if keys.is_empty() {
+        return Ok(changes);
+    }
+    let written: std::collections::HashSet<Option<String>> = keys.into_iter().collect();
+    changes.retain_keys(|key| !written.contains(key));
+    report_with_hint(
+        PgLogLevel::WARNING,
+        format!(
+            "tenant_backfill: {} rows of {} that run {} wrote in an earlier pass would be written again (another session changed them, or their evidence, since); the run leaves them as they are",
+            written.len(),
+            spec.target.rel.display,
+            spec.run_id
+        ),
+        "A run writes a row once, so its backup holds what a rollback puts back. The next CALL tenant_backfill.run decides them anew.".into(),
+    );
+    Ok(changes)
 }
 
 /// `upd` for a statement that decides and writes at once (`run_now`, src/batch.rs):
@@ -162,7 +276,7 @@ pub(crate) fn log_written(spec: &WriteSpec, written: Changes) -> Result<()> {
         return Ok(());
     }
     let mut log = Statement::new();
-    let changes_cte = changes_as_text(written, &mut log);
+    let changes_cte = changes_as_text(written.into_arrays(), &mut log);
     let log_ctes = log_ctes(spec, &mut log, "changes", "");
     log.sql = format!("WITH {changes_cte}{log_ctes}\nSELECT");
     sql::as_extension_owner(|| sql::execute(&log.sql, &log.params))?;
@@ -183,7 +297,7 @@ fn phase_counts(phases: &[Option<String>]) -> String {
 /// with `old` as they hold it now; rows that are gone are left out.
 fn as_they_are(spec: &WriteSpec, changes: Changes) -> Result<Changes> {
     let mut st = Statement::new();
-    let changes_cte = changes_from_arrays(spec, changes, &mut st);
+    let changes_cte = changes_from_arrays(spec, changes.into_arrays(), &mut st);
     st.sql = format!(
         "WITH {changes_cte}\n\
          SELECT {arrays}\n  \
@@ -328,9 +442,13 @@ pub fn release_quarantined(spec: &WriteSpec, columns: &[String]) -> Result<i64> 
 /// written (another session held them, or set them meanwhile), the removal of their
 /// log rows. Rows are locked from the second statement to the commit: the log inserts,
 /// about 40% of the write, are outside.
-fn write_logging_first(spec: &WriteSpec, changes: Changes, key_range: Option<&(String, String)>) -> Result<Written> {
-    let planned = changes.key.len() as i64;
-    let to_update = changes.for_update();
+fn write_logging_first(
+    spec: &WriteSpec,
+    changes: ChangeArrays,
+    planned: i64,
+    key_range: Option<&(String, String)>,
+) -> Result<Written> {
+    let to_update = for_update(&changes);
     // As the extension's owner: so nothing in it may run code of the user's, and it casts
     // nothing to the user's types (a domain's CHECK could call a function of theirs).
     let mut log = Statement::new();
@@ -406,7 +524,7 @@ fn unlog(
 /// `changes AS (...)` over `changes` as text, for the statement that logs them as the
 /// extension's owner: the text of each value is what the decision printed, exactly what
 /// the log keeps, and nothing is cast to a type of the user's.
-fn changes_as_text(changes: Changes, st: &mut Statement) -> String {
+fn changes_as_text(changes: ChangeArrays, st: &mut Statement) -> String {
     let rows = unnest_changes(changes, st);
     format!(
         "changes AS (\n    SELECT c.key, c.old, c.new, c.phase, c.source, c.rule,\n           \
@@ -416,7 +534,7 @@ fn changes_as_text(changes: Changes, st: &mut Statement) -> String {
 
 /// `changes AS (...)` over `changes`, cast back to the key's and the written column's
 /// types: for the statements that read or write the user's table with the caller's rights.
-fn changes_from_arrays(spec: &WriteSpec, changes: Changes, st: &mut Statement) -> String {
+fn changes_from_arrays(spec: &WriteSpec, changes: ChangeArrays, st: &mut Statement) -> String {
     let rows = unnest_changes(changes, st);
     format!(
         "changes AS (\n    SELECT {key} AS key, c.old::{column_type} AS old, c.new::{column_type} AS new,\n           \
@@ -429,10 +547,8 @@ fn changes_from_arrays(spec: &WriteSpec, changes: Changes, st: &mut Statement) -
 /// `FROM ROWS FROM (...) AS c(key, old, new, phase, source, rule, evidence)`: the seven
 /// arrays of `changes` as seven `text[]` arguments, row by row. (`ROWS FROM` because only
 /// the unqualified `unnest` takes several arrays.)
-fn unnest_changes(changes: Changes, st: &mut Statement) -> String {
-    let Changes { key, old, new, phase, source, rule, evidence } = changes;
-    let [key, old, new, phase, source, rule, evidence] =
-        [key, old, new, phase, source, rule, evidence].map(|values| st.param(Value::TextArray(values)));
+fn unnest_changes(changes: ChangeArrays, st: &mut Statement) -> String {
+    let [key, old, new, phase, source, rule, evidence] = changes.map(|values| st.param(values));
     format!(
         "      FROM ROWS FROM (pg_catalog.unnest({key}::text[]), pg_catalog.unnest({old}::text[]),\n                      \
          pg_catalog.unnest({new}::text[]), pg_catalog.unnest({phase}::text[]),\n                      \

@@ -21,7 +21,15 @@ use pgrx::prelude::*;
 const RUN_NOW_BATCH: i64 = 5000;
 
 fn tenant_spec<'a>(job: &'a Job, run_id: i64, dry_run: bool) -> WriteSpec<'a> {
-    WriteSpec { target: &job.target, column: &job.target.tenant, run_id, skip_locked: false, guard: true, dry_run }
+    WriteSpec {
+        target: &job.target,
+        column: &job.target.tenant,
+        run_id,
+        skip_locked: false,
+        guard: true,
+        dry_run,
+        after_earlier_pass: false,
+    }
 }
 
 // ------------------------------------------------------------------ CALL run

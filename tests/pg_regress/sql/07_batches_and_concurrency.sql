@@ -67,6 +67,31 @@ SELECT b.row_key, b.old_value, b.new_value, a.new_value AS audited FROM tenant_b
 SELECT dblink_exec('app', 'COMMIT');
 -- Nothing of the application's work was lost.
 SELECT id, tenant_id FROM accounts WHERE id IN (1, 2, 4, 5) ORDER BY id;
+-- A run writes a row once. A later pass walks every key again; a row the run wrote in
+-- its first pass that another session has set back to NULL since is left as it is (a
+-- second write would leave two backups of one row). Here the run wrote accounts 10 and
+-- 11 and stopped after its first pass, as a run paused then would.
+UPDATE accounts SET tenant_id = NULL WHERE id IN (10, 11);
+CALL tenant_backfill.run('accounts');
+UPDATE tenant_backfill.runs SET status = 'paused', pass = 2, last_key = NULL, finished_at = NULL
+ WHERE run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass);
+-- Another session sets account 10 back to NULL, and account 13, which the run has not written.
+UPDATE accounts SET tenant_id = NULL WHERE id IN (10, 13);
+CALL tenant_backfill.run('accounts');
+SELECT id, tenant_id FROM accounts WHERE id IN (10, 11, 13) ORDER BY id;
+SELECT status, pass, rows_changed, rows_skipped FROM tenant_backfill.runs
+ WHERE run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass);
+SELECT b.row_key, b.old_value, b.new_value, a.new_value AS audited FROM tenant_backfill.backup b
+  FULL JOIN tenant_backfill.audit_log a USING (run_id, row_key)
+ WHERE run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass)
+ ORDER BY 1;
+SELECT check_name, ok, expected, actual FROM tenant_backfill.validate('accounts',
+       run_id => (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass))
+ WHERE check_name IN ('audit_complete', 'backup_complete');
+-- Its rollback puts back what it found where it still holds what it wrote: 11 and 13.
+SELECT * FROM tenant_backfill.rollback((SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass));
+SELECT id, tenant_id FROM accounts WHERE id IN (10, 11, 13) ORDER BY id;
+CALL tenant_backfill.run('accounts');
 -- One run per target: while another session holds the target's run lock, CALL run refuses.
 SELECT * FROM dblink('app', 'SELECT pg_advisory_lock(1952804450, ''big.accounts''::regclass::oid::int4)::text') AS t(locked text);
 \set VERBOSITY terse
