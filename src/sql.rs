@@ -491,18 +491,24 @@ pub fn select_one_row_keeping<'a, T>(
     Ok((decoded, Kept { values, types, _memory: memory }))
 }
 
-/// Runs a statement through a cursor and hands its rows, decoded by `decode`, to `each`
-/// `chunk` rows at a time: for a statement whose result is too big to hold at once. A
-/// statement that writes runs to completion at the first fetch, its rows kept by
-/// Postgres in a tuplestore that goes to disk past `work_mem`. Each chunk is fetched in
-/// an SPI session of its own, so its rows are freed before the next one (pgrx keeps the
-/// rows a cursor fetched until the session ends), and `each` runs outside any session.
-pub fn stream_rows<T>(
+/// Runs a statement through a cursor and hands its rows to `each` `chunk` rows at a
+/// time: for a statement whose result is too big to hold at once. A statement that
+/// writes runs to completion at the first fetch, its rows kept by Postgres in a
+/// tuplestore that goes to disk past `work_mem`. Each chunk is fetched in an SPI session
+/// of its own, so its rows are freed before the next one, and `each` runs outside any
+/// session. Of the rows whose column `marker` is NULL, `each` gets columns `arrays` as
+/// one array each, built by Postgres from the rows' values and kept (`Kept`), with how
+/// many rows they hold; the other rows decoded by `decode`. So a statement's thousands of
+/// written rows reach the statement that logs them without each value being decoded into
+/// a Rust string and encoded back into an array.
+pub fn stream_arrays<T>(
     sql: &str,
     params: &[Value],
     chunk: i64,
+    arrays: std::ops::RangeInclusive<usize>,
+    marker: usize,
     mut decode: impl FnMut(&SpiHeapTupleData) -> Result<T>,
-    mut each: impl FnMut(Vec<T>) -> Result<()>,
+    mut each: impl FnMut(Kept, i64, Vec<T>) -> Result<()>,
 ) -> Result<()> {
     with_pinned_settings(|| {
         let cursor = Spi::connect_mut(|client| -> Result<String> {
@@ -510,29 +516,105 @@ pub fn stream_rows<T>(
             in_subtransaction(|| open_read_write_cursor(client, sql, &args))
         })?;
         let streamed = (|| loop {
-            let rows = Spi::connect_mut(|client| -> Result<Vec<T>> {
-                let mut open = client.find_cursor(&cursor)?;
-                let table = in_subtransaction(|| open.fetch(chunk))?;
-                let rows = in_spi_memory(|| {
-                    let mut out = Vec::with_capacity(table.len());
-                    for row in table {
-                        out.push(decode(&row)?);
-                    }
-                    Ok::<_, BackfillError>(out)
-                });
-                // Left open for the next chunk (dropping it would close it).
-                open.detach_into_name();
-                rows
-            })?;
-            if rows.is_empty() {
+            // Made outside the SPI session, whose memory its end frees.
+            let mut memory = PgMemoryContexts::new("tenant_backfill kept values");
+            let fetched = Spi::connect_mut(
+                |client| -> Result<Option<(Vec<Option<pg_sys::Datum>>, Vec<pg_sys::Oid>, i64, Vec<T>)>> {
+                    let mut open = client.find_cursor(&cursor)?;
+                    let rows = in_subtransaction(|| open.fetch(chunk))?.len();
+                    let fetched = if rows == 0 {
+                        Ok(None)
+                    } else {
+                        // SAFETY: SPI_tuptable is the result of the fetch just made (it returned
+                        // rows), kept in this session's memory; the columns are checked against
+                        // its descriptor; construct_md_array copies the values into `memory`.
+                        unsafe { gather_arrays(&arrays, marker, &mut memory, &mut decode).map(Some) }
+                    };
+                    // Left open for the next chunk (dropping it would close it).
+                    open.detach_into_name();
+                    fetched
+                },
+            )?;
+            let Some((values, types, rows, others)) = fetched else {
                 return Ok(());
-            }
-            each(rows)?;
+            };
+            each(Kept { values, types, _memory: memory }, rows, others)?;
         })();
         // Closed on every way out; an error that aborts the transaction closes it too.
         Spi::connect_mut(|client| drop(client.find_cursor(&cursor)));
         streamed
     })
+}
+
+/// `stream_arrays`' work on one fetched chunk (SPI_tuptable): the arrays of columns
+/// `arrays` over the rows whose `marker` is NULL, in `memory`, their types and how many
+/// rows; the other rows decoded.
+///
+/// # Safety
+/// SPI_tuptable must be the result of a fetch that returned rows, in the open session.
+unsafe fn gather_arrays<T>(
+    arrays: &std::ops::RangeInclusive<usize>,
+    marker: usize,
+    memory: &mut PgMemoryContexts,
+    decode: &mut impl FnMut(&SpiHeapTupleData) -> Result<T>,
+) -> Result<(Vec<Option<pg_sys::Datum>>, Vec<pg_sys::Oid>, i64, Vec<T>)> {
+    let table = pg_sys::SPI_tuptable;
+    let tupdesc = (*table).tupdesc;
+    let attribute = |column: usize| {
+        i32::try_from(column)
+            .ok()
+            .filter(|&c| c >= 1 && c <= (*tupdesc).natts)
+            .ok_or_else(|| BackfillError::Internal(format!("a streamed statement has no column {column}")))
+    };
+    let marker = attribute(marker)?;
+    let tuples = std::slice::from_raw_parts((*table).vals, (*table).numvals as usize);
+    let (mut kept, mut others) = (Vec::with_capacity(tuples.len()), Vec::new());
+    for &tuple in tuples {
+        let mut is_null = false;
+        pg_sys::SPI_getbinval(tuple, tupdesc, marker, &mut is_null);
+        if is_null {
+            kept.push(tuple);
+        } else if let Some(row) = SpiHeapTupleData::new(tupdesc, tuple)? {
+            others.push(in_spi_memory(|| decode(&row))?);
+        }
+    }
+    let (mut values, mut types) = (Vec::new(), Vec::new());
+    for column in arrays.clone() {
+        let attribute = attribute(column)?;
+        let element = pg_sys::SPI_gettypeid(tupdesc, attribute);
+        let array_type = pg_sys::get_array_type(element);
+        if array_type == pg_sys::InvalidOid || kept.is_empty() {
+            values.push(None);
+            types.push(array_type);
+            continue;
+        }
+        let (mut datums, mut nulls) = (Vec::with_capacity(kept.len()), Vec::with_capacity(kept.len()));
+        for &tuple in &kept {
+            let mut is_null = false;
+            datums.push(pg_sys::SPI_getbinval(tuple, tupdesc, attribute, &mut is_null));
+            nulls.push(is_null);
+        }
+        let (mut length, mut by_value, mut align) = (0i16, false, 0 as std::ffi::c_char);
+        pg_sys::get_typlenbyvalalign(element, &mut length, &mut by_value, &mut align);
+        let mut dims = [i32::try_from(kept.len()).map_err(|_| BackfillError::Internal("too many rows".into()))?];
+        let mut lower_bounds = [1i32];
+        let array = memory.switch_to(|_| {
+            pg_sys::construct_md_array(
+                datums.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+                1,
+                dims.as_mut_ptr(),
+                lower_bounds.as_mut_ptr(),
+                element,
+                i32::from(length),
+                by_value,
+                align,
+            )
+        });
+        values.push(Some(pg_sys::Datum::from(array)));
+        types.push(array_type);
+    }
+    Ok((values, types, kept.len() as i64, others))
 }
 
 /// Runs a statement that returns one value (or none).

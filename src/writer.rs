@@ -1,8 +1,9 @@
 //! The only code that changes user rows, and the only code that writes `backup` and
 //! `audit_log`. Five ways in:
 //!
-//! - `write_batch`: a batch of `CALL run` (or of a dry `run_now`), decided beforehand
-//!   (without locks) and handed over as arrays;
+//! - `write_decided`: a batch of `CALL run` (or of a dry `run_now`), decided beforehand
+//!   (without locks) and handed over as the arrays the decision built (`Decided`);
+//!   `write_batch` for the same as decoded `Changes`;
 //! - `decided_update_cte` and `log_written`: `run_now`, whose statements decide and
 //!   update a range of keys each with the caller's rights (src/batch.rs), and whose written
 //!   rows are then logged as the owner, from text, like step 1 below but after the
@@ -113,6 +114,14 @@ fn for_update(arrays: &ChangeArrays) -> ChangeArrays {
     ]
 }
 
+/// The seven arrays of rows to change kept from a statement (`sql::Kept`, in `Changes`
+/// order), as arguments.
+fn kept_arrays(kept: &sql::Kept, what: &str) -> Result<ChangeArrays> {
+    let value =
+        |i: usize| kept.value(i).ok_or_else(|| BackfillError::Internal(format!("array {} of {what} was NULL", i + 1)));
+    Ok([value(0)?, value(1)?, value(2)?, value(3)?, value(4)?, value(5)?, value(6)?])
+}
+
 /// The rows a batch's decision changes, as the decision's statement returned them: seven
 /// `text[]` kept as Postgres built them (`sql::Kept`), in key order, with how many rows
 /// and their lowest and highest key.
@@ -124,10 +133,7 @@ pub struct Decided {
 
 impl Decided {
     fn arrays(&self) -> Result<ChangeArrays> {
-        let value = |i: usize| {
-            self.arrays.value(i).ok_or_else(|| BackfillError::Internal(format!("array {i} of a decision was NULL")))
-        };
-        Ok([value(0)?, value(1)?, value(2)?, value(3)?, value(4)?, value(5)?, value(6)?])
+        kept_arrays(&self.arrays, "a decision")
     }
 
     /// The rows as `Changes`, for the writes that look at them row by row.
@@ -185,11 +191,32 @@ pub fn write_decided(spec: &WriteSpec, decided: Decided) -> Result<Written> {
 
 /// Writes a decided batch.
 pub fn write_batch(spec: &WriteSpec, changes: Changes) -> Result<Written> {
-    let changes = if spec.after_earlier_pass && !spec.dry_run && !changes.key.is_empty() {
+    let (changes, left) = if spec.after_earlier_pass && !spec.dry_run && !changes.key.is_empty() {
         without_rows_written_before(spec, changes)?
     } else {
-        changes
+        (changes, 0)
     };
+    let written = write_changes(spec, changes)?;
+    // Said once the write is done: a first try that runs out of lock wait is done
+    // again, and would say it again.
+    if left > 0 {
+        report_with_hint(
+            PgLogLevel::WARNING,
+            format!(
+                "tenant_backfill: {left} rows of {} that run {} wrote in an earlier pass would be written again \
+                 (another session changed them, or their evidence, since); the run leaves them as they are",
+                spec.target.rel.display, spec.run_id
+            ),
+            "A run writes a row once, so that its backup holds what a rollback puts back. \
+             The target's next run decides them anew."
+                .into(),
+        );
+    }
+    Ok(written)
+}
+
+/// Writes `changes` (`write_batch`'s own rows).
+fn write_changes(spec: &WriteSpec, changes: Changes) -> Result<Written> {
     let planned = changes.key.len() as i64;
     if planned == 0 {
         return Ok(Written { planned, changed: 0, by_phase: "{}".into(), locked_ms: 0.0 });
@@ -208,21 +235,33 @@ pub fn write_batch(spec: &WriteSpec, changes: Changes) -> Result<Written> {
     write_logging_first(spec, changes.into_arrays(), planned, key_range.as_ref())
 }
 
-/// `changes` without the rows the run already wrote in an earlier pass: another session
-/// changed them since (set one back to NULL, say), or their evidence. A second write
-/// would leave the run two backups of one row, which `rollback` could not tell apart
-/// (the older no longer holds what the row had before the write a rollback undoes), and
-/// `validate` would count one row twice. They are left as they are, said in a WARNING
-/// (as rows that stayed locked are); the next run decides them. The run's backup is read for the batch's
-/// keys alone: its BRIN index finds the run's rows, a hash of the keys filters them.
-fn without_rows_written_before(spec: &WriteSpec, mut changes: Changes) -> Result<Changes> {
+/// `changes` without the rows the run already wrote in an earlier pass, and how many
+/// those were: another session changed them since (set one back to NULL, say), or their
+/// evidence. A second write would leave the run two backups of one row, which `rollback`
+/// could not tell apart (the older no longer holds what the row had before the write a
+/// rollback undoes), and `validate` would count one row twice. They are left as they
+/// are; `write_batch` says so once the write is done, and the next run decides them.
+///
+/// The batch's keys are looked up in the run's backup by a hash join: the BRIN index
+/// narrows the backup to the run's rows, all of which are read. So a batch of a later
+/// pass that has rows to change reads its run's backup once; a later pass is rare (rows other sessions held), and most of its batches find
+/// nothing to change. A timestamptz key is matched as one: its text has the offset of the
+/// TimeZone of the session that wrote it, which a later pass need not share.
+fn without_rows_written_before(spec: &WriteSpec, mut changes: Changes) -> Result<(Changes, usize)> {
+    let statement = if spec.target.key.prints_in_session_time_zone() {
+        "SELECT pg_catalog.array_agg(k.key) FROM pg_catalog.unnest($4::text[]) AS k(key)\n \
+         WHERE EXISTS (SELECT FROM tenant_backfill.backup b\n \
+                       WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass AND b.column_name = $3\n   \
+                         AND b.row_key::pg_catalog.timestamptz = k.key::pg_catalog.timestamptz)"
+    } else {
+        "SELECT pg_catalog.array_agg(k.key) FROM pg_catalog.unnest($4::text[]) AS k(key)\n \
+         WHERE EXISTS (SELECT FROM tenant_backfill.backup b\n \
+                       WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass AND b.column_name = $3\n   \
+                         AND b.row_key = k.key)"
+    };
     let keys = sql::as_extension_owner(|| {
         sql::select_value::<Vec<Option<String>>>(
-            sql::fixed(
-                "SELECT pg_catalog.array_agg(b.row_key) FROM tenant_backfill.backup b\n \
-                 WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass\n   \
-                 AND b.column_name = $3 AND b.row_key = ANY ($4)",
-            ),
+            sql::fixed(statement),
             &[
                 Value::int8(spec.run_id),
                 Value::Oid(spec.target.rel.oid),
@@ -233,21 +272,11 @@ fn without_rows_written_before(spec: &WriteSpec, mut changes: Changes) -> Result
     })?
     .unwrap_or_default();
     if keys.is_empty() {
-        return Ok(changes);
+        return Ok((changes, 0));
     }
     let written: std::collections::HashSet<Option<String>> = keys.into_iter().collect();
     changes.retain_keys(|key| !written.contains(key));
-    report_with_hint(
-        PgLogLevel::WARNING,
-        format!(
-            "tenant_backfill: {} rows of {} that run {} wrote in an earlier pass would be written again (another session changed them, or their evidence, since); the run leaves them as they are",
-            written.len(),
-            spec.target.rel.display,
-            spec.run_id
-        ),
-        "A run writes a row once, so its backup holds what a rollback puts back. The next CALL tenant_backfill.run decides them anew.".into(),
-    );
-    Ok(changes)
+    Ok((changes, written.len()))
 }
 
 /// `upd` for a statement that decides and writes at once (`run_now`, src/batch.rs):
@@ -271,12 +300,10 @@ pub(crate) fn decided_update_cte(spec: &WriteSpec, rows: &str) -> String {
 
 /// The backup and audit rows of rows already written (`decided_update_cte`), as the
 /// extension's owner, from text only, like the first statement of a logging-first write.
-pub(crate) fn log_written(spec: &WriteSpec, written: Changes) -> Result<()> {
-    if written.key.is_empty() {
-        return Ok(());
-    }
+pub(crate) fn log_written(spec: &WriteSpec, written: &sql::Kept) -> Result<()> {
+    let arrays = kept_arrays(written, "the rows written")?;
     let mut log = Statement::new();
-    let changes_cte = changes_as_text(written.into_arrays(), &mut log);
+    let changes_cte = changes_as_text(arrays, &mut log);
     let log_ctes = log_ctes(spec, &mut log, "changes", "");
     log.sql = format!("WITH {changes_cte}{log_ctes}\nSELECT");
     sql::as_extension_owner(|| sql::execute(&log.sql, &log.params))?;
@@ -631,6 +658,6 @@ fn log_ctes(spec: &WriteSpec, st: &mut Statement, rows: &str, returning: &str) -
 }
 
 /// `{"1": 15, "override": 1}`: rows changed per phase, from `upd`.
-const BY_PHASE: &str =
+pub(crate) const BY_PHASE: &str =
     "(SELECT COALESCE(pg_catalog.jsonb_object_agg(x.phase, x.n), '{}'::pg_catalog.jsonb)\n          \
      FROM (SELECT u.phase, pg_catalog.count(*) AS n FROM upd u GROUP BY u.phase) x)";
