@@ -242,22 +242,24 @@ fn write_changes(spec: &WriteSpec, changes: Changes) -> Result<Written> {
 /// rollback undoes), and `validate` would count one row twice. They are left as they
 /// are; `write_batch` says so once the write is done, and the next run decides them.
 ///
-/// The batch's keys are looked up in the run's backup by a hash join: the BRIN index
-/// narrows the backup to the run's rows, all of which are read. So a batch of a later
-/// pass that has rows to change reads its run's backup once; a later pass is rare (rows other sessions held), and most of its batches find
-/// nothing to change. A timestamptz key is matched as one: its text has the offset of the
-/// TimeZone of the session that wrote it, which a later pass need not share.
+/// The batch's keys are looked up in the run's backup by a hash of the keys, probed with
+/// every backup row of the run (the BRIN index narrows the backup to those). So a batch
+/// of a later pass that has rows to change reads its run's backup once: 0.5-0.6 s for a
+/// run of 5M rows (an EXISTS hashed the backup instead, 1.1-1.4 s, and a kept plan's
+/// `= ANY` of the keys was a linear search of them per backup row). A later pass is rare
+/// (rows other sessions held), and most of its batches find nothing to change. A
+/// timestamptz key is matched as one: its text has the offset of the TimeZone of the
+/// session that wrote it, which a later pass need not share.
 fn without_rows_written_before(spec: &WriteSpec, mut changes: Changes) -> Result<(Changes, usize)> {
     let statement = if spec.target.key.prints_in_session_time_zone() {
-        "SELECT pg_catalog.array_agg(k.key) FROM pg_catalog.unnest($4::text[]) AS k(key)\n \
-         WHERE EXISTS (SELECT FROM tenant_backfill.backup b\n \
-                       WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass AND b.column_name = $3\n   \
-                         AND b.row_key::pg_catalog.timestamptz = k.key::pg_catalog.timestamptz)"
+        "SELECT pg_catalog.array_agg(DISTINCT k.key)\n  \
+         FROM tenant_backfill.backup b JOIN pg_catalog.unnest($4::text[]) AS k(key)\n    \
+         ON b.row_key::pg_catalog.timestamptz = k.key::pg_catalog.timestamptz\n \
+         WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass AND b.column_name = $3"
     } else {
-        "SELECT pg_catalog.array_agg(k.key) FROM pg_catalog.unnest($4::text[]) AS k(key)\n \
-         WHERE EXISTS (SELECT FROM tenant_backfill.backup b\n \
-                       WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass AND b.column_name = $3\n   \
-                         AND b.row_key = k.key)"
+        "SELECT pg_catalog.array_agg(DISTINCT k.key)\n  \
+         FROM tenant_backfill.backup b JOIN pg_catalog.unnest($4::text[]) AS k(key) ON b.row_key = k.key\n \
+         WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass AND b.column_name = $3"
     };
     let keys = sql::as_extension_owner(|| {
         sql::select_value::<Vec<Option<String>>>(

@@ -92,6 +92,26 @@ SELECT check_name, ok, expected, actual FROM tenant_backfill.validate('accounts'
 SELECT * FROM tenant_backfill.rollback((SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass));
 SELECT id, tenant_id FROM accounts WHERE id IN (10, 11, 13) ORDER BY id;
 CALL tenant_backfill.run('accounts');
+-- The same with a timestamptz key, its first pass in Paris and its second in UTC: the
+-- backup's text of a key carries the offset of the session that wrote it.
+CREATE TABLE visits (at timestamptz PRIMARY KEY, tenant_id int);
+CREATE TABLE visit_notes (visit_at timestamptz NOT NULL, tenant_id int);
+INSERT INTO visits SELECT '2026-01-01 00:00+00'::timestamptz + i * interval '1 hour', NULL FROM generate_series(1, 3) i;
+INSERT INTO visit_notes SELECT at, 7 FROM visits;
+SELECT tenant_backfill.define('visits', 'tenant_id');
+SELECT tenant_backfill.add_source('visits', 'visit_notes', 'visit_at');
+SET TimeZone = 'Europe/Paris';
+CALL tenant_backfill.run('visits');
+UPDATE tenant_backfill.runs SET status = 'paused', pass = 2, last_key = NULL, finished_at = NULL
+ WHERE run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'visits'::regclass);
+UPDATE visits SET tenant_id = NULL WHERE at = '2026-01-01 01:00+00';
+SET TimeZone = 'UTC';
+CALL tenant_backfill.run('visits');
+SELECT b.row_key, b.new_value FROM tenant_backfill.backup b
+ WHERE b.run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'visits'::regclass)
+ ORDER BY 1;
+SELECT at, tenant_id FROM visits ORDER BY at;
+RESET TimeZone;
 -- One run per target: while another session holds the target's run lock, CALL run refuses.
 SELECT * FROM dblink('app', 'SELECT pg_advisory_lock(1952804450, ''big.accounts''::regclass::oid::int4)::text') AS t(locked text);
 \set VERBOSITY terse
