@@ -163,6 +163,15 @@ pub struct WriteSpec<'a> {
     pub after_earlier_pass: bool,
 }
 
+impl<'a> WriteSpec<'a> {
+    /// A write in one transaction that waits for rows other sessions hold and writes
+    /// only where the column still holds `old`: every write but a batch of `CALL run` and
+    /// a forced rollback.
+    pub fn guarded(target: &'a Target, column: &'a Column, run_id: i64, dry_run: bool) -> WriteSpec<'a> {
+        WriteSpec { target, column, run_id, skip_locked: false, guard: true, dry_run, after_earlier_pass: false }
+    }
+}
+
 /// What a write did.
 #[derive(Clone, Debug)]
 pub struct Written {

@@ -125,15 +125,7 @@ fn apply_decisions_impl(target: RegClass, decisions: RegClass) -> Result<i64> {
         differs = tenant_ops
             .distinct(&format!("t.{}", target.tenant.sql_name()), &format!("pg_catalog.btrim(d.tenant::text)::{tt}")),
     );
-    let spec = WriteSpec {
-        target: &target,
-        column: &target.tenant,
-        run_id,
-        skip_locked: false,
-        guard: true,
-        dry_run: false,
-        after_earlier_pass: false,
-    };
+    let spec = WriteSpec::guarded(&target, &target.tenant, run_id, false);
     write_and_finish(&spec, select)
 }
 
@@ -223,14 +215,6 @@ fn soft_delete_orphans_impl(target: RegClass, dry_run: bool) -> Result<i64> {
         key_eq = t.key.ops().eq,
         table = t.rel.sql_name(),
     );
-    let spec = WriteSpec {
-        target: t,
-        column: &column,
-        run_id,
-        skip_locked: false,
-        guard: true,
-        dry_run,
-        after_earlier_pass: false,
-    };
+    let spec = WriteSpec::guarded(t, &column, run_id, dry_run);
     write_and_finish(&spec, select)
 }

@@ -141,15 +141,7 @@ fn release_impl(target: RegClass, tenant: Option<&str>) -> Result<i64> {
         driver: runs::Driver::Foreground,
         parameters: serde_json::json!({}),
     })?;
-    let spec = WriteSpec {
-        target: &target,
-        column: &target.tenant,
-        run_id,
-        skip_locked: false,
-        guard: true,
-        dry_run: false,
-        after_earlier_pass: false,
-    };
+    let spec = WriteSpec::guarded(&target, &target.tenant, run_id, false);
     let released = writer::release_quarantined(&spec, &columns)?;
     runs::finish_with_counts(run_id, released, None, "quarantine")?;
     Ok(released)

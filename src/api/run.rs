@@ -21,15 +21,7 @@ use pgrx::prelude::*;
 const RUN_NOW_BATCH: i64 = 5000;
 
 fn tenant_spec<'a>(job: &'a Job, run_id: i64, dry_run: bool) -> WriteSpec<'a> {
-    WriteSpec {
-        target: &job.target,
-        column: &job.target.tenant,
-        run_id,
-        skip_locked: false,
-        guard: true,
-        dry_run,
-        after_earlier_pass: false,
-    }
+    WriteSpec::guarded(&job.target, &job.target.tenant, run_id, dry_run)
 }
 
 // ------------------------------------------------------------------ CALL run
