@@ -237,7 +237,8 @@ fn write_range(job: &Job, mode: Mode, spec: &WriteSpec, scope: Scope, chunk: i64
     // c, and once more for all three counts (one read of a million rows instead of three).
     // c, the rows to change, is a filter over it: inlined (NOT MATERIALIZED), it is not
     // written out a second time, a million rows to disk past work_mem. The rows changed
-    // per phase are counted from upd, the rows written.
+    // per phase are counted from upd, the rows written (every row to change has a phase:
+    // the decision gives one to every row it proposes a tenant for).
     st.sql = format!(
         "WITH d AS MATERIALIZED (\n{decision})\n\
          , c AS NOT MATERIALIZED (\n    SELECT d.key, d.current AS old, d.proposed AS new,\n           \

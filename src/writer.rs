@@ -254,7 +254,7 @@ fn write_changes(spec: &WriteSpec, changes: Changes) -> Result<Written> {
 /// The batch's keys are looked up in the run's backup by a hash of the keys, probed with
 /// every backup row of the run (the BRIN index narrows the backup to those). So a batch
 /// of a later pass that has rows to change reads its run's backup once: 0.5-0.6 s for a
-/// run of 5M rows (an EXISTS hashed the backup instead, 1.1-1.4 s, and a kept plan's
+/// run of 5M rows (an EXISTS hashed the backup instead, 1.1-1.2 s, and a kept plan's
 /// `= ANY` of the keys was a linear search of them per backup row). A later pass is rare
 /// (rows other sessions held), and most of its batches find nothing to change. A
 /// timestamptz key is matched as one: its text has the offset of the TimeZone of the
