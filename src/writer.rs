@@ -315,7 +315,7 @@ pub(crate) fn log_written(spec: &WriteSpec, written: &sql::Kept) -> Result<()> {
     let arrays = kept_arrays(written, "the rows written")?;
     let mut log = Statement::new();
     let changes_cte = changes_as_text(arrays, &mut log);
-    let log_ctes = log_ctes(spec, &mut log, "changes", "");
+    let log_ctes = log_ctes(spec, &mut log, "changes", false);
     log.sql = format!("WITH {changes_cte}{log_ctes}\nSELECT");
     sql::as_extension_owner(|| sql::execute(&log.sql, &log.params))?;
     Ok(())
@@ -457,7 +457,7 @@ pub fn release_quarantined(spec: &WriteSpec, columns: &[String]) -> Result<i64> 
     let released_by = log.param(Value::text(sql::current_role()));
     let keys = log.param(Value::TextArray(keys));
     let tenants = log.param(Value::TextArray(tenants));
-    let log_ctes = log_ctes(spec, &mut log, "done", "");
+    let log_ctes = log_ctes(spec, &mut log, "done", false);
     log.sql = format!(
         "WITH done AS (\n    SELECT d.key, NULL::text AS old, d.new, 'quarantine'::text AS phase, 'quarantine'::text AS source,\n           \
          'manual'::text AS rule, NULL::pg_catalog.jsonb AS evidence\n      \
@@ -491,7 +491,7 @@ fn write_logging_first(
     // nothing to the user's types (a domain's CHECK could call a function of theirs).
     let mut log = Statement::new();
     let changes_cte = changes_as_text(changes, &mut log);
-    let log_ctes = log_ctes(spec, &mut log, "changes", " RETURNING ctid");
+    let log_ctes = log_ctes(spec, &mut log, "changes", true);
     log.sql = format!(
         "WITH {changes_cte}{log_ctes}\n\
          SELECT (SELECT pg_catalog.array_agg(b.ctid::text) FROM bak b), (SELECT pg_catalog.array_agg(a.ctid::text) FROM aud a)"
@@ -645,26 +645,31 @@ fn lock_and_update_ctes(spec: &WriteSpec, key_range: Option<&(String, String)>, 
     )
 }
 
-/// `bak` and `aud`: a backup row and an audit row for each row of `rows` (`upd`, the
+/// `aud` and `bak`: an audit row and a backup row for each row of `rows` (`upd`, the
 /// rows just changed, `changes`, the rows about to be, or `done`, the released rows),
-/// with `returning` appended to both inserts; starts with a comma. The one place the
-/// extension's backup and audit rows are written.
-fn log_ctes(spec: &WriteSpec, st: &mut Statement, rows: &str, returning: &str) -> String {
+/// both returning their ctids when `ctids`; starts with a comma. The one place the
+/// extension's backup and audit rows are written. The backup rows are made from the audit
+/// rows the insert returns (the same key and values, as text), so `rows` is read once: read
+/// by both inserts, a CTE is kept whole in a tuplestore first, the evidence of every row
+/// included.
+fn log_ctes(spec: &WriteSpec, st: &mut Statement, rows: &str, ctids: bool) -> String {
     let run_id = st.param(Value::int8(spec.run_id));
     let target_oid = st.param(Value::Oid(spec.target.rel.oid));
     let column_name = st.param(Value::text(spec.column.name.clone()));
     // The caller, named before the extension writes the row as its owner.
     let changed_by = st.param(Value::text(sql::current_role()));
+    let (aud_ctid, bak_returning) = if ctids { (", ctid", " RETURNING ctid") } else { ("", "") };
     format!(
-        "\n, bak AS (\n    INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value)\n    \
-         SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text,\n           \
-         {column_name}::text, u.old::text, u.new::text FROM {rows} u{returning})\n\
-         , aud AS (\n    INSERT INTO tenant_backfill.audit_log\n        \
+        "\n, aud AS (\n    INSERT INTO tenant_backfill.audit_log\n        \
          (run_id, target, row_key, column_name, old_value, new_value, phase, source, rule, evidence, changed_by)\n    \
          SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, u.key::text,\n           \
          {column_name}::text, u.old::text, u.new::text, u.phase, u.source, u.rule, u.evidence,\n           \
          {changed_by}::text\n      \
-         FROM {rows} u{returning})"
+         FROM {rows} u\n    \
+         RETURNING row_key, old_value, new_value{aud_ctid})\n\
+         , bak AS (\n    INSERT INTO tenant_backfill.backup (run_id, target, row_key, column_name, old_value, new_value)\n    \
+         SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, a.row_key,\n           \
+         {column_name}::text, a.old_value, a.new_value FROM aud a{bak_returning})"
     )
 }
 
