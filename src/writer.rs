@@ -582,16 +582,18 @@ fn changes_from_arrays(spec: &WriteSpec, changes: ChangeArrays, st: &mut Stateme
     )
 }
 
-/// `FROM ROWS FROM (...) AS c(key, old, new, phase, source, rule, evidence)`: the seven
-/// arrays of `changes` as seven `text[]` arguments, row by row. (`ROWS FROM` because only
-/// the unqualified `unnest` takes several arrays.)
+/// `FROM (SELECT unnest(...) AS key, ...) AS c`: the seven arrays of `changes` as seven
+/// `text[]` arguments, row by row. The unnests stand in a select list, where Postgres runs
+/// them in step (the shorter padded with NULLs, as `ROWS FROM` would): a `ROWS FROM` fills
+/// a tuplestore with each function's rows before the first row comes out, seven of them a
+/// statement.
 fn unnest_changes(changes: ChangeArrays, st: &mut Statement) -> String {
     let [key, old, new, phase, source, rule, evidence] = changes.map(|values| st.param(values));
     format!(
-        "      FROM ROWS FROM (pg_catalog.unnest({key}::text[]), pg_catalog.unnest({old}::text[]),\n                      \
-         pg_catalog.unnest({new}::text[]), pg_catalog.unnest({phase}::text[]),\n                      \
-         pg_catalog.unnest({source}::text[]), pg_catalog.unnest({rule}::text[]),\n                      \
-         pg_catalog.unnest({evidence}::text[])) AS c(key, old, new, phase, source, rule, evidence)"
+        "      FROM (SELECT pg_catalog.unnest({key}::text[]) AS key, pg_catalog.unnest({old}::text[]) AS old,\n              \
+         pg_catalog.unnest({new}::text[]) AS new, pg_catalog.unnest({phase}::text[]) AS phase,\n              \
+         pg_catalog.unnest({source}::text[]) AS source, pg_catalog.unnest({rule}::text[]) AS rule,\n              \
+         pg_catalog.unnest({evidence}::text[]) AS evidence) AS c"
     )
 }
 
