@@ -653,7 +653,8 @@ fn lock_and_update_ctes(spec: &WriteSpec, key_range: Option<&(String, String)>, 
 /// extension's backup and audit rows are written. The backup rows are made from the audit
 /// rows the insert returns (the same key and values, as text), so `rows` is read once: read
 /// by both inserts, a CTE is kept whole in a tuplestore first, the evidence of every row
-/// included.
+/// included (the audit insert's returned rows are kept too, as any data-modifying CTE's
+/// are, but only their key, values and ctid).
 fn log_ctes(spec: &WriteSpec, st: &mut Statement, rows: &str, ctids: bool) -> String {
     let run_id = st.param(Value::int8(spec.run_id));
     let target_oid = st.param(Value::Oid(spec.target.rel.oid));
