@@ -414,9 +414,9 @@ pub fn select_one_row<'a, T>(
 
 /// Values a statement returned, kept as Postgres made them, in a memory context of their
 /// own that is freed when this is dropped: for later statements to take as arguments
-/// (`kept`). A batch's arrays of thousands of elements so go from the statement that
-/// built them to the ones that write them without being decoded into Rust strings and
-/// encoded back, which took a twentieth of a `CALL run` (BENCHMARKS.md).
+/// (`Kept::value`). A batch's arrays of thousands of elements so go from the statement
+/// that built them to the ones that write them without being decoded into Rust strings
+/// and encoded back, which took 4-5% of a `CALL run` (BENCHMARKS.md).
 pub struct Kept {
     values: Vec<Option<pg_sys::Datum>>,
     types: Vec<pg_sys::Oid>,
@@ -461,10 +461,7 @@ pub fn select_one_row_keeping<'a, T>(
                 let table = pg_sys::SPI_tuptable;
                 let tupdesc = (*table).tupdesc;
                 for column in keep {
-                    let attribute = i32::try_from(column)
-                        .ok()
-                        .filter(|&c| c >= 1 && c <= (*tupdesc).natts)
-                        .ok_or_else(|| BackfillError::Internal(format!("{what} has no column {column}")))?;
+                    let attribute = attribute_number(tupdesc, column, what)?;
                     let mut is_null = false;
                     let datum = pg_sys::SPI_getbinval(*(*table).vals, tupdesc, attribute, &mut is_null);
                     let type_oid = pg_sys::SPI_gettypeid(tupdesc, attribute);
@@ -546,6 +543,18 @@ pub fn stream_arrays<T>(
     })
 }
 
+/// Column `column` (1-based) of a result's descriptor as the attribute number SPI takes,
+/// or an error naming `what` when it has no such column.
+///
+/// # Safety
+/// `tupdesc` must be a valid tuple descriptor.
+unsafe fn attribute_number(tupdesc: pg_sys::TupleDesc, column: usize, what: &str) -> Result<i32> {
+    i32::try_from(column)
+        .ok()
+        .filter(|&c| c >= 1 && c <= (*tupdesc).natts)
+        .ok_or_else(|| BackfillError::Internal(format!("{what} has no column {column}")))
+}
+
 /// `stream_arrays`' work on one fetched chunk (SPI_tuptable): the arrays of columns
 /// `arrays` over the rows whose `marker` is NULL, in `memory`, their types and how many
 /// rows; the other rows decoded.
@@ -560,12 +569,7 @@ unsafe fn gather_arrays<T>(
 ) -> Result<(Vec<Option<pg_sys::Datum>>, Vec<pg_sys::Oid>, i64, Vec<T>)> {
     let table = pg_sys::SPI_tuptable;
     let tupdesc = (*table).tupdesc;
-    let attribute = |column: usize| {
-        i32::try_from(column)
-            .ok()
-            .filter(|&c| c >= 1 && c <= (*tupdesc).natts)
-            .ok_or_else(|| BackfillError::Internal(format!("a streamed statement has no column {column}")))
-    };
+    let attribute = |column: usize| attribute_number(tupdesc, column, "a streamed statement");
     let marker = attribute(marker)?;
     let tuples = std::slice::from_raw_parts((*table).vals, (*table).numvals as usize);
     let (mut kept, mut others) = (Vec::with_capacity(tuples.len()), Vec::new());
@@ -583,7 +587,10 @@ unsafe fn gather_arrays<T>(
         let attribute = attribute(column)?;
         let element = pg_sys::SPI_gettypeid(tupdesc, attribute);
         let array_type = pg_sys::get_array_type(element);
-        if array_type == pg_sys::InvalidOid || kept.is_empty() {
+        if array_type == pg_sys::InvalidOid {
+            return Err(BackfillError::Internal(format!("column {column} of a streamed statement has no array type")));
+        }
+        if kept.is_empty() {
             values.push(None);
             types.push(array_type);
             continue;

@@ -263,7 +263,7 @@ fn without_rows_written_before(spec: &WriteSpec, mut changes: Changes) -> Result
     let statement = if spec.target.key.prints_in_session_time_zone() {
         "SELECT pg_catalog.array_agg(DISTINCT k.key)\n  \
          FROM tenant_backfill.backup b JOIN pg_catalog.unnest($4::text[]) AS k(key)\n    \
-         ON b.row_key::pg_catalog.timestamptz = k.key::pg_catalog.timestamptz\n \
+         ON b.row_key::pg_catalog.timestamptz OPERATOR(pg_catalog.=) k.key::pg_catalog.timestamptz\n \
          WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass AND b.column_name = $3"
     } else {
         "SELECT pg_catalog.array_agg(DISTINCT k.key)\n  \
