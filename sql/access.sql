@@ -20,6 +20,7 @@ BEGIN
         ['targets', 'pg_catalog.has_any_column_privilege(target::pg_catalog.oid, ''SELECT'')'],
         ['runs', 'pg_catalog.has_any_column_privilege(target::pg_catalog.oid, ''SELECT'')'],
         ['run_parts', 'pg_catalog.has_any_column_privilege(target::pg_catalog.oid, ''SELECT'')'],
+        ['run_skipped', 'pg_catalog.has_any_column_privilege(target::pg_catalog.oid, ''SELECT'')'],
         ['overrides', 'pg_catalog.has_any_column_privilege(target::pg_catalog.oid, ''SELECT'')'],
         -- (not narrowed by the source's rights: a run must see every source, and stop
         -- with 42501 at one it may not read, rather than run without it)

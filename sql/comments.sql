@@ -168,6 +168,10 @@ COMMENT ON COLUMN @extschema@.run_parts.after_key IS 'The part begins after this
 COMMENT ON COLUMN @extschema@.run_parts.up_to_key IS 'The part''s last key (included).';
 COMMENT ON COLUMN @extschema@.run_parts.last_key IS 'The part''s cursor: the last key done.';
 COMMENT ON COLUMN @extschema@.run_parts.done IS 'Whether the part has walked all its keys.';
+COMMENT ON COLUMN @extschema@.run_skipped.run_id IS 'The run that skipped the row.';
+COMMENT ON COLUMN @extschema@.run_skipped.target IS 'The run''s target.';
+COMMENT ON COLUMN @extschema@.run_skipped.pass IS 'The pass that skipped the row; the next pass tries it again (the last pass''s rows stay, unchanged).';
+COMMENT ON COLUMN @extschema@.run_skipped.row_key IS 'The row''s key, as text.';
 
 COMMENT ON COLUMN @extschema@.backup.run_id IS 'The run that changed the row.';
 COMMENT ON COLUMN @extschema@.backup.target IS 'The table of the row.';

@@ -31,6 +31,23 @@ ALTER TABLE @extschema@.audit_log
 ALTER TABLE @extschema@.backup REPLICA IDENTITY FULL;
 ALTER TABLE @extschema@.audit_log DROP CONSTRAINT audit_log_pkey, REPLICA IDENTITY FULL;
 
+-- The rows a pass of a run did not write, which its next pass tries again (write_path.sql),
+-- read as run_parts is (access.sql).
+CREATE TABLE @extschema@.run_skipped (
+    run_id  pg_catalog.int8 NOT NULL REFERENCES @extschema@.runs (run_id),
+    target  pg_catalog.regclass NOT NULL,
+    pass    pg_catalog.int4 NOT NULL,
+    row_key pg_catalog.text NOT NULL,
+    PRIMARY KEY (run_id, pass, row_key)
+);
+COMMENT ON TABLE @extschema@.run_skipped IS
+    'The rows a pass of a run did not write (held by another session, or set meanwhile), which its next pass tries again.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.run_skipped', '');
+ALTER TABLE @extschema@.run_skipped ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable ON @extschema@.run_skipped FOR SELECT
+    USING (pg_catalog.has_any_column_privilege(target::pg_catalog.oid, 'SELECT'));
+GRANT SELECT ON @extschema@.run_skipped TO PUBLIC;
+
 -- The internal functions move, keeping their OIDs: the event triggers and the progress
 -- view, which name them by OID, follow.
 ALTER FUNCTION @extschema@._casts_to(value anyelement, type_name regtype) SET SCHEMA tenant_backfill_internal;
@@ -1007,6 +1024,10 @@ COMMENT ON COLUMN @extschema@.run_parts.after_key IS 'The part begins after this
 COMMENT ON COLUMN @extschema@.run_parts.up_to_key IS 'The part''s last key (included).';
 COMMENT ON COLUMN @extschema@.run_parts.last_key IS 'The part''s cursor: the last key done.';
 COMMENT ON COLUMN @extschema@.run_parts.done IS 'Whether the part has walked all its keys.';
+COMMENT ON COLUMN @extschema@.run_skipped.run_id IS 'The run that skipped the row.';
+COMMENT ON COLUMN @extschema@.run_skipped.target IS 'The run''s target.';
+COMMENT ON COLUMN @extschema@.run_skipped.pass IS 'The pass that skipped the row; the next pass tries it again (the last pass''s rows stay, unchanged).';
+COMMENT ON COLUMN @extschema@.run_skipped.row_key IS 'The row''s key, as text.';
 
 COMMENT ON COLUMN @extschema@.backup.run_id IS 'The run that changed the row.';
 COMMENT ON COLUMN @extschema@.backup.target IS 'The table of the row.';

@@ -89,6 +89,23 @@ CREATE TABLE @extschema@.run_parts (
 COMMENT ON TABLE @extschema@.run_parts IS
     'The key ranges of a run shared by several workers, each with its cursor (start(workers => N)).';
 
+-- The rows a pass of a run of committed batches did not write (another session held them,
+-- or set them meanwhile), by key: the run's next pass decides these keys again and no
+-- others, so it never writes a row the run wrote before, and costs what its rows do, not a
+-- walk of the whole table. A later pass takes its batches' keys from here (deleting them);
+-- the rows its last pass left stay, the record of what the run did not change. Only
+-- src/runs.rs and src/writer.rs write here.
+CREATE TABLE @extschema@.run_skipped (
+    run_id  pg_catalog.int8 NOT NULL REFERENCES @extschema@.runs (run_id),
+    target  pg_catalog.regclass NOT NULL,
+    -- the pass that skipped the row
+    pass    pg_catalog.int4 NOT NULL,
+    row_key pg_catalog.text NOT NULL,
+    PRIMARY KEY (run_id, pass, row_key)
+);
+COMMENT ON TABLE @extschema@.run_skipped IS
+    'The rows a pass of a run did not write (held by another session, or set meanwhile), which its next pass tries again.';
+
 -- Whether the process named by a run is working on it: it holds the target's run lock
 -- (src/locks.rs: classid 1952804450 is its LOCK_CLASS, 'tenb'), which dies with it. A background worker takes the lock before its
 -- start returns. pg_locks is visible to every role, and live (pg_stat_activity is a
@@ -176,6 +193,7 @@ COMMENT ON TABLE @extschema@.audit_log IS
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.runs_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.run_parts', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.run_skipped', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.backup', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log_audit_id_seq', '');

@@ -334,7 +334,19 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
         "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
         &[Value::text(format!("{lock_wait_ms}ms"))],
     )?;
-    let scope = Scope::Batch { after, up_to, limit: Some(settings.batch_size.into()) };
+    // A later pass decides again the rows the pass before did not write, and no others:
+    // so it never writes a row twice, and costs what those rows do, not a walk of the table.
+    let retried = match (run.pass > 1, &walking) {
+        (true, None) => Some(runs::take_skipped(run_id, run.pass - 1, settings.batch_size)?),
+        _ => None,
+    };
+    if retried.as_ref().is_some_and(|keys| keys.is_empty()) {
+        return end_of_pass(&run, &job);
+    }
+    let scope = match retried {
+        Some(keys) => Scope::Keys(keys),
+        None => Scope::Batch { after, up_to, limit: Some(settings.batch_size.into()) },
+    };
     let spec = WriteSpec {
         target: &job.target,
         column: &job.target.tenant,
@@ -342,10 +354,14 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
         skip_locked: skip_held_rows,
         guard: true,
         dry_run: run.dry_run,
-        after_earlier_pass: run.pass > 1,
+        pass: Some(run.pass),
     };
     let began = Instant::now();
     let mut batch = batch::run_batch(&job, mode, &scope, &spec)?;
+    if let Scope::Keys(_) = scope {
+        // The cursor is the first pass's.
+        batch.last_key = None;
+    }
     let took_ms = began.elapsed().as_secs_f64() * 1000.0;
     let next_size = settings.next_size(settings.batch_size, took_ms);
     // The bookkeeping below updates the run's row, which the other workers of the run
@@ -373,10 +389,16 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
         // A helper is finished with its part; the lead goes on to the next.
         return Ok(if batch.scanned == 0 && part.is_some() { Step::Finished } else { Step::More });
     }
-    if batch.scanned > 0 {
+    if batch.scanned > 0 || matches!(scope, Scope::Keys(_)) {
         return Ok(Step::More);
     }
-    // The end of a pass. Rows other sessions had locked are tried again in a new pass.
+    end_of_pass(&run, &job)
+}
+
+/// The end of a pass: the rows it did not write (other sessions held them, or set
+/// them meanwhile) are tried again in a new pass, up to `MAX_PASSES`.
+fn end_of_pass(run: &runs::Run, job: &Job) -> Result<Step> {
+    let run_id = run.run_id;
     if run.rows_skipped > 0 && run.pass < MAX_PASSES {
         runs::start_next_pass(run_id)?;
         ereport!(
@@ -398,7 +420,10 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
                 "tenant_backfill: {} rows of {} stayed locked by other sessions through {} passes and were not changed",
                 run.rows_skipped, job.target.rel.display, run.pass
             ),
-            "CALL run again later to pick them up.".into(),
+            format!(
+                "Their keys are in tenant_backfill.run_skipped (run_id {run_id}, pass {}). CALL run again later to pick them up.",
+                run.pass
+            ),
         );
     }
     Ok(Step::Finished)

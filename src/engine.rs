@@ -96,6 +96,9 @@ pub enum Scope {
     /// up to `up_to` (inclusive), at most `limit` rows, in key order. Keys are text,
     /// cast to the key's type.
     Batch { after: Option<String>, up_to: Option<String>, limit: Option<i64> },
+    /// These keys, in key order (a later pass of a run of committed batches: rows the
+    /// pass before did not write, `run_skipped`), as text, cast to the key's type.
+    Keys(Vec<String>),
 }
 
 /// The decision query for `job` over `scope`, its values added to `st`. Consumers wrap
@@ -199,6 +202,15 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
             limit_clause = format!(" LIMIT {p}::pg_catalog.int8");
         }
     }
+    if let Scope::Keys(keys) = scope {
+        // A probe of the key index per key: a later pass's keys are few, and scattered.
+        let keys = st.param(Value::TextArray(keys.iter().cloned().map(Some).collect()));
+        let listed = format!(
+            "SELECT {} FROM pg_catalog.unnest({keys}::pg_catalog.text[]) AS k(key)",
+            target.key.from_text("k.key")
+        );
+        filters.push(in_subquery(&target.key.ops(), &column, &listed));
+    }
     let where_clause = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
     // A batch's scope is read by every source and must hold the same keys each time (its
     // LIMIT): materialized once. The whole table is better left to the planner, which
@@ -206,7 +218,7 @@ fn scope_cte(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> String
     // materialized, it was sorted again, on disk, for the merge.
     let materialized = match scope {
         Scope::All | Scope::Range { .. } => "NOT MATERIALIZED",
-        Scope::Batch { .. } => "MATERIALIZED",
+        Scope::Batch { .. } | Scope::Keys(_) => "MATERIALIZED",
     };
     format!(
         "scope AS {materialized} (\n    SELECT t.{key} AS key, t.{tenant} AS current FROM {table} t{where_clause}\n     ORDER BY t.{key}{limit_clause})",
@@ -328,6 +340,13 @@ fn keys_in_scope(st: &mut Statement, job: &Job, mode: Mode, scope: &Scope) -> Ke
             return Keys {
                 subquery: "SELECT sc.key FROM scope sc".to_string(),
                 as_array: few && !job.citus,
+                range: None,
+            };
+        }
+        Scope::Keys(keys) => {
+            return Keys {
+                subquery: "SELECT sc.key FROM scope sc".to_string(),
+                as_array: keys.len() as i64 <= ARRAY_KEYS_MAX && !job.citus,
                 range: None,
             };
         }

@@ -556,7 +556,7 @@ pub fn record_part(run_id: i64, part: i32, last_key: Option<String>, done: bool)
 }
 
 /// Every part of the first pass is done: the run's own cursor stands at its end, and
-/// the pass ends (later passes, for held rows, walk all keys with one process).
+/// the pass ends (later passes, over the rows a pass did not write, are one process's).
 pub fn end_split_pass(run_id: i64) -> Result<()> {
     sql::as_extension_owner(|| {
         sql::execute(
@@ -613,8 +613,8 @@ pub struct BatchCounts {
 
 /// Adds a batch's counts to its run, with the size of its next batch (runs of committed
 /// batches). Examined rows and
-/// rows for review are counted in the first pass only: a later pass walks the same
-/// keys again for held rows.
+/// rows for review are counted in the first pass only: a later pass decides again keys
+/// the first examined.
 ///
 /// `next_size` is the size of the next batch of a run of committed batches. The end of
 /// its first batch since it started or resumed starts the walk that `progress` rates:
@@ -660,7 +660,27 @@ pub fn record_batch(run_id: i64, batch: &BatchCounts, next_size: Option<i32>) ->
     Ok(())
 }
 
-/// Starts another walk over the key space, for the rows other sessions held.
+/// Up to `limit` of the keys pass `pass` of the run did not write, taken (deleted) for
+/// a batch of the next pass, which records again those it does not write either. Taken
+/// in the order of their text: a pass only needs to take each once.
+pub fn take_skipped(run_id: i64, pass: i32, limit: i32) -> Result<Vec<String>> {
+    let keys = sql::as_extension_owner(|| {
+        sql::select_value::<Vec<Option<String>>>(
+            sql::fixed(
+                "WITH taken AS (\n    DELETE FROM tenant_backfill.run_skipped s\n     \
+                 WHERE s.run_id = $1 AND s.pass = $2\n       \
+                 AND s.row_key IN (SELECT n.row_key FROM tenant_backfill.run_skipped n\n                          \
+                 WHERE n.run_id = $1 AND n.pass = $2 ORDER BY n.row_key LIMIT $3)\n    \
+                 RETURNING s.row_key)\n\
+                 SELECT pg_catalog.array_agg(t.row_key) FROM taken t",
+            ),
+            &[Value::int8(run_id), Value::Int4(Some(pass)), Value::Int4(Some(limit))],
+        )
+    })?;
+    Ok(keys.unwrap_or_default().into_iter().flatten().collect())
+}
+
+/// Starts the run's next pass, over the rows its last pass did not write (`take_skipped`).
 pub fn start_next_pass(run_id: i64) -> Result<()> {
     sql::as_extension_owner(|| {
         sql::execute(

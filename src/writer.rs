@@ -33,11 +33,10 @@
 //! (sql/procedures.sql).
 
 use crate::catalog::Column;
-use crate::error::{report_with_hint, BackfillError, Result};
+use crate::error::{BackfillError, Result};
 use crate::guard;
 use crate::job::Target;
 use crate::sql::{self, get, get_required, Statement, Value};
-use pgrx::PgLogLevel;
 use std::time::Instant;
 
 /// The rows a decision changes, column by column, in key order, as text (every key
@@ -75,16 +74,6 @@ impl Changes {
         match (self.key.first(), self.key.last()) {
             (Some(Some(lowest)), Some(Some(highest))) => Some((lowest.clone(), highest.clone())),
             _ => None,
-        }
-    }
-
-    /// Keeps the rows whose key `keep` accepts.
-    fn retain_keys(&mut self, keep: impl Fn(&Option<String>) -> bool) {
-        let kept: Vec<bool> = self.key.iter().map(keep).collect();
-        let Changes { key, old, new, phase, source, rule, evidence } = self;
-        for values in [key, old, new, phase, source, rule, evidence] {
-            let mut kept = kept.iter();
-            values.retain(|_| kept.next().copied().unwrap_or(false));
         }
     }
 
@@ -157,10 +146,11 @@ pub struct WriteSpec<'a> {
     pub guard: bool,
     /// Count what would change without writing anything.
     pub dry_run: bool,
-    /// The run wrote rows before this write (a later pass of `CALL run`): rows it wrote
-    /// then are left as they are now. A run writes a row once, so its backup holds one
-    /// row per row it changed, which `rollback` and `validate` rely on.
-    pub after_earlier_pass: bool,
+    /// The pass of a run of committed batches this write is a batch of: the rows it does
+    /// not write are recorded for the next pass (`run_skipped`), which decides those keys
+    /// again and no others. So a run writes a row once, and its backup holds one row per
+    /// row it changed, which `rollback` and `validate` rely on.
+    pub pass: Option<i32>,
 }
 
 impl<'a> WriteSpec<'a> {
@@ -168,7 +158,7 @@ impl<'a> WriteSpec<'a> {
     /// only where the column still holds `old`: every write but a batch of `CALL run` and
     /// a forced rollback.
     pub fn guarded(target: &'a Target, column: &'a Column, run_id: i64, dry_run: bool) -> WriteSpec<'a> {
-        WriteSpec { target, column, run_id, skip_locked: false, guard: true, dry_run, after_earlier_pass: false }
+        WriteSpec { target, column, run_id, skip_locked: false, guard: true, dry_run, pass: None }
     }
 }
 
@@ -186,13 +176,13 @@ pub struct Written {
 }
 
 /// Writes a batch as its decision returned it: passed on to the write's statements as
-/// it is, or decoded for a write that looks at the rows one by one first (a later pass,
-/// a dry run, a forced write).
+/// it is, or decoded for a write that looks at the rows one by one first (a dry run, a
+/// forced write).
 pub fn write_decided(spec: &WriteSpec, decided: Decided) -> Result<Written> {
     if decided.rows == 0 {
         return Ok(Written { planned: 0, changed: 0, by_phase: "{}".into(), locked_ms: 0.0 });
     }
-    if spec.after_earlier_pass || spec.dry_run || !spec.guard {
+    if spec.dry_run || !spec.guard {
         return write_batch(spec, decided.decoded()?);
     }
     write_logging_first(spec, decided.arrays()?, decided.rows, decided.key_range.as_ref())
@@ -200,32 +190,6 @@ pub fn write_decided(spec: &WriteSpec, decided: Decided) -> Result<Written> {
 
 /// Writes a decided batch.
 pub fn write_batch(spec: &WriteSpec, changes: Changes) -> Result<Written> {
-    let (changes, left) = if spec.after_earlier_pass && !spec.dry_run && !changes.key.is_empty() {
-        without_rows_written_before(spec, changes)?
-    } else {
-        (changes, 0)
-    };
-    let written = write_changes(spec, changes)?;
-    // Said once the write is done: a first try that runs out of lock wait is done
-    // again, and would say it again.
-    if left > 0 {
-        report_with_hint(
-            PgLogLevel::WARNING,
-            format!(
-                "tenant_backfill: {left} rows of {} that run {} wrote in an earlier pass would be written again \
-                 (another session changed them, or their evidence, since); the run leaves them as they are",
-                spec.target.rel.display, spec.run_id
-            ),
-            "A run writes a row once, so that its backup holds what a rollback puts back. \
-             The target's next run decides them anew."
-                .into(),
-        );
-    }
-    Ok(written)
-}
-
-/// Writes `changes` (`write_batch`'s own rows).
-fn write_changes(spec: &WriteSpec, changes: Changes) -> Result<Written> {
     let planned = changes.key.len() as i64;
     if planned == 0 {
         return Ok(Written { planned, changed: 0, by_phase: "{}".into(), locked_ms: 0.0 });
@@ -242,52 +206,6 @@ fn write_changes(spec: &WriteSpec, changes: Changes) -> Result<Written> {
     // from the table's first row, and later batches take longer and longer.
     let key_range = changes.key_range();
     write_logging_first(spec, changes.into_arrays(), planned, key_range.as_ref())
-}
-
-/// `changes` without the rows the run already wrote in an earlier pass, and how many
-/// those were: another session changed them since (set one back to NULL, say), or their
-/// evidence. A second write would leave the run two backups of one row, which `rollback`
-/// could not tell apart (the older no longer holds what the row had before the write a
-/// rollback undoes), and `validate` would count one row twice. They are left as they
-/// are; `write_batch` says so once the write is done, and the next run decides them.
-///
-/// The batch's keys are looked up in the run's backup by a hash of the keys, probed with
-/// every backup row of the run (the BRIN index narrows the backup to those). So a batch
-/// of a later pass that has rows to change reads its run's backup once: 0.5-0.6 s for a
-/// run of 5M rows (an EXISTS hashed the backup instead, 1.1-1.2 s, and a kept plan's
-/// `= ANY` of the keys was a linear search of them per backup row). A later pass is rare
-/// (rows other sessions held), and most of its batches find nothing to change. A
-/// timestamptz key is matched as one: its text has the offset of the TimeZone of the
-/// session that wrote it, which a later pass need not share.
-fn without_rows_written_before(spec: &WriteSpec, mut changes: Changes) -> Result<(Changes, usize)> {
-    let statement = if spec.target.key.prints_in_session_time_zone() {
-        "SELECT pg_catalog.array_agg(DISTINCT k.key)\n  \
-         FROM tenant_backfill.backup b JOIN pg_catalog.unnest($4::text[]) AS k(key)\n    \
-         ON b.row_key::pg_catalog.timestamptz OPERATOR(pg_catalog.=) k.key::pg_catalog.timestamptz\n \
-         WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass AND b.column_name = $3"
-    } else {
-        "SELECT pg_catalog.array_agg(DISTINCT k.key)\n  \
-         FROM tenant_backfill.backup b JOIN pg_catalog.unnest($4::text[]) AS k(key) ON b.row_key = k.key\n \
-         WHERE b.run_id = $1 AND b.target = $2::pg_catalog.oid::pg_catalog.regclass AND b.column_name = $3"
-    };
-    let keys = sql::as_extension_owner(|| {
-        sql::select_value::<Vec<Option<String>>>(
-            sql::fixed(statement),
-            &[
-                Value::int8(spec.run_id),
-                Value::Oid(spec.target.rel.oid),
-                Value::text(spec.column.name.clone()),
-                Value::TextArray(changes.key.clone()),
-            ],
-        )
-    })?
-    .unwrap_or_default();
-    if keys.is_empty() {
-        return Ok((changes, 0));
-    }
-    let written: std::collections::HashSet<Option<String>> = keys.into_iter().collect();
-    changes.retain_keys(|key| !written.contains(key));
-    Ok((changes, written.len()))
 }
 
 /// `upd` for a statement that decides and writes at once (`run_now`, src/batch.rs):
@@ -523,31 +441,44 @@ fn write_logging_first(
         ))
     })?;
     if !not_written.is_empty() {
-        unlog(spec.run_id, backup_tids, audit_tids, not_written)?;
+        unlog(spec, backup_tids, audit_tids, not_written)?;
     }
     Ok(Written { planned, changed, by_phase, locked_ms: started.elapsed().as_secs_f64() * 1000.0 })
 }
 
 /// Deletes the log rows `write_logging_first` wrote for `keys`, rows that were not
 /// written after all (locked by another session, or changed meanwhile), found by their
-/// ctids among the batch's own.
+/// ctids among the batch's own; and, for a batch of a run's pass, records their keys for
+/// the next pass.
 fn unlog(
-    run_id: i64,
+    spec: &WriteSpec,
     backup_tids: Vec<Option<String>>,
     audit_tids: Vec<Option<String>>,
     keys: Vec<Option<String>>,
 ) -> Result<()> {
     let expected = 2 * keys.len() as i64;
     let mut st = Statement::new();
-    let run_id = st.param(Value::int8(run_id));
+    let run_id = st.param(Value::int8(spec.run_id));
     let backup_tids = st.param(Value::TextArray(backup_tids));
     let audit_tids = st.param(Value::TextArray(audit_tids));
     let keys = st.param(Value::TextArray(keys));
+    let skipped = match spec.pass {
+        Some(pass) => {
+            let target_oid = st.param(Value::Oid(spec.target.rel.oid));
+            let pass = st.param(Value::Int4(Some(pass)));
+            format!(
+                "\n, s AS (\n    INSERT INTO tenant_backfill.run_skipped (run_id, target, pass, row_key)\n    \
+                 SELECT {run_id}::pg_catalog.int8, {target_oid}::pg_catalog.oid::pg_catalog.regclass, {pass}::pg_catalog.int4, k.key\n      \
+                 FROM pg_catalog.unnest({keys}::text[]) AS k(key))"
+            )
+        }
+        None => String::new(),
+    };
     st.sql = format!(
         "WITH b AS (\n    DELETE FROM tenant_backfill.backup b WHERE b.ctid = ANY({backup_tids}::text[]::pg_catalog.tid[])\n       \
          AND b.run_id = {run_id}::pg_catalog.int8 AND b.row_key = ANY({keys}::text[]) RETURNING 1)\n\
          , a AS (\n    DELETE FROM tenant_backfill.audit_log a WHERE a.ctid = ANY({audit_tids}::text[]::pg_catalog.tid[])\n       \
-         AND a.run_id = {run_id}::pg_catalog.int8 AND a.row_key = ANY({keys}::text[]) RETURNING 1)\n\
+         AND a.run_id = {run_id}::pg_catalog.int8 AND a.row_key = ANY({keys}::text[]) RETURNING 1){skipped}\n\
          SELECT (SELECT pg_catalog.count(*) FROM b) + (SELECT pg_catalog.count(*) FROM a)"
     );
     let removed = sql::as_extension_owner(|| sql::select_value::<i64>(&st.sql, &st.params))?.unwrap_or(0);

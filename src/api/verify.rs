@@ -376,7 +376,7 @@ fn rollback_impl(run_id: i64, force: bool) -> Result<(i64, i64)> {
             skip_locked: false,
             guard: !force,
             dry_run: false,
-            after_earlier_pass: false,
+            pass: None,
         };
         let written = writer::restore(&spec, run_id)?;
         restored += written.changed;

@@ -258,12 +258,17 @@ mod tests {
         up_to: Option<&str>,
         limit: Option<i64>,
     ) -> (Vec<String>, String) {
-        use crate::engine::{decision_query, Mode, Scope};
+        let scope = crate::engine::Scope::Batch { after: after.map(Into::into), up_to: up_to.map(Into::into), limit };
+        decide_scope(target, &scope)
+    }
+
+    /// The decision over `scope` (fill), as in `decide_batch`.
+    fn decide_scope(target: &str, scope: &crate::engine::Scope) -> (Vec<String>, String) {
+        use crate::engine::{decision_query, Mode};
         let oid = Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{target}'::regclass::oid")).unwrap().unwrap();
         let job = crate::job::job(oid).unwrap();
-        let scope = Scope::Batch { after: after.map(Into::into), up_to: up_to.map(Into::into), limit };
         let mut st = crate::sql::Statement::new();
-        let decision = decision_query(&mut st, &job, Mode::Fill, &scope, crate::engine::Detail::Full);
+        let decision = decision_query(&mut st, &job, Mode::Fill, scope, crate::engine::Detail::Full);
         let decided = crate::sql::select_rows(
             &format!("WITH d AS ({decision}) SELECT d.key::text, d.action FROM d ORDER BY d.key"),
             &st.params,
@@ -478,9 +483,22 @@ mod tests {
         assert_eq!(batch(Some("31"), None, Some(5)), Vec::<String>::new());
     }
 
+    /// A later pass decides the keys its pass before did not write, and no others: in key
+    /// order, whatever order they come in, without the rows that have a tenant meanwhile
+    /// (a fill) and those that are gone.
+    #[pg_test]
+    fn the_engine_decides_listed_keys() {
+        load(&[CUSTOMERS]);
+        run(CUSTOMERS_JOB);
+        let keys = ["31", "10", "40", "28", "999", "25", "9"].map(String::from).to_vec();
+        let (decided, _) = decide_scope("customers", &crate::engine::Scope::Keys(keys));
+        assert_eq!(decided, vec!["9:fill", "10:fill", "25:fill", "28:unresolved", "31:orphan"]);
+        assert_eq!(decide_scope("customers", &crate::engine::Scope::Keys(Vec::new())).0, Vec::<String>::new());
+    }
+
     #[pg_test]
     fn configuration_survives_pg_dump() {
-        // pg_extension_config_dump registers the configuration, the runs (and their parts), the backups and
+        // pg_extension_config_dump registers the configuration, the runs (their parts, their skipped rows), the backups and
         // the audit log (and their sequences) for pg_dump.
         assert_eq!(
             rows("SELECT c.relname::text FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
@@ -494,6 +512,7 @@ mod tests {
                 "quarantine",
                 "quarantine_quarantine_id_seq",
                 "run_parts",
+                "run_skipped",
                 "runs",
                 "runs_run_id_seq",
                 "sources",

@@ -271,6 +271,30 @@ assert_true "100 batches, at most 3 progress lines ($notices)" "$([ "$notices" -
 assert_contains "the last one says where it ended" "of public.noisy done: 10000/10000 rows (100.0%), 9600 changed" \
     "$(echo "$output" | grep "NOTICE:  tenant_backfill: run" | tail -n 1)"
 
+section "a later pass writes the rows its first pass could not, and only those"
+quiet "SELECT make_copy('held', 20000)"
+# Another session holds customer 7 (NULL, to fill) until the run's second pass begins.
+sql -q -c "BEGIN" -c "SELECT 1 FROM held WHERE id = 7 FOR UPDATE" -c "
+DO \$\$ BEGIN
+    FOR i IN 1..1200 LOOP
+        EXIT WHEN (SELECT max(pass) FROM tenant_backfill.runs WHERE target = 'held'::regclass) >= 2;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END \$\$" -c "COMMIT" >/dev/null &
+holder=$!
+wait_until "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%FOR i IN 1..1200%')"
+# The first pass skips it, and its end commits pass 2, which the holder waits for; the
+# pause after each batch lets it commit before the second pass's batch.
+output=$(sql -c "SET client_min_messages = notice" -c "CALL tenant_backfill.run('held', batch_size => 20000, pause_ms => 1000)" 2>&1)
+wait "$holder"
+run=$(val "SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'held'::regclass")
+assert_contains "the second pass tries the held row again" "1 rows of public.held were locked by other sessions; pass 2 tries them again" "$output"
+assert_eq "done in two passes, every row written once, nothing left" "done|2|0|0|0|0" \
+    "$(val "SELECT status, pass, rows_skipped, (SELECT count(*) FROM tenant_backfill.run_skipped s WHERE s.run_id = r.run_id),
+                   d.differing, d.audited_wrongly FROM tenant_backfill.runs r, differs('held', r.run_id) d WHERE r.run_id = $run")"
+assert_eq "the held row among them" "1" \
+    "$(val "SELECT count(*) FROM tenant_backfill.backup WHERE run_id = $run AND row_key = '7' AND new_value IS NOT NULL")"
+
 section "throttled by an old transaction, and on again when it ends"
 quiet "SELECT make_copy('xmin', 5000)"
 quiet "BEGIN; SELECT pg_current_xact_id(); SELECT pg_sleep(6); COMMIT;" &

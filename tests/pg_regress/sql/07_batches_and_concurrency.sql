@@ -64,22 +64,32 @@ SELECT b.row_key, b.old_value, b.new_value, a.new_value AS audited FROM tenant_b
   FULL JOIN tenant_backfill.audit_log a USING (run_id, row_key)
  WHERE run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass)
  ORDER BY 1;
+-- The run's record of it: the key its last pass could not write.
+SELECT pass, row_key FROM tenant_backfill.run_skipped
+ WHERE run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass);
 SELECT dblink_exec('app', 'COMMIT');
 -- Nothing of the application's work was lost.
 SELECT id, tenant_id FROM accounts WHERE id IN (1, 2, 4, 5) ORDER BY id;
--- A run writes a row once. A later pass walks every key again; a row the run wrote in
--- its first pass that another session has set back to NULL since is left as it is (a
--- second write would leave two backups of one row). Here the run wrote accounts 10 and
--- 11 and stopped after its first pass, as a run paused then would.
+-- A run writes a row once. A later pass decides again the rows the pass before did not
+-- write (run_skipped) and no others: a row the run wrote in its first pass that another
+-- session has set back to NULL since is left as it is (a second write would leave two
+-- backups of one row). Here the run wrote accounts 10 and 11, its first pass left
+-- account 13 (as if another session had held it), and it stopped after that pass, as a
+-- run paused then would.
 UPDATE accounts SET tenant_id = NULL WHERE id IN (10, 11);
 CALL tenant_backfill.run('accounts');
 UPDATE tenant_backfill.runs SET status = 'paused', pass = 2, last_key = NULL, finished_at = NULL
  WHERE run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass);
--- Another session sets account 10 back to NULL, and account 13, which the run has not written.
-UPDATE accounts SET tenant_id = NULL WHERE id IN (10, 13);
+INSERT INTO tenant_backfill.run_skipped (run_id, target, pass, row_key)
+SELECT max(run_id), 'accounts', 1, '13' FROM tenant_backfill.runs WHERE target = 'accounts'::regclass;
+-- Another session sets account 10 back to NULL, and accounts 13 and 15: the later pass
+-- writes 13, which its list names, and neither 10 nor 15 (the target's next run decides them).
+UPDATE accounts SET tenant_id = NULL WHERE id IN (10, 13, 15);
 CALL tenant_backfill.run('accounts');
-SELECT id, tenant_id FROM accounts WHERE id IN (10, 11, 13) ORDER BY id;
-SELECT status, pass, rows_changed, rows_skipped FROM tenant_backfill.runs
+SELECT id, tenant_id FROM accounts WHERE id IN (10, 11, 13, 15) ORDER BY id;
+SELECT status, pass, rows_changed, rows_skipped,
+       (SELECT count(*) FROM tenant_backfill.run_skipped s WHERE s.run_id = r.run_id) AS keys_left
+  FROM tenant_backfill.runs r
  WHERE run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass);
 SELECT b.row_key, b.old_value, b.new_value, a.new_value AS audited FROM tenant_backfill.backup b
   FULL JOIN tenant_backfill.audit_log a USING (run_id, row_key)
@@ -90,10 +100,11 @@ SELECT check_name, ok, expected, actual FROM tenant_backfill.validate('accounts'
  WHERE check_name IN ('audit_complete', 'backup_complete');
 -- Its rollback puts back what it found where it still holds what it wrote: 11 and 13.
 SELECT * FROM tenant_backfill.rollback((SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'accounts'::regclass));
-SELECT id, tenant_id FROM accounts WHERE id IN (10, 11, 13) ORDER BY id;
+SELECT id, tenant_id FROM accounts WHERE id IN (10, 11, 13, 15) ORDER BY id;
 CALL tenant_backfill.run('accounts');
 -- The same with a timestamptz key, its first pass in Paris and its second in UTC: the
--- backup's text of a key carries the offset of the session that wrote it.
+-- text of a skipped key carries the offset of the session that wrote it (in ISO, as the
+-- extension prints every value), and the later pass finds the row by it.
 CREATE TABLE visits (at timestamptz PRIMARY KEY, tenant_id int);
 CREATE TABLE visit_notes (visit_at timestamptz NOT NULL, tenant_id int);
 INSERT INTO visits SELECT '2026-01-01 00:00+00'::timestamptz + i * interval '1 hour', NULL FROM generate_series(1, 3) i;
@@ -101,10 +112,13 @@ INSERT INTO visit_notes SELECT at, 7 FROM visits;
 SELECT tenant_backfill.define('visits', 'tenant_id');
 SELECT tenant_backfill.add_source('visits', 'visit_notes', 'visit_at');
 SET TimeZone = 'Europe/Paris';
+UPDATE visits SET tenant_id = 7 WHERE at = '2026-01-01 02:00+00';
 CALL tenant_backfill.run('visits');
 UPDATE tenant_backfill.runs SET status = 'paused', pass = 2, last_key = NULL, finished_at = NULL
  WHERE run_id = (SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'visits'::regclass);
-UPDATE visits SET tenant_id = NULL WHERE at = '2026-01-01 01:00+00';
+INSERT INTO tenant_backfill.run_skipped (run_id, target, pass, row_key)
+SELECT max(run_id), 'visits', 1, '2026-01-01 03:00:00+01' FROM tenant_backfill.runs WHERE target = 'visits'::regclass;
+UPDATE visits SET tenant_id = NULL WHERE at = '2026-01-01 02:00+00';
 SET TimeZone = 'UTC';
 CALL tenant_backfill.run('visits');
 SELECT b.row_key, b.new_value FROM tenant_backfill.backup b
