@@ -148,7 +148,7 @@ COMMENT ON COLUMN @extschema@.runs.by_phase IS 'Rows changed per phase, as jsonb
 COMMENT ON COLUMN @extschema@.runs.left_for_review IS 'Rows left for a human: conflicts, unresolved rows and orphans.';
 COMMENT ON COLUMN @extschema@.runs.rows_skipped IS 'Rows of this pass not written because another session held them or changed them meanwhile; held rows are tried again in the next pass.';
 COMMENT ON COLUMN @extschema@.runs.batches IS 'Batches done.';
-COMMENT ON COLUMN @extschema@.runs.pass IS 'Which walk over the keys: 1, then up to 3 for rows other sessions held.';
+COMMENT ON COLUMN @extschema@.runs.pass IS 'Which pass: 1, the walk over the keys; then up to 3, over the rows the pass before did not write (run_skipped).';
 COMMENT ON COLUMN @extschema@.runs.longest_batch_ms IS 'The longest time a batch held its rows locked, from its write statement to its commit, in milliseconds.';
 COMMENT ON COLUMN @extschema@.runs.last_key IS 'The keyset cursor: the last key done, as text; the run resumes after it.';
 COMMENT ON COLUMN @extschema@.runs.upper_key IS 'The highest key when the run started, where it stops: rows inserted later are the guard''s business.';
@@ -231,7 +231,7 @@ COMMENT ON COLUMN @extschema@.progress.rows_per_second IS 'Rows examined per sec
 COMMENT ON COLUMN @extschema@.progress.eta IS 'The time left at rows_per_second, while the run is running or throttled; else NULL.';
 COMMENT ON COLUMN @extschema@.progress.rows_changed IS 'Rows written so far.';
 COMMENT ON COLUMN @extschema@.progress.left_for_review IS 'Rows left for a human so far: conflicts, unresolved rows and orphans.';
-COMMENT ON COLUMN @extschema@.progress.pass IS 'Which walk over the keys: 1, then up to 3 for rows other sessions held.';
+COMMENT ON COLUMN @extschema@.progress.pass IS 'Which pass: 1, the walk over the keys; then up to 3, over the rows the pass before did not write (run_skipped).';
 COMMENT ON COLUMN @extschema@.progress.started_at IS 'When the run started.';
 COMMENT ON COLUMN @extschema@.progress.updated_at IS 'When the run last reported (after each batch).';
 COMMENT ON COLUMN @extschema@.progress.state IS 'running, throttled, paused, done, failed or cancelled (planned and rolled_back as status has them); failed also for a running run whose process is gone.';

@@ -37,9 +37,10 @@ CREATE TABLE @extschema@.run_skipped (
     run_id  pg_catalog.int8 NOT NULL REFERENCES @extschema@.runs (run_id),
     target  pg_catalog.regclass NOT NULL,
     pass    pg_catalog.int4 NOT NULL,
-    row_key pg_catalog.text NOT NULL,
-    PRIMARY KEY (run_id, pass, row_key)
+    row_key pg_catalog.text NOT NULL
 );
+CREATE INDEX run_skipped_run_pass_idx ON @extschema@.run_skipped (run_id, pass);
+ALTER TABLE @extschema@.run_skipped REPLICA IDENTITY FULL;
 COMMENT ON TABLE @extschema@.run_skipped IS
     'The rows a pass of a run did not write (held by another session, or set meanwhile), which its next pass tries again.';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.run_skipped', '');
@@ -47,6 +48,27 @@ ALTER TABLE @extschema@.run_skipped ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readable ON @extschema@.run_skipped FOR SELECT
     USING (pg_catalog.has_any_column_privilege(target::pg_catalog.oid, 'SELECT'));
 GRANT SELECT ON @extschema@.run_skipped TO PUBLIC;
+-- 0.1.0 kept no keys of the rows a pass skipped (its later passes walked every key again):
+-- a run it left unfinished past its first pass, or with rows skipped, does not try those
+-- rows again once resumed. Said for each such run; its target's next run decides them.
+DO $skipped$
+DECLARE
+    unfinished record;
+BEGIN
+    FOR unfinished IN
+        SELECT r.run_id, COALESCE(r.target_name, r.target::pg_catalog.text) AS target, r.pass, r.rows_skipped
+          FROM @extschema@.runs r
+         WHERE r.kind OPERATOR(pg_catalog.=) 'run'
+           AND r.status OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'paused', 'failed'])
+           AND (r.pass OPERATOR(pg_catalog.>) 1 OR r.rows_skipped OPERATOR(pg_catalog.>) 0)
+         ORDER BY r.run_id
+    LOOP
+        RAISE WARNING 'tenant_backfill: run % of % is unfinished in pass % with % rows skipped in it: resumed, it does not try again the rows it skipped before this update',
+            unfinished.run_id, unfinished.target, unfinished.pass, unfinished.rows_skipped
+            USING HINT = 'Once it has ended, CALL tenant_backfill.run(target) again: a new run decides them.';
+    END LOOP;
+END
+$skipped$;
 
 -- The internal functions move, keeping their OIDs: the event triggers and the progress
 -- view, which name them by OID, follow.
@@ -1004,7 +1026,7 @@ COMMENT ON COLUMN @extschema@.runs.by_phase IS 'Rows changed per phase, as jsonb
 COMMENT ON COLUMN @extschema@.runs.left_for_review IS 'Rows left for a human: conflicts, unresolved rows and orphans.';
 COMMENT ON COLUMN @extschema@.runs.rows_skipped IS 'Rows of this pass not written because another session held them or changed them meanwhile; held rows are tried again in the next pass.';
 COMMENT ON COLUMN @extschema@.runs.batches IS 'Batches done.';
-COMMENT ON COLUMN @extschema@.runs.pass IS 'Which walk over the keys: 1, then up to 3 for rows other sessions held.';
+COMMENT ON COLUMN @extschema@.runs.pass IS 'Which pass: 1, the walk over the keys; then up to 3, over the rows the pass before did not write (run_skipped).';
 COMMENT ON COLUMN @extschema@.runs.longest_batch_ms IS 'The longest time a batch held its rows locked, from its write statement to its commit, in milliseconds.';
 COMMENT ON COLUMN @extschema@.runs.last_key IS 'The keyset cursor: the last key done, as text; the run resumes after it.';
 COMMENT ON COLUMN @extschema@.runs.upper_key IS 'The highest key when the run started, where it stops: rows inserted later are the guard''s business.';
@@ -1085,7 +1107,7 @@ COMMENT ON COLUMN @extschema@.progress.rows_per_second IS 'Rows examined per sec
 COMMENT ON COLUMN @extschema@.progress.eta IS 'The time left at rows_per_second, while the run is running or throttled; else NULL.';
 COMMENT ON COLUMN @extschema@.progress.rows_changed IS 'Rows written so far.';
 COMMENT ON COLUMN @extschema@.progress.left_for_review IS 'Rows left for a human so far: conflicts, unresolved rows and orphans.';
-COMMENT ON COLUMN @extschema@.progress.pass IS 'Which walk over the keys: 1, then up to 3 for rows other sessions held.';
+COMMENT ON COLUMN @extschema@.progress.pass IS 'Which pass: 1, the walk over the keys; then up to 3, over the rows the pass before did not write (run_skipped).';
 COMMENT ON COLUMN @extschema@.progress.started_at IS 'When the run started.';
 COMMENT ON COLUMN @extschema@.progress.updated_at IS 'When the run last reported (after each batch).';
 COMMENT ON COLUMN @extschema@.progress.state IS 'running, throttled, paused, done, failed or cancelled (planned and rolled_back as status has them); failed also for a running run whose process is gone.';

@@ -100,9 +100,14 @@ CREATE TABLE @extschema@.run_skipped (
     target  pg_catalog.regclass NOT NULL,
     -- the pass that skipped the row
     pass    pg_catalog.int4 NOT NULL,
-    row_key pg_catalog.text NOT NULL,
-    PRIMARY KEY (run_id, pass, row_key)
+    row_key pg_catalog.text NOT NULL
 );
+-- Not a b-tree on the key: a key's text may be longer than a b-tree entry may be (a bytea
+-- key prints as twice its size), and a pass takes its keys in no particular order.
+CREATE INDEX run_skipped_run_pass_idx ON @extschema@.run_skipped (run_id, pass);
+-- A later pass deletes the keys it takes: a published table needs an identity for that
+-- (as backup's, above).
+ALTER TABLE @extschema@.run_skipped REPLICA IDENTITY FULL;
 COMMENT ON TABLE @extschema@.run_skipped IS
     'The rows a pass of a run did not write (held by another session, or set meanwhile), which its next pass tries again.';
 

@@ -19,7 +19,8 @@ use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-/// How many times a run walks the key space again for rows other sessions had locked.
+/// How many passes a run makes: the walk over the key space, then up to two over the rows
+/// the pass before did not write (other sessions held them, or set them meanwhile).
 const MAX_PASSES: i32 = 3;
 
 /// How long the first try of a batch waits for a lock (at most `lock_timeout_ms`). Rows
@@ -341,6 +342,12 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
         _ => None,
     };
     if retried.as_ref().is_some_and(|keys| keys.is_empty()) {
+        // The end of the pass updates the run's row, which may wait as the bookkeeping
+        // below does, not as briefly as a batch's first try.
+        sql::execute(
+            "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
+            &[Value::text(format!("{}ms", settings.lock_timeout_ms))],
+        )?;
         return end_of_pass(&run, &job);
     }
     let scope = match retried {
@@ -405,7 +412,7 @@ fn end_of_pass(run: &runs::Run, job: &Job) -> Result<Step> {
             NOTICE,
             PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
             format!(
-                "tenant_backfill: {} rows of {} were locked by other sessions; pass {} tries them again",
+                "tenant_backfill: {} rows of {} were not written (other sessions held them, or set them meanwhile); pass {} tries them again",
                 run.rows_skipped,
                 job.target.rel.display,
                 run.pass + 1
@@ -417,7 +424,7 @@ fn end_of_pass(run: &runs::Run, job: &Job) -> Result<Step> {
         report_with_hint(
             PgLogLevel::WARNING,
             format!(
-                "tenant_backfill: {} rows of {} stayed locked by other sessions through {} passes and were not changed",
+                "tenant_backfill: {} rows of {} were not written in {} passes (other sessions held them, or set them meanwhile)",
                 run.rows_skipped, job.target.rel.display, run.pass
             ),
             format!(

@@ -230,7 +230,8 @@ pub struct Run {
     pub rows_at_start: Option<i64>,
     pub rows_changed: i64,
     pub rows_skipped: i64,
-    /// Which walk over the key space (rows other sessions held are tried again).
+    /// Which pass: 1, the walk over the key space; then up to 3, over the rows the pass
+    /// before did not write (`run_skipped`).
     pub pass: i32,
     /// The keyset cursor: the last key done, and the highest key when the run started.
     pub last_key: Option<String>,
@@ -662,15 +663,16 @@ pub fn record_batch(run_id: i64, batch: &BatchCounts, next_size: Option<i32>) ->
 
 /// Up to `limit` of the keys pass `pass` of the run did not write, taken (deleted) for
 /// a batch of the next pass, which records again those it does not write either. Taken
-/// in the order of their text: a pass only needs to take each once.
+/// in no particular order: a pass only needs to take each once, and its decision puts
+/// them in key order.
 pub fn take_skipped(run_id: i64, pass: i32, limit: i32) -> Result<Vec<String>> {
     let keys = sql::as_extension_owner(|| {
         sql::select_value::<Vec<Option<String>>>(
             sql::fixed(
                 "WITH taken AS (\n    DELETE FROM tenant_backfill.run_skipped s\n     \
                  WHERE s.run_id = $1 AND s.pass = $2\n       \
-                 AND s.row_key IN (SELECT n.row_key FROM tenant_backfill.run_skipped n\n                          \
-                 WHERE n.run_id = $1 AND n.pass = $2 ORDER BY n.row_key LIMIT $3)\n    \
+                 AND s.ctid IN (SELECT n.ctid FROM tenant_backfill.run_skipped n\n                         \
+                 WHERE n.run_id = $1 AND n.pass = $2 LIMIT $3)\n    \
                  RETURNING s.row_key)\n\
                  SELECT pg_catalog.array_agg(t.row_key) FROM taken t",
             ),

@@ -285,12 +285,13 @@ holder=$!
 wait_until "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%FOR i IN 1..1200%')"
 # The first pass skips it, and its end commits pass 2, which the holder waits for; the
 # pause after each batch lets it commit before the second pass's batch.
-output=$(sql -c "SET client_min_messages = notice" -c "CALL tenant_backfill.run('held', batch_size => 20000, pause_ms => 1000)" 2>&1)
+output=$(sql -c "SET client_min_messages = notice" -c "CALL tenant_backfill.run('held', batch_size => 20000, pause_ms => 2000)" 2>&1)
 wait "$holder"
 run=$(val "SELECT max(run_id) FROM tenant_backfill.runs WHERE target = 'held'::regclass")
-assert_contains "the second pass tries the held row again" "1 rows of public.held were locked by other sessions; pass 2 tries them again" "$output"
-assert_eq "done in two passes, every row written once, nothing left" "done|2|0|0|0|0" \
-    "$(val "SELECT status, pass, rows_skipped, (SELECT count(*) FROM tenant_backfill.run_skipped s WHERE s.run_id = r.run_id),
+assert_contains "the second pass tries the held row again" "1 rows of public.held were not written (other sessions held them, or set them meanwhile); pass 2 tries them again" "$output"
+# (Pass 2 as a rule; pass 3 if the holder was slower to commit than the pause.)
+assert_eq "done in a later pass, every row written once, nothing left" "done|t|0|0|0|0" \
+    "$(val "SELECT status, pass > 1, rows_skipped, (SELECT count(*) FROM tenant_backfill.run_skipped s WHERE s.run_id = r.run_id),
                    d.differing, d.audited_wrongly FROM tenant_backfill.runs r, differs('held', r.run_id) d WHERE r.run_id = $run")"
 assert_eq "the held row among them" "1" \
     "$(val "SELECT count(*) FROM tenant_backfill.backup WHERE run_id = $run AND row_key = '7' AND new_value IS NOT NULL")"

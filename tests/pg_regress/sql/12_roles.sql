@@ -46,6 +46,7 @@ INSERT INTO tenant_backfill.overrides (target, row_key, tenant) VALUES ('roles.c
 UPDATE tenant_backfill.sources SET rule = 'majority';
 UPDATE tenant_backfill.audit_log SET changed_by = 'nobody';
 DELETE FROM tenant_backfill.backup;
+DELETE FROM tenant_backfill.run_skipped;
 INSERT INTO tenant_backfill.quarantine (target, operation, row_data) VALUES ('roles.customers', 'INSERT', '{}');
 SELECT count(*) > 0 AS sees_its_audit_rows FROM tenant_backfill.audit_log WHERE target = 'roles.customers'::regclass;
 RESET ROLE;
@@ -86,6 +87,7 @@ SELECT (SELECT count(*) FROM tenant_backfill.targets) AS targets,
        (SELECT count(*) FROM tenant_backfill.sources) AS sources,
        (SELECT count(*) FROM tenant_backfill.overrides) AS overrides,
        (SELECT count(*) FROM tenant_backfill.runs) AS runs,
+       (SELECT count(*) FROM tenant_backfill.run_skipped) AS run_skipped,
        (SELECT count(*) FROM tenant_backfill.backup) AS backup,
        (SELECT count(*) FROM tenant_backfill.audit_log) AS audit_log,
        (SELECT count(*) FROM tenant_backfill.violations) AS violations,
@@ -99,6 +101,8 @@ SELECT * FROM tenant_backfill.rollback(:dba_call);
 SELECT tenant_backfill_internal._run_end(:dba_call, NULL, NULL);
 SELECT tenant_backfill_internal._guard_inheritors('roles.customers');
 RESET ROLE;
+-- (There are skipped rows it did not see: 07's run kept the key of the row it could not write.)
+SELECT count(*) AS run_skipped FROM tenant_backfill.run_skipped;
 
 -- Code of the user's never runs as the extension's owner: a domain whose CHECK records
 -- who evaluates it, on the tenant column of a target an operator backfills and rolls
