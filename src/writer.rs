@@ -425,18 +425,12 @@ fn write_logging_first(
 
     let started = Instant::now();
     let mut st = Statement::new();
-    // `changes` is read by the UPDATE and, only when some rows were not written (rare), again
-    // for their keys: NOT MATERIALIZED, it is not kept in a tuplestore for that second read,
-    // which unnests the arrays again instead.
-    let changes_cte =
-        changes_from_arrays(spec, to_update, &mut st).replacen("changes AS (", "changes AS NOT MATERIALIZED (", 1);
+    let changes_cte = changes_from_arrays(spec, to_update, &mut st);
     let update = lock_and_update_ctes(spec, key_range, &mut st);
-    let planned_param = st.param(Value::int8(planned));
     st.sql = format!(
         "WITH {changes_cte}{update}\n\
          SELECT (SELECT pg_catalog.count(*) FROM upd), {BY_PHASE}::text,\n       \
-         CASE WHEN (SELECT pg_catalog.count(*) FROM upd) OPERATOR(pg_catalog.<) {planned_param}::pg_catalog.int8 THEN\n         \
-         (SELECT pg_catalog.array_agg(c.key::text) FROM changes c WHERE NOT EXISTS (SELECT FROM upd u WHERE u.key {key_eq} c.key)) END",
+         (SELECT pg_catalog.array_agg(c.key::text) FROM changes c WHERE NOT EXISTS (SELECT FROM upd u WHERE u.key {key_eq} c.key))",
         key_eq = spec.target.key.ops().eq,
     );
     let (changed, by_phase, not_written) = sql::select_one_row(&st.sql, &st.params, "a batch's write", |row| {
