@@ -331,10 +331,7 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
     } else {
         settings.lock_timeout_ms.min(FIRST_TRY_WAIT_MS)
     };
-    sql::execute(
-        "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
-        &[Value::text(format!("{lock_wait_ms}ms"))],
-    )?;
+    locks::set_lock_timeout(lock_wait_ms)?;
     // A later pass decides again the rows the pass before did not write, and no others:
     // so it never writes a row twice, and costs what those rows do, not a walk of the table.
     let retried = match (run.pass > 1, &walking) {
@@ -344,10 +341,7 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
     if retried.as_ref().is_some_and(|keys| keys.is_empty()) {
         // The end of the pass updates the run's row, which may wait as the bookkeeping
         // below does, not as briefly as a batch's first try.
-        sql::execute(
-            "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
-            &[Value::text(format!("{}ms", settings.lock_timeout_ms))],
-        )?;
+        locks::set_lock_timeout(settings.lock_timeout_ms)?;
         return end_of_pass(&run, &job);
     }
     let scope = match retried {
@@ -374,10 +368,7 @@ pub fn one_batch(run_id: i64, skip_held_rows: bool, part: Option<i32>) -> Result
     // The bookkeeping below updates the run's row, which the other workers of the run
     // update too: it may wait for them as long as lock_timeout_ms, not the first try's
     // short wait meant for application rows.
-    sql::execute(
-        "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
-        &[Value::text(format!("{}ms", settings.lock_timeout_ms))],
-    )?;
+    locks::set_lock_timeout(settings.lock_timeout_ms)?;
     if let Some(p) = &walking {
         // A part moves its own cursor; the run's stays where the parts began.
         runs::record_part(run_id, p.part, batch.last_key.take(), batch.scanned == 0)?;

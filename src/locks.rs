@@ -272,3 +272,10 @@ fn busy(target: &Relation, purpose: Purpose) -> Result<BackfillError> {
         ),
     })
 }
+
+/// How long this transaction's statements wait for a lock from now on, at least 1 ms
+/// (0 would be no limit at all).
+pub fn set_lock_timeout(ms: i32) -> Result<()> {
+    sql::execute("SELECT pg_catalog.set_config('lock_timeout', $1, true)", &[Value::text(format!("{}ms", ms.max(1)))])?;
+    Ok(())
+}

@@ -24,7 +24,9 @@
 //!    the meantime wins. When rows other sessions hold are to be skipped, a lock step
 //!    (`FOR NO KEY UPDATE SKIP LOCKED`) comes first. Rows are locked from here to the
 //!    commit only;
-//! 3. as the owner again, the removal of the log rows of any row not written after all.
+//! 3. as the owner again, the removal of the log rows of any row not written after all
+//!    (and, for a batch of a run's pass, the record of its key for the next pass,
+//!    `run_skipped`).
 //!
 //! So the change, its backup and its audit commit or vanish together. A write that is
 //! not guarded (a forced rollback) locks its rows and reads what they hold first; a dry

@@ -11,6 +11,7 @@ use crate::catalog;
 use crate::checks;
 use crate::error::{required, BackfillError, OrRaise, Result};
 use crate::job::{self, Target};
+use crate::locks;
 use crate::rejections;
 use crate::sql::{self, get_required, Value};
 use crate::types::RegClass;
@@ -90,10 +91,7 @@ fn _finalize_step(target: RegClass, step: i32, lock_timeout_ms: i32) {
 
 fn finalize_step(target: RegClass, step: i32, lock_timeout_ms: i32) -> Result<()> {
     let target = job::target(target.0)?;
-    sql::execute(
-        "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
-        &[Value::text(format!("{}ms", lock_timeout_ms.max(1)))],
-    )?;
+    locks::set_lock_timeout(lock_timeout_ms)?;
     let table = target.rel.sql_name();
     let tenant = target.tenant.sql_name();
     let constraint = sql::ident(&constraint_name(&target));
